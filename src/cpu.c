@@ -1,0 +1,519 @@
+/* The CPU backend.  The forward pass reads top to bottom like DESIGN.md's
+ * "Forward pass"; every linear layer is one cblas_sgemm over all tokens of the
+ * batch, and MoE layers gather the rows each expert owns so that each expert
+ * runs one GEMM per call. */
+#include "cpu.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+struct VmoeCpu {
+  VmoeModel *model;
+  VmoeRoutingParams routing;
+  int reserved;               /* images the workspace holds */
+  int tokens, dim, hidden_dim;
+
+  float *x;                   /* [N, T, D] residual stream */
+  float *z;                   /* [N, T, D] LayerNorm output */
+  float *qkv;                 /* [N, T, 3D] */
+  float *attn;                /* [N, T, D] */
+  float *hidden;              /* [N*T*k, M] MLP hidden */
+  float *scores;              /* [T, T] */
+  float *patches;             /* [N*Np, C*P*P] */
+  float *gather_in, *gather_out;  /* [N*T*k, D] rows of one expert */
+  float *router_probs;        /* [N*T, E] (image routing: [N, E]) */
+  float *router_input;        /* [N, D] */
+  float *pooled;              /* [N, D] */
+  int *rows;                  /* [N*T*k] gathered row indices */
+  float *row_weights;         /* [N*T*k] */
+  int *choice;                /* [N*T*k] token routing choices */
+  float *choice_p;            /* [N*T*k] */
+  int *assigned;              /* [N*T*k] expert, or -1 if dropped */
+  int *order;                 /* [T] */
+};
+
+/* ---------------------------------------------------------------- ops */
+
+/* out, inp are (rows, dim); weight, bias are (dim). */
+void
+vmoe_layernorm_forward (float *out, const float *inp, const float *weight,
+    const float *bias, int rows, int dim, float eps)
+{
+  for (int r = 0; r < rows; r++) {
+    const float *x = inp + (size_t) r * dim;
+    float *y = out + (size_t) r * dim;
+    double sum = 0;
+    for (int i = 0; i < dim; i++)
+      sum += x[i];
+    float mean = (float) (sum / dim);
+    double var = 0;
+    for (int i = 0; i < dim; i++) {
+      float d = x[i] - mean;
+      var += (double) d * d;
+    }
+    float rstd = (float) (1.0 / sqrt (var / dim + eps));
+    for (int i = 0; i < dim; i++)
+      y[i] = (x[i] - mean) * rstd * weight[i] + bias[i];
+  }
+}
+
+/* In place on n values. */
+void
+vmoe_gelu_forward (float *x, size_t n, VmoeActivation act)
+{
+  if (act == VMOE_ACT_GELU) {
+    for (size_t i = 0; i < n; i++)
+      x[i] = 0.5f * x[i] * (1.0f + erff (x[i] * (float) M_SQRT1_2));
+  } else {
+    const float k = 0.7978845608028654f;   /* sqrt(2/pi) */
+    for (size_t i = 0; i < n; i++) {
+      float v = x[i];
+      x[i] = 0.5f * v * (1.0f + tanhf (k * (v + 0.044715f * v * v * v)));
+    }
+  }
+}
+
+/* x is (rows, cols), softmax along each row in place. */
+void
+vmoe_softmax_rows (float *x, int rows, int cols)
+{
+  for (int r = 0; r < rows; r++) {
+    float *row = x + (size_t) r * cols;
+    float max = row[0];
+    for (int i = 1; i < cols; i++)
+      max = MAX (max, row[i]);
+    float sum = 0;
+    for (int i = 0; i < cols; i++) {
+      row[i] = expf (row[i] - max);
+      sum += row[i];
+    }
+    float inv = 1.0f / sum;
+    for (int i = 0; i < cols; i++)
+      row[i] *= inv;
+  }
+}
+
+/* The k largest of n values, largest first; ties go to the lower index. */
+void
+vmoe_topk (const float *values, int n, int k, int *index, float *top)
+{
+  for (int j = 0; j < k; j++) {
+    int best = -1;
+    for (int i = 0; i < n; i++) {
+      gboolean taken = FALSE;
+      for (int q = 0; q < j; q++)
+        taken |= index[q] == i;
+      if (!taken && (best < 0 || values[i] > values[best]))
+        best = i;
+    }
+    index[j] = best;
+    if (top)
+      top[j] = values[best];
+  }
+}
+
+/* out (rows, lin->out) = inp (rows, lin->in) W^T + b, or += with accumulate. */
+static void
+linear_forward (float *out, const float *inp, const VmoeLinear *lin, int rows,
+    gboolean accumulate)
+{
+  if (rows == 0)
+    return;
+  cblas_sgemm (CblasRowMajor, CblasNoTrans, CblasTrans, rows, lin->out, lin->in,
+      1.0f, inp, lin->in, lin->weight, lin->in, accumulate ? 1.0f : 0.0f,
+      out, lin->out);
+  if (!lin->bias)
+    return;
+  for (int r = 0; r < rows; r++) {
+    float *y = out + (size_t) r * lin->out;
+    for (int i = 0; i < lin->out; i++)
+      y[i] += lin->bias[i];
+  }
+}
+
+/* qkv is (N, T, 3D) with q, k, v each split into heads of D/H columns;
+ * out is (N, T, D); scores is scratch (T, T). */
+void
+vmoe_attention_forward (float *out, const float *qkv, float *scores,
+    int n_images, int tokens, int dim, int heads)
+{
+  int head_dim = dim / heads;
+  float scale = 1.0f / sqrtf ((float) head_dim);
+  for (int i = 0; i < n_images; i++) {
+    /* seek to image i */
+    const float *q_img = qkv + (size_t) i * tokens * 3 * dim;
+    float *out_img = out + (size_t) i * tokens * dim;
+    for (int h = 0; h < heads; h++) {
+      const float *q = q_img + h * head_dim;
+      const float *k = q_img + dim + h * head_dim;
+      const float *v = q_img + 2 * dim + h * head_dim;
+      cblas_sgemm (CblasRowMajor, CblasNoTrans, CblasTrans, tokens, tokens,
+          head_dim, scale, q, 3 * dim, k, 3 * dim, 0.0f, scores, tokens);
+      vmoe_softmax_rows (scores, tokens, tokens);
+      cblas_sgemm (CblasRowMajor, CblasNoTrans, CblasNoTrans, tokens, head_dim,
+          tokens, 1.0f, scores, tokens, v, 3 * dim, 0.0f, out_img + h * head_dim, dim);
+    }
+  }
+}
+
+/* out (rows, D) = fc2(act(fc1(inp))), or += with accumulate; hidden is
+ * scratch (rows, M). */
+static void
+mlp_forward (float *out, const float *inp, const VmoeMlp *mlp, int rows,
+    float *hidden, VmoeActivation act, gboolean accumulate)
+{
+  linear_forward (hidden, inp, &mlp->fc1, rows, FALSE);
+  vmoe_gelu_forward (hidden, (size_t) rows * mlp->fc1.out, act);
+  linear_forward (out, hidden, &mlp->fc2, rows, accumulate);
+}
+
+/* Puts the DESIGN.md token-routing assignment of one image in
+ * assigned_expert [T*k] (-1: dropped) and counts per expert; returns the
+ * number of dropped assignments. choice/choice_p are [T, k], best first. */
+int
+vmoe_assign_tokens (const int *choice, const float *choice_p, int tokens,
+    int top_k, int num_experts, int capacity, gboolean bpr, int *order,
+    int *assigned_expert, int *tokens_per_expert)
+{
+  for (int t = 0; t < tokens; t++)
+    order[t] = t;
+  if (bpr) {
+    /* Insertion sort by descending top-1 probability: stable, so ties keep
+     * the lower token index first. */
+    for (int a = 1; a < tokens; a++) {
+      int t = order[a];
+      float p = choice_p[t * top_k];
+      int b = a;
+      for (; b > 0 && choice_p[order[b - 1] * top_k] < p; b--)
+        order[b] = order[b - 1];
+      order[b] = t;
+    }
+  }
+  memset (tokens_per_expert, 0, num_experts * sizeof (int));
+  int dropped = 0;
+  for (int j = 0; j < top_k; j++) {
+    for (int a = 0; a < tokens; a++) {
+      int t = order[a];
+      int e = choice[t * top_k + j];
+      if (tokens_per_expert[e] < capacity) {
+        tokens_per_expert[e]++;
+        assigned_expert[t * top_k + j] = e;
+      } else {
+        assigned_expert[t * top_k + j] = -1;
+        dropped++;
+      }
+    }
+  }
+  return dropped;
+}
+
+/* ---------------------------------------------------------------- MoE */
+
+/* Runs expert `mlp` on the listed rows of z and adds weight x result into
+ * the same rows of x. */
+static void
+expert_forward (VmoeCpu *cpu, const VmoeMlp *mlp, int n_rows)
+{
+  const VmoeConfig *c = &cpu->model->config;
+  int d = cpu->dim;
+  if (n_rows == 0)
+    return;
+  for (int r = 0; r < n_rows; r++)
+    memcpy (cpu->gather_in + (size_t) r * d, cpu->z + (size_t) cpu->rows[r] * d,
+        d * sizeof (float));
+  mlp_forward (cpu->gather_out, cpu->gather_in, mlp, n_rows, cpu->hidden, c->act, FALSE);
+  for (int r = 0; r < n_rows; r++) {
+    float *x = cpu->x + (size_t) cpu->rows[r] * d;
+    const float *y = cpu->gather_out + (size_t) r * d;
+    float w = cpu->row_weights[r];
+    for (int i = 0; i < d; i++)
+      x[i] += w * y[i];
+  }
+}
+
+/* Mobile V-MoE: one router on the residual stream entering the first MoE
+ * block decides k experts and gates per image. */
+static void
+route_images (VmoeCpu *cpu, int n, VmoeRawOutput *out)
+{
+  const VmoeModel *m = cpu->model;
+  const VmoeConfig *c = &m->config;
+  int t_count = cpu->tokens, d = cpu->dim, e_count = c->num_experts;
+  int k = cpu->routing.top_k;
+  for (int i = 0; i < n; i++) {
+    float *r = cpu->router_input + (size_t) i * d;
+    const float *x = cpu->x + (size_t) i * t_count * d;
+    if (c->router_input == VMOE_ROUTER_INPUT_CLS) {
+      memcpy (r, x, d * sizeof (float));
+    } else {
+      for (int j = 0; j < d; j++) {
+        double s = 0;
+        for (int t = 0; t < t_count; t++)
+          s += x[(size_t) t * d + j];
+        r[j] = (float) (s / t_count);
+      }
+    }
+  }
+  linear_forward (cpu->router_probs, cpu->router_input, &m->router, n, FALSE);
+  vmoe_softmax_rows (cpu->router_probs, n, e_count);
+  for (int i = 0; i < n; i++) {
+    int *experts = out->experts + (size_t) i * k;
+    float *gates = out->gates + (size_t) i * k;
+    vmoe_topk (cpu->router_probs + (size_t) i * e_count, e_count, k, experts, gates);
+    if (c->normalize_gates) {
+      float sum = 0;
+      for (int j = 0; j < k; j++)
+        sum += gates[j];
+      for (int j = 0; j < k; j++)
+        gates[j] /= sum;
+    }
+  }
+}
+
+static void
+moe_image_routed (VmoeCpu *cpu, const VmoeBlock *block, int n,
+    const VmoeRawOutput *out)
+{
+  int k = cpu->routing.top_k;
+  for (int e = 0; e < cpu->model->config.num_experts; e++) {
+    int n_rows = 0;
+    for (int i = 0; i < n; i++) {
+      for (int j = 0; j < k; j++) {
+        if (out->experts[i * k + j] != e)
+          continue;
+        for (int t = 0; t < cpu->tokens; t++) {
+          cpu->rows[n_rows] = i * cpu->tokens + t;
+          cpu->row_weights[n_rows++] = out->gates[i * k + j];
+        }
+      }
+    }
+    expert_forward (cpu, &block->experts[e], n_rows);
+  }
+}
+
+/* V-MoE: a router per token in each MoE block, with per-image capacity. */
+static void
+moe_token_routed (VmoeCpu *cpu, const VmoeBlock *block, int layer, int n,
+    VmoeRawOutput *out)
+{
+  const VmoeConfig *c = &cpu->model->config;
+  int t_count = cpu->tokens, e_count = c->num_experts, k = cpu->routing.top_k;
+  int rows = n * t_count;
+  int capacity = vmoe_token_capacity (k, t_count, cpu->routing.capacity_ratio, e_count);
+  linear_forward (cpu->router_probs, cpu->z, &block->router, rows, FALSE);
+  vmoe_softmax_rows (cpu->router_probs, rows, e_count);
+  for (int r = 0; r < rows; r++)
+    vmoe_topk (cpu->router_probs + (size_t) r * e_count, e_count, k,
+        cpu->choice + (size_t) r * k, cpu->choice_p + (size_t) r * k);
+  for (int i = 0; i < n; i++) {
+    size_t first = (size_t) i * t_count * k;
+    int *counts = out->tokens_per_expert + ((size_t) i * c->n_moe_layers + layer) * e_count;
+    out->dropped[i * c->n_moe_layers + layer] = vmoe_assign_tokens (
+        cpu->choice + first, cpu->choice_p + first, t_count, k, e_count,
+        capacity, c->bpr, cpu->order, cpu->assigned + first, counts);
+  }
+  for (int e = 0; e < e_count; e++) {
+    int n_rows = 0;
+    for (int a = 0; a < rows * k; a++) {
+      if (cpu->assigned[a] != e)
+        continue;
+      cpu->rows[n_rows] = a / k;
+      cpu->row_weights[n_rows++] = cpu->choice_p[a];
+    }
+    expert_forward (cpu, &block->experts[e], n_rows);
+  }
+}
+
+/* ---------------------------------------------------------------- forward */
+
+/* input (N, C, H, W) -> patches (N*Np, C*P*P), im2col order (c, ky, kx). */
+static void
+im2col (float *patches, const float *input, int n, const VmoeConfig *c)
+{
+  int p = c->patch_size, gh = c->image_h / p, gw = c->image_w / p;
+  int h = c->image_h, w = c->image_w;
+  for (int i = 0; i < n; i++) {
+    const float *img = input + (size_t) i * c->in_channels * h * w;
+    for (int py = 0; py < gh; py++) {
+      for (int px = 0; px < gw; px++) {
+        float *dst = patches + ((size_t) (i * gh + py) * gw + px) * c->in_channels * p * p;
+        for (int ch = 0; ch < c->in_channels; ch++)
+          for (int ky = 0; ky < p; ky++) {
+            memcpy (dst, img + ((size_t) ch * h + py * p + ky) * w + px * p,
+                p * sizeof (float));
+            dst += p;
+          }
+      }
+    }
+  }
+}
+
+static void
+embed (VmoeCpu *cpu, const float *input, int n)
+{
+  const VmoeModel *m = cpu->model;
+  const VmoeConfig *c = &m->config;
+  int d = cpu->dim, n_patches = vmoe_config_patches (c);
+  int first_patch = c->class_token ? 1 : 0;
+  im2col (cpu->patches, input, n, c);
+  linear_forward (cpu->z, cpu->patches, &m->patch_embed, n * n_patches, FALSE);
+  for (int i = 0; i < n; i++) {
+    float *x = cpu->x + (size_t) i * cpu->tokens * d;
+    if (c->class_token)
+      for (int j = 0; j < d; j++)
+        x[j] = m->cls_token[j] + m->pos_embed[j];
+    for (int t = 0; t < n_patches; t++) {
+      float *dst = x + (size_t) (first_patch + t) * d;
+      const float *src = cpu->z + ((size_t) i * n_patches + t) * d;
+      const float *pos = m->pos_embed + (size_t) (first_patch + t) * d;
+      for (int j = 0; j < d; j++)
+        dst[j] = src[j] + pos[j];
+    }
+  }
+}
+
+static void
+pool_and_head (VmoeCpu *cpu, int n, float *logits)
+{
+  const VmoeModel *m = cpu->model;
+  const VmoeConfig *c = &m->config;
+  int d = cpu->dim, t_count = cpu->tokens;
+  float eps = (float) c->norm_eps;
+  for (int i = 0; i < n; i++) {
+    const float *x = cpu->x + (size_t) i * t_count * d;
+    float *pooled = cpu->pooled + (size_t) i * d;
+    if (c->pool == VMOE_POOL_TOKEN) {
+      vmoe_layernorm_forward (pooled, x, m->norm_weight, m->norm_bias, 1, d, eps);
+      continue;
+    }
+    int first = c->class_token ? 1 : 0, count = t_count - first;
+    vmoe_layernorm_forward (cpu->z, x + (size_t) first * d, m->norm_weight,
+        m->norm_bias, count, d, eps);
+    for (int j = 0; j < d; j++) {
+      double s = 0;
+      for (int t = 0; t < count; t++)
+        s += cpu->z[(size_t) t * d + j];
+      pooled[j] = (float) (s / count);
+    }
+  }
+  linear_forward (logits, cpu->pooled, &m->head, n, FALSE);
+}
+
+void
+vmoe_cpu_forward (VmoeCpu *cpu, const float *input, int n, VmoeRawOutput *out)
+{
+  const VmoeModel *m = cpu->model;
+  const VmoeConfig *c = &m->config;
+  int d = cpu->dim, rows = n * cpu->tokens;
+  float eps = (float) c->norm_eps;
+  vmoe_cpu_reserve (cpu, n);
+
+  embed (cpu, input, n);
+  int layer = 0;
+  for (int b = 0; b < c->depth; b++) {
+    const VmoeBlock *block = &m->blocks[b];
+    /* x = x + Attn(LN1(x)) */
+    vmoe_layernorm_forward (cpu->z, cpu->x, block->norm1_weight, block->norm1_bias,
+        rows, d, eps);
+    linear_forward (cpu->qkv, cpu->z, &block->qkv, rows, FALSE);
+    vmoe_attention_forward (cpu->attn, cpu->qkv, cpu->scores, n, cpu->tokens, d,
+        c->num_heads);
+    linear_forward (cpu->x, cpu->attn, &block->proj, rows, TRUE);
+    /* x = x + FFN(LN2(x)) */
+    if (block->is_moe && c->routing == VMOE_ROUTING_IMAGE && layer == 0)
+      route_images (cpu, n, out);
+    vmoe_layernorm_forward (cpu->z, cpu->x, block->norm2_weight, block->norm2_bias,
+        rows, d, eps);
+    if (!block->is_moe) {
+      mlp_forward (cpu->x, cpu->z, &block->mlp, rows, cpu->hidden, c->act, TRUE);
+      continue;
+    }
+    if (block->has_shared)
+      mlp_forward (cpu->x, cpu->z, &block->shared, rows, cpu->hidden, c->act, TRUE);
+    if (c->routing == VMOE_ROUTING_IMAGE)
+      moe_image_routed (cpu, block, n, out);
+    else
+      moe_token_routed (cpu, block, layer, n, out);
+    layer++;
+  }
+  pool_and_head (cpu, n, out->logits);
+}
+
+/* ---------------------------------------------------------------- life */
+
+static void
+workspace_free (VmoeCpu *cpu)
+{
+  float **floats[] = { &cpu->x, &cpu->z, &cpu->qkv, &cpu->attn, &cpu->hidden,
+    &cpu->scores, &cpu->patches, &cpu->gather_in, &cpu->gather_out,
+    &cpu->router_probs, &cpu->router_input, &cpu->pooled, &cpu->row_weights,
+    &cpu->choice_p };
+  for (guint i = 0; i < G_N_ELEMENTS (floats); i++)
+    g_clear_pointer (floats[i], g_free);
+  g_clear_pointer (&cpu->rows, g_free);
+  g_clear_pointer (&cpu->choice, g_free);
+  g_clear_pointer (&cpu->assigned, g_free);
+  g_clear_pointer (&cpu->order, g_free);
+}
+
+void
+vmoe_cpu_reserve (VmoeCpu *cpu, int n)
+{
+  if (n <= cpu->reserved)
+    return;
+  const VmoeConfig *c = &cpu->model->config;
+  workspace_free (cpu);
+  size_t t = cpu->tokens, d = cpu->dim, k = MAX (cpu->routing.top_k, 1);
+  size_t rows = (size_t) n * t;
+  /* An image may send all its tokens to one expert k times only with k
+   * distinct experts, so one expert sees at most N*T rows; the shared buffers
+   * are sized for N*T*k to stay obviously safe. */
+  size_t expert_rows = rows * k;
+  size_t patch_len = (size_t) c->in_channels * c->patch_size * c->patch_size;
+  cpu->x = g_new (float, rows * d);
+  cpu->z = g_new (float, MAX (rows * d, (size_t) n * vmoe_config_patches (c) * d));
+  cpu->qkv = g_new (float, rows * 3 * d);
+  cpu->attn = g_new (float, rows * d);
+  cpu->hidden = g_new (float, expert_rows * cpu->hidden_dim);
+  cpu->scores = g_new (float, t * t);
+  cpu->patches = g_new (float, (size_t) n * vmoe_config_patches (c) * patch_len);
+  cpu->gather_in = g_new (float, expert_rows * d);
+  cpu->gather_out = g_new (float, expert_rows * d);
+  cpu->router_probs = g_new (float, rows * MAX (c->num_experts, 1));
+  cpu->router_input = g_new (float, (size_t) n * d);
+  cpu->pooled = g_new (float, (size_t) n * d);
+  cpu->rows = g_new (int, expert_rows);
+  cpu->row_weights = g_new (float, expert_rows);
+  cpu->choice = g_new (int, expert_rows);
+  cpu->choice_p = g_new (float, expert_rows);
+  cpu->assigned = g_new (int, expert_rows);
+  cpu->order = g_new (int, t);
+  cpu->reserved = n;
+}
+
+VmoeCpu *
+vmoe_cpu_new (VmoeModel *model, VmoeRoutingParams routing, int threads)
+{
+  const VmoeConfig *c = &model->config;
+  VmoeCpu *cpu = g_new0 (VmoeCpu, 1);
+  cpu->model = vmoe_model_ref (model);
+  cpu->routing = routing;
+  cpu->tokens = vmoe_config_tokens (c);
+  cpu->dim = c->embed_dim;
+  cpu->hidden_dim = MAX (c->mlp_dim, c->routing != VMOE_ROUTING_NONE ? c->expert_mlp_dim : 0);
+  /* OpenBLAS's thread count is process-wide; the last session to ask wins. */
+  if (threads > 0)
+    openblas_set_num_threads (threads);
+  return cpu;
+}
+
+void
+vmoe_cpu_free (VmoeCpu *cpu)
+{
+  if (!cpu)
+    return;
+  workspace_free (cpu);
+  vmoe_model_unref (cpu->model);
+  g_free (cpu);
+}

@@ -1,0 +1,44 @@
+/* The CPU backend: the forward pass of DESIGN.md on OpenBLAS. */
+#ifndef VMOE_CPU_H
+#define VMOE_CPU_H
+
+#include "vmoe-private.h"
+
+/* What a backend computes for a batch of n images; sized by the session. */
+typedef struct {
+  float *logits;              /* [n, num_classes] */
+  int *experts;               /* [n, k] image routing */
+  float *gates;               /* [n, k] */
+  int *tokens_per_expert;     /* [n, n_moe_layers, num_experts] token routing */
+  int *dropped;               /* [n, n_moe_layers] */
+} VmoeRawOutput;
+
+/* Routing as a session runs it: the model's, or the caller's overrides. */
+typedef struct {
+  int top_k;
+  double capacity_ratio;
+} VmoeRoutingParams;
+
+typedef struct VmoeCpu VmoeCpu;
+
+VmoeCpu *vmoe_cpu_new (VmoeModel *model, VmoeRoutingParams routing, int threads);
+void vmoe_cpu_free (VmoeCpu *cpu);
+/* Grows the workspace to hold n images; afterwards runs of up to n images
+ * allocate nothing. */
+void vmoe_cpu_reserve (VmoeCpu *cpu, int n);
+void vmoe_cpu_forward (VmoeCpu *cpu, const float *input, int n, VmoeRawOutput *out);
+
+/* The ops, exposed for the op-level tests. Shapes in the comments of cpu.c. */
+void vmoe_layernorm_forward (float *out, const float *inp, const float *weight,
+    const float *bias, int rows, int dim, float eps);
+void vmoe_gelu_forward (float *x, size_t n, VmoeActivation act);
+void vmoe_softmax_rows (float *x, int rows, int cols);
+void vmoe_topk (const float *values, int n, int k, int *index, float *top);
+void vmoe_attention_forward (float *out, const float *qkv, float *scores,
+    int n_images, int tokens, int dim, int heads);
+/* Token-routing assignment of one image (DESIGN.md, token routing). */
+int vmoe_assign_tokens (const int *choice, const float *choice_p, int tokens,
+    int top_k, int num_experts, int capacity, gboolean bpr, int *order,
+    int *assigned_expert, int *tokens_per_expert);
+
+#endif

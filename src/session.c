@@ -1,0 +1,261 @@
+/* Sessions: option handling, the per-session buffers and the results that
+ * every backend shares.  Buffers grow to the largest batch seen and are then
+ * reused, so steady-state runs allocate nothing. */
+#include "cpu.h"
+
+#include <string.h>
+
+#define DEFAULT_TOP_K 5
+
+struct VmoeSession {
+  VmoeModel *model;
+  VmoeBackend backend;
+  VmoeRoutingParams routing;
+  int n_top;
+  VmoeCpu *cpu;
+
+  int reserved;                    /* images the buffers hold */
+  int n_last;                      /* images of the last run */
+  float *input;                    /* [N, C, H, W] for the 8-bit path */
+  VmoeRawOutput raw;
+  float *probs;                    /* [N, K] */
+  int *top_classes;                /* [N, n_top] */
+  float *top_scores;
+  const char **top_labels;
+  const char **superclass_names;   /* [N, k] */
+  VmoeLayerStats *layers;          /* [N, n_moe_layers] */
+  VmoeImageResult *results;        /* [N] */
+};
+
+void
+vmoe_session_options_init (VmoeSessionOptions *options)
+{
+  memset (options, 0, sizeof *options);
+  options->backend = VMOE_BACKEND_AUTO;
+  options->top_k = DEFAULT_TOP_K;
+  options->capacity_ratio = -1;
+}
+
+const char *
+vmoe_backend_name (VmoeBackend backend)
+{
+  switch (backend) {
+    case VMOE_BACKEND_CPU:
+      return "cpu";
+    case VMOE_BACKEND_VULKAN:
+      return "vulkan";
+    default:
+      return "auto";
+  }
+}
+
+gboolean
+vmoe_backend_from_string (const char *name, VmoeBackend *backend)
+{
+  static const VmoeBackend all[] = { VMOE_BACKEND_AUTO, VMOE_BACKEND_CPU,
+    VMOE_BACKEND_VULKAN };
+  for (guint i = 0; name && i < G_N_ELEMENTS (all); i++) {
+    if (strcmp (name, vmoe_backend_name (all[i])) == 0) {
+      *backend = all[i];
+      return TRUE;
+    }
+  }
+  return FALSE;
+}
+
+static void
+buffers_free (VmoeSession *s)
+{
+  g_clear_pointer (&s->input, g_free);
+  g_clear_pointer (&s->raw.logits, g_free);
+  g_clear_pointer (&s->raw.experts, g_free);
+  g_clear_pointer (&s->raw.gates, g_free);
+  g_clear_pointer (&s->raw.tokens_per_expert, g_free);
+  g_clear_pointer (&s->raw.dropped, g_free);
+  g_clear_pointer (&s->probs, g_free);
+  g_clear_pointer (&s->top_classes, g_free);
+  g_clear_pointer (&s->top_scores, g_free);
+  g_clear_pointer (&s->top_labels, g_free);
+  g_clear_pointer (&s->superclass_names, g_free);
+  g_clear_pointer (&s->layers, g_free);
+  g_clear_pointer (&s->results, g_free);
+}
+
+static void
+reserve (VmoeSession *s, int n)
+{
+  if (n <= s->reserved)
+    return;
+  const VmoeConfig *c = &s->model->config;
+  buffers_free (s);
+  size_t k = s->routing.top_k, layers = c->n_moe_layers, e = c->num_experts;
+  s->input = g_new (float, (size_t) n * c->in_channels * c->image_h * c->image_w);
+  s->raw.logits = g_new (float, (size_t) n * c->num_classes);
+  s->raw.experts = g_new0 (int, MAX (n * k, 1));
+  s->raw.gates = g_new0 (float, MAX (n * k, 1));
+  s->raw.tokens_per_expert = g_new0 (int, MAX (n * layers * e, 1));
+  s->raw.dropped = g_new0 (int, MAX (n * layers, 1));
+  s->probs = g_new (float, (size_t) n * c->num_classes);
+  s->top_classes = g_new (int, (size_t) n * s->n_top);
+  s->top_scores = g_new (float, (size_t) n * s->n_top);
+  s->top_labels = g_new (const char *, (size_t) n * s->n_top);
+  s->superclass_names = g_new0 (const char *, MAX (n * k, 1));
+  s->layers = g_new0 (VmoeLayerStats, MAX (n * layers, 1));
+  s->results = g_new0 (VmoeImageResult, n);
+  s->reserved = n;
+  vmoe_cpu_reserve (s->cpu, n);
+}
+
+VmoeSession *
+vmoe_session_new (VmoeModel *model, const VmoeSessionOptions *options,
+    GError **error)
+{
+  g_return_val_if_fail (model != NULL, NULL);
+  VmoeSessionOptions defaults;
+  if (!options) {
+    vmoe_session_options_init (&defaults);
+    options = &defaults;
+  }
+  const VmoeConfig *c = &model->config;
+  if (options->backend == VMOE_BACKEND_VULKAN) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_BACKEND,
+        "the vulkan backend is not built into this libvmoe; use backend cpu");
+    return NULL;
+  }
+  if (options->top_k < 0 || options->threads < 0) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
+        "top_k and threads must not be negative");
+    return NULL;
+  }
+  VmoeRoutingParams routing = { c->top_k, c->capacity_ratio };
+  if (options->experts_k > 0) {
+    if (c->routing == VMOE_ROUTING_NONE || options->experts_k > c->num_experts) {
+      g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
+          "experts-k %d is not possible: the model has %d experts",
+          options->experts_k, c->num_experts);
+      return NULL;
+    }
+    routing.top_k = options->experts_k;
+  }
+  if (options->capacity_ratio > 0)
+    routing.capacity_ratio = options->capacity_ratio;
+
+  VmoeSession *s = g_new0 (VmoeSession, 1);
+  s->model = vmoe_model_ref (model);
+  s->backend = VMOE_BACKEND_CPU;
+  s->routing = routing;
+  s->n_top = MIN (options->top_k > 0 ? options->top_k : DEFAULT_TOP_K, c->num_classes);
+  s->cpu = vmoe_cpu_new (model, routing, options->threads);
+  reserve (s, 1);
+  return s;
+}
+
+void
+vmoe_session_free (VmoeSession *s)
+{
+  if (!s)
+    return;
+  buffers_free (s);
+  vmoe_cpu_free (s->cpu);
+  vmoe_model_unref (s->model);
+  g_free (s);
+}
+
+VmoeModel *
+vmoe_session_get_model (VmoeSession *s)
+{
+  return s->model;
+}
+
+VmoeBackend
+vmoe_session_get_backend (VmoeSession *s)
+{
+  return s->backend;
+}
+
+/* Turns a backend's raw output into the public per-image results. */
+static void
+fill_results (VmoeSession *s, int n)
+{
+  const VmoeConfig *c = &s->model->config;
+  int k_classes = c->num_classes, k = s->routing.top_k;
+  int layers = c->n_moe_layers, e_count = c->num_experts;
+  memcpy (s->probs, s->raw.logits, (size_t) n * k_classes * sizeof (float));
+  vmoe_softmax_rows (s->probs, n, k_classes);
+  for (int i = 0; i < n; i++) {
+    VmoeImageResult *r = &s->results[i];
+    memset (r, 0, sizeof *r);
+    r->logits = s->raw.logits + (size_t) i * k_classes;
+    r->n_top = s->n_top;
+    r->top_classes = s->top_classes + (size_t) i * s->n_top;
+    r->top_scores = s->top_scores + (size_t) i * s->n_top;
+    r->top_labels = s->top_labels + (size_t) i * s->n_top;
+    vmoe_topk (s->probs + (size_t) i * k_classes, k_classes, s->n_top,
+        (int *) r->top_classes, (float *) r->top_scores);
+    for (int j = 0; j < s->n_top; j++)
+      ((const char **) r->top_labels)[j] = c->labels[r->top_classes[j]];
+    if (c->routing == VMOE_ROUTING_IMAGE) {
+      r->n_experts = k;
+      r->experts = s->raw.experts + (size_t) i * k;
+      r->gates = s->raw.gates + (size_t) i * k;
+      r->superclasses = s->superclass_names + (size_t) i * k;
+      for (int j = 0; j < k; j++)
+        ((const char **) r->superclasses)[j] = c->n_superclasses
+            ? c->superclasses[r->experts[j]].name : NULL;
+    } else if (c->routing == VMOE_ROUTING_TOKEN) {
+      r->n_layers = layers;
+      r->layers = s->layers + (size_t) i * layers;
+      for (int l = 0; l < layers; l++) {
+        VmoeLayerStats *st = (VmoeLayerStats *) &r->layers[l];
+        st->block = c->moe_layers[l];
+        st->tokens_per_expert = s->raw.tokens_per_expert
+            + ((size_t) i * layers + l) * e_count;
+        st->dropped = s->raw.dropped[i * layers + l];
+      }
+    }
+  }
+  s->n_last = n;
+}
+
+static gboolean
+check_batch (int n, GError **error)
+{
+  if (n < 1 || n > 65536) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
+        "batch size %d is outside [1, 65536]", n);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+gboolean
+vmoe_session_run_f32 (VmoeSession *s, const float *input, int n, GError **error)
+{
+  if (!check_batch (n, error))
+    return FALSE;
+  reserve (s, n);
+  vmoe_cpu_forward (s->cpu, input, n, &s->raw);
+  fill_results (s, n);
+  return TRUE;
+}
+
+gboolean
+vmoe_session_run_u8 (VmoeSession *s, const VmoeImage *images, int n, GError **error)
+{
+  if (!check_batch (n, error))
+    return FALSE;
+  reserve (s, n);
+  const VmoeConfig *c = &s->model->config;
+  size_t per_image = (size_t) c->in_channels * c->image_h * c->image_w;
+  for (int i = 0; i < n; i++)
+    if (!vmoe_preprocess (c, &images[i], s->input + i * per_image, error))
+      return FALSE;
+  return vmoe_session_run_f32 (s, s->input, n, error);
+}
+
+const VmoeImageResult *
+vmoe_session_get_result (VmoeSession *s, int i)
+{
+  g_return_val_if_fail (i >= 0 && i < s->n_last, NULL);
+  return &s->results[i];
+}

@@ -1,0 +1,72 @@
+/* Internal types shared by the loader, the backends and the writer. */
+#ifndef VMOE_PRIVATE_H
+#define VMOE_PRIVATE_H
+
+#include "vmoe/vmoe.h"
+
+/* y = x W^T + b, W is [out, in] row-major as in PyTorch; b may be NULL. */
+typedef struct {
+  const float *weight;
+  const float *bias;
+  int in, out;
+} VmoeLinear;
+
+typedef struct {
+  VmoeLinear fc1, fc2;
+} VmoeMlp;
+
+typedef struct {
+  const float *norm1_weight, *norm1_bias;
+  const float *norm2_weight, *norm2_bias;
+  VmoeLinear qkv, proj;
+  gboolean is_moe;
+  VmoeMlp mlp;               /* dense block */
+  VmoeMlp *experts;          /* MoE block: num_experts */
+  gboolean has_shared;
+  VmoeMlp shared;
+  VmoeLinear router;         /* token routing only */
+} VmoeBlock;
+
+struct VmoeModel {
+  gint refcount;
+  GMappedFile *file;
+  VmoeConfig config;
+  GPtrArray *owned;          /* float copies of F16/BF16/unaligned tensors */
+
+  VmoeLinear patch_embed;    /* weight viewed as [D, C*P*P] */
+  const float *cls_token;    /* [D] or NULL */
+  const float *pos_embed;    /* [T, D] */
+  VmoeBlock *blocks;         /* depth */
+  VmoeLinear router;         /* image routing only */
+  const float *norm_weight, *norm_bias;
+  VmoeLinear head;
+  guint64 n_params;
+};
+
+/* Parses and validates the JSON text of "vmoe.config" into `config`. */
+gboolean vmoe_config_parse (const char *json_text, gssize length,
+    VmoeConfig *config, GError **error);
+void vmoe_config_clear (VmoeConfig *config);
+/* Patches per image (without the class token). */
+int vmoe_config_patches (const VmoeConfig *config);
+int vmoe_config_tokens (const VmoeConfig *config);
+gboolean vmoe_config_block_is_moe (const VmoeConfig *config, int block);
+
+/* One tensor the configuration requires. */
+typedef struct {
+  char *name;
+  int ndim;
+  gint64 shape[4];
+  gboolean optional;
+} VmoeTensorSpec;
+
+/* Every tensor a configuration requires, in file order; optional ones (a
+ * router bias) are flagged.  Free with g_ptr_array_unref. */
+GPtrArray *vmoe_config_tensor_specs (const VmoeConfig *config,
+    gboolean include_optional);
+
+/* Capacity of each expert per image for token routing (DESIGN.md). */
+int vmoe_token_capacity (int top_k, int tokens, double capacity_ratio,
+    int num_experts);
+
+#endif

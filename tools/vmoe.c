@@ -1,0 +1,500 @@
+/* vmoe: the command-line tool (DESIGN.md, Command-line tool).
+ * One binary, one function per sub-command; each error is one line on
+ * stderr and a non-zero exit. */
+#include "npy.h"
+#include "vmoe/vmoe.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int (*CommandFunc) (int argc, char **argv);
+
+static int
+fail (const char *command, const char *message)
+{
+  fprintf (stderr, "vmoe %s: %s\n", command, message);
+  return 1;
+}
+
+static int
+fail_error (const char *command, GError *error)
+{
+  fail (command, error->message);
+  g_error_free (error);
+  return 1;
+}
+
+/* Parses the options of one sub-command; handles --help and bad options. */
+static gboolean
+parse_options (const char *command, const char *params, const char *summary,
+    const GOptionEntry *entries, int *argc, char ***argv, int *status)
+{
+  GOptionContext *ctx = g_option_context_new (params);
+  g_option_context_set_summary (ctx, summary);
+  g_option_context_add_main_entries (ctx, entries, NULL);
+  char *prgname = g_strdup_printf ("vmoe %s", command);
+  g_set_prgname (prgname);
+  g_free (prgname);
+  GError *error = NULL;
+  gboolean ok = g_option_context_parse (ctx, argc, argv, &error);
+  g_option_context_free (ctx);
+  if (!ok)
+    *status = fail_error (command, error);
+  return ok;
+}
+
+static void
+json_append_string (GString *out, const char *s)
+{
+  g_string_append_c (out, '"');
+  for (const unsigned char *p = (const unsigned char *) s; *p; p++) {
+    if (*p == '"' || *p == '\\')
+      g_string_append_printf (out, "\\%c", *p);
+    else if (*p < 0x20)
+      g_string_append_printf (out, "\\u%04x", *p);
+    else
+      g_string_append_c (out, (char) *p);
+  }
+  g_string_append_c (out, '"');
+}
+
+static void
+json_append_float (GString *out, double v)
+{
+  if (isfinite (v))
+    g_string_append_printf (out, "%.9g", v);
+  else
+    g_string_append (out, "null");
+}
+
+static void
+json_append_ints (GString *out, const int *v, int n)
+{
+  g_string_append_c (out, '[');
+  for (int i = 0; i < n; i++)
+    g_string_append_printf (out, "%s%d", i ? ", " : "", v[i]);
+  g_string_append_c (out, ']');
+}
+
+static void
+json_append_floats (GString *out, const float *v, int n)
+{
+  g_string_append_c (out, '[');
+  for (int i = 0; i < n; i++) {
+    if (i)
+      g_string_append (out, ", ");
+    json_append_float (out, v[i]);
+  }
+  g_string_append_c (out, ']');
+}
+
+static char *
+result_to_json (const VmoeConfig *c, const VmoeImageResult *r, gsize index,
+    gboolean with_logits)
+{
+  GString *out = g_string_new (NULL);
+  g_string_append_printf (out, "{\"index\": %" G_GSIZE_FORMAT ", \"top\": [", index);
+  for (int j = 0; j < r->n_top; j++) {
+    g_string_append_printf (out, "%s{\"class\": %d, \"label\": ", j ? ", " : "",
+        r->top_classes[j]);
+    json_append_string (out, r->top_labels[j]);
+    g_string_append (out, ", \"score\": ");
+    json_append_float (out, r->top_scores[j]);
+    g_string_append_c (out, '}');
+  }
+  g_string_append_c (out, ']');
+  if (with_logits) {
+    g_string_append (out, ", \"logits\": ");
+    json_append_floats (out, r->logits, c->num_classes);
+  }
+  if (c->routing == VMOE_ROUTING_IMAGE) {
+    g_string_append (out, ", \"experts\": ");
+    json_append_ints (out, r->experts, r->n_experts);
+    g_string_append (out, ", \"gates\": ");
+    json_append_floats (out, r->gates, r->n_experts);
+    if (c->n_superclasses) {
+      g_string_append (out, ", \"superclasses\": [");
+      for (int j = 0; j < r->n_experts; j++) {
+        g_string_append (out, j ? ", " : "");
+        json_append_string (out, r->superclasses[j]);
+      }
+      g_string_append_c (out, ']');
+    }
+  }
+  if (c->routing == VMOE_ROUTING_TOKEN) {
+    g_string_append (out, ", \"layers\": [");
+    for (int l = 0; l < r->n_layers; l++) {
+      const VmoeLayerStats *s = &r->layers[l];
+      g_string_append_printf (out, "%s{\"block\": %d, \"tokens_per_expert\": ",
+          l ? ", " : "", s->block);
+      json_append_ints (out, s->tokens_per_expert, c->num_experts);
+      g_string_append_printf (out, ", \"dropped\": %d}", s->dropped);
+    }
+    g_string_append_c (out, ']');
+  }
+  g_string_append_c (out, '}');
+  return g_string_free (out, FALSE);
+}
+
+/* ------------------------------------------------------------------ info */
+
+static int
+cmd_info (int argc, char **argv)
+{
+  int status = 0;
+  GOptionEntry entries[] = { { NULL } };
+  if (!parse_options ("info", "MODEL", "Prints a model's configuration, "
+          "parameter count, FLOPs per image and labels.", entries, &argc, &argv, &status))
+    return status;
+  if (argc != 2)
+    return fail ("info", "expects one MODEL argument (see --help)");
+  GError *error = NULL;
+  VmoeModel *model = vmoe_model_load (argv[1], &error);
+  if (!model)
+    return fail_error ("info", error);
+  const VmoeConfig *c = vmoe_model_get_config (model);
+  static const char *const routing[] = { "dense", "image (Mobile V-MoE)",
+    "token (V-MoE)" };
+  printf ("model:        %s\n", argv[1]);
+  printf ("image:        %dx%d, %d channel(s), patch %d, %d tokens\n",
+      c->image_w, c->image_h, c->in_channels, c->patch_size, vmoe_model_tokens (model));
+  printf ("trunk:        depth %d, width %d, %d heads, MLP %d, %s, %s pooling%s\n",
+      c->depth, c->embed_dim, c->num_heads, c->mlp_dim,
+      c->act == VMOE_ACT_GELU ? "gelu" : "gelu_tanh",
+      c->pool == VMOE_POOL_TOKEN ? "token" : "avg",
+      c->class_token ? ", class token" : "");
+  printf ("routing:      %s\n", routing[c->routing]);
+  if (c->routing != VMOE_ROUTING_NONE) {
+    printf ("moe blocks:  ");
+    for (int i = 0; i < c->n_moe_layers; i++)
+      printf (" %d", c->moe_layers[i]);
+    printf ("\nexperts:      %d, top-k %d, expert MLP %d%s\n", c->num_experts,
+        c->top_k, c->expert_mlp_dim, c->shared_expert ? ", shared expert" : "");
+    if (c->routing == VMOE_ROUTING_TOKEN)
+      printf ("capacity:     ratio %g, BPR %s\n", c->capacity_ratio, c->bpr ? "on" : "off");
+    else
+      printf ("router input: %s, gates %s\n",
+          c->router_input == VMOE_ROUTER_INPUT_CLS ? "cls" : "mean",
+          c->normalize_gates ? "normalised" : "raw");
+  }
+  printf ("parameters:   %" G_GUINT64_FORMAT "\n", vmoe_model_parameter_count (model));
+  printf ("GFLOPs/image: %.4f as routed, %.4f with every expert\n",
+      vmoe_model_flops (model, TRUE) / 1e9, vmoe_model_flops (model, FALSE) / 1e9);
+  printf ("classes:      %d:", c->num_classes);
+  for (int i = 0; i < c->num_classes && i < 20; i++)
+    printf ("%s %s", i ? "," : "", c->labels[i]);
+  printf ("%s\n", c->num_classes > 20 ? ", ..." : "");
+  for (int i = 0; i < c->n_superclasses; i++) {
+    printf ("superclass %d: %s (", i, c->superclasses[i].name);
+    for (int j = 0; j < c->superclasses[i].n_classes; j++)
+      printf ("%s%s", j ? ", " : "", c->labels[c->superclasses[i].classes[j]]);
+    printf (")\n");
+  }
+  vmoe_model_unref (model);
+  return 0;
+}
+
+/* ------------------------------------------------------------------- run */
+
+static gboolean
+make_session (const char *backend_name, int threads, int top_k,
+    VmoeModel *model, VmoeSession **session, GError **error)
+{
+  VmoeSessionOptions options;
+  vmoe_session_options_init (&options);
+  if (backend_name && !vmoe_backend_from_string (backend_name, &options.backend)) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
+        "unknown backend '%s' (auto, cpu or vulkan)", backend_name);
+    return FALSE;
+  }
+  options.threads = threads;
+  if (top_k > 0)
+    options.top_k = top_k;
+  *session = vmoe_session_new (model, &options, error);
+  return *session != NULL;
+}
+
+/* Runs every image of `input` in chunks of `batch`, printing JSON lines. */
+static gboolean
+run_array (VmoeSession *session, const NpyArray *input, int batch,
+    gboolean with_logits, GError **error)
+{
+  const VmoeConfig *c = vmoe_model_get_config (vmoe_session_get_model (session));
+  gint64 n = input->shape[0];
+  VmoeImage *images = g_new0 (VmoeImage, batch);
+  gboolean ok = TRUE;
+  for (gint64 first = 0; ok && first < n; first += batch) {
+    int count = (int) MIN (batch, n - first);
+    if (input->dtype == NPY_FLOAT32) {
+      size_t per_image = (size_t) c->in_channels * c->image_h * c->image_w;
+      ok = vmoe_session_run_f32 (session,
+          (const float *) input->data + first * per_image, count, error);
+    } else {
+      int h = (int) input->shape[1], w = (int) input->shape[2], ch = (int) input->shape[3];
+      for (int i = 0; i < count; i++) {
+        images[i].data = (const guint8 *) input->data + (first + i) * (size_t) h * w * ch;
+        images[i].width = w;
+        images[i].height = h;
+        images[i].channels = ch;
+        images[i].stride = (size_t) w * ch;
+      }
+      ok = vmoe_session_run_u8 (session, images, count, error);
+    }
+    for (int i = 0; ok && i < count; i++) {
+      char *line = result_to_json (c, vmoe_session_get_result (session, i),
+          (gsize) (first + i), with_logits);
+      puts (line);
+      g_free (line);
+    }
+  }
+  g_free (images);
+  return ok;
+}
+
+static gboolean
+check_input_shape (const VmoeConfig *c, const NpyArray *a, GError **error)
+{
+  if (a->ndim != 4 || a->shape[0] < 1) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
+        "input must be 4-D: float32 [N, C, H, W] or uint8 [N, H, W, C]");
+    return FALSE;
+  }
+  if (a->dtype == NPY_FLOAT32 && (a->shape[1] != c->in_channels
+          || a->shape[2] != c->image_h || a->shape[3] != c->image_w)) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
+        "float32 input must be [N, %d, %d, %d] for this model (got [%" G_GINT64_FORMAT
+        ", %" G_GINT64_FORMAT ", %" G_GINT64_FORMAT ", %" G_GINT64_FORMAT "])",
+        c->in_channels, c->image_h, c->image_w, a->shape[0], a->shape[1],
+        a->shape[2], a->shape[3]);
+    return FALSE;
+  }
+  if (a->dtype == NPY_UINT8 && (a->shape[3] != 1 && a->shape[3] != 3 && a->shape[3] != 4)) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
+        "uint8 input must be [N, H, W, C] with C = 1, 3 or 4");
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static int
+cmd_run (int argc, char **argv)
+{
+  int status = 0, batch = 8, threads = 0, top_k = 5;
+  char *backend = NULL;
+  gboolean logits = FALSE;
+  GOptionEntry entries[] = {
+    { "backend", 0, 0, G_OPTION_ARG_STRING, &backend, "auto, cpu or vulkan", "NAME" },
+    { "logits", 0, 0, G_OPTION_ARG_NONE, &logits, "Print the logits too", NULL },
+    { "batch", 0, 0, G_OPTION_ARG_INT, &batch, "Images per call (default 8)", "N" },
+    { "top-k", 0, 0, G_OPTION_ARG_INT, &top_k, "Classes per image (default 5)", "K" },
+    { "threads", 0, 0, G_OPTION_ARG_INT, &threads, "CPU threads (default: all)", "N" },
+    { NULL }
+  };
+  if (!parse_options ("run", "MODEL INPUT.npy", "Classifies the images of a "
+          ".npy array: float32 [N, C, H, W] already normalised, or uint8 "
+          "[N, H, W, C] (C = 1, 3, 4) of any size, pre-processed as the model "
+          "says. Prints one JSON object per image and line.",
+          entries, &argc, &argv, &status))
+    goto out;
+  if (argc != 3) {
+    status = fail ("run", "expects MODEL and INPUT.npy (see --help)");
+    goto out;
+  }
+  if (batch < 1 || top_k < 1 || threads < 0) {
+    status = fail ("run", "--batch and --top-k must be at least 1, --threads not negative");
+    goto out;
+  }
+  GError *error = NULL;
+  VmoeModel *model = vmoe_model_load (argv[1], &error);
+  VmoeSession *session = NULL;
+  NpyArray input = { 0 };
+  if (!model || !npy_load (argv[2], &input, &error)
+      || !check_input_shape (vmoe_model_get_config (model), &input, &error)
+      || !make_session (backend, threads, top_k, model, &session, &error)
+      || !run_array (session, &input, batch, logits, &error))
+    status = fail_error ("run", error);
+  npy_clear (&input);
+  vmoe_session_free (session);
+  vmoe_model_unref (model);
+out:
+  g_free (backend);
+  return status;
+}
+
+/* ----------------------------------------------------------------- bench */
+
+static int
+compare_double (const void *a, const void *b)
+{
+  double x = *(const double *) a, y = *(const double *) b;
+  return (x > y) - (x < y);
+}
+
+static double
+percentile (const GArray *sorted, double q)
+{
+  guint i = (guint) MIN (sorted->len - 1, floor (q * (sorted->len - 1) + 0.5));
+  return g_array_index (sorted, double, i);
+}
+
+static int
+cmd_bench (int argc, char **argv)
+{
+  int status = 0, batch = 1, threads = 0;
+  double seconds = 5.0;
+  char *backend = NULL;
+  gboolean json = FALSE;
+  GOptionEntry entries[] = {
+    { "batch", 0, 0, G_OPTION_ARG_INT, &batch, "Images per call (default 1)", "N" },
+    { "backend", 0, 0, G_OPTION_ARG_STRING, &backend, "auto, cpu or vulkan", "NAME" },
+    { "seconds", 0, 0, G_OPTION_ARG_DOUBLE, &seconds, "Time to measure (default 5)", "S" },
+    { "threads", 0, 0, G_OPTION_ARG_INT, &threads, "CPU threads (default: all)", "N" },
+    { "json", 0, 0, G_OPTION_ARG_NONE, &json, "Print one JSON object", NULL },
+    { NULL }
+  };
+  if (!parse_options ("bench", "MODEL", "Times the forward pass on random "
+          "pre-processed input: images/s, latency percentiles per call and "
+          "achieved GFLOP/s (FLOPs as routed).", entries, &argc, &argv, &status))
+    goto out;
+  if (argc != 2) {
+    status = fail ("bench", "expects one MODEL argument (see --help)");
+    goto out;
+  }
+  if (batch < 1 || !(seconds > 0) || threads < 0) {
+    status = fail ("bench", "--batch must be at least 1 and --seconds positive");
+    goto out;
+  }
+  GError *error = NULL;
+  VmoeSession *session = NULL;
+  VmoeModel *model = vmoe_model_load (argv[1], &error);
+  if (!model || !make_session (backend, threads, 5, model, &session, &error)) {
+    status = fail_error ("bench", error);
+    vmoe_model_unref (model);
+    goto out;
+  }
+  const VmoeConfig *c = vmoe_model_get_config (model);
+  size_t count = (size_t) batch * c->in_channels * c->image_h * c->image_w;
+  float *input = g_new (float, count);
+  GRand *rand = g_rand_new_with_seed (1);
+  for (size_t i = 0; i < count; i++)
+    input[i] = (float) g_rand_double_range (rand, -2, 2);
+  g_rand_free (rand);
+
+  /* One untimed call sizes every buffer and warms caches. */
+  gboolean ok = vmoe_session_run_f32 (session, input, batch, &error);
+  GArray *latencies = g_array_new (FALSE, FALSE, sizeof (double));
+  gint64 start = g_get_monotonic_time ();
+  double elapsed = 0;
+  while (ok && (elapsed < seconds || latencies->len < 3)) {
+    gint64 t0 = g_get_monotonic_time ();
+    ok = vmoe_session_run_f32 (session, input, batch, &error);
+    gint64 t1 = g_get_monotonic_time ();
+    double ms = (t1 - t0) / 1000.0;
+    g_array_append_val (latencies, ms);
+    elapsed = (t1 - start) / 1e6;
+  }
+  if (!ok) {
+    status = fail_error ("bench", error);
+  } else {
+    double images_per_s = latencies->len * (double) batch / elapsed;
+    double gflops = vmoe_model_flops (model, TRUE) * images_per_s / 1e9;
+    g_array_sort (latencies, compare_double);
+    const char *name = vmoe_backend_name (vmoe_session_get_backend (session));
+    if (json)
+      printf ("{\"backend\": \"%s\", \"batch\": %d, \"images_per_s\": %.3f, "
+          "\"latency_ms\": {\"p50\": %.3f, \"p90\": %.3f, \"p99\": %.3f}, "
+          "\"gflops\": %.3f}\n", name, batch, images_per_s,
+          percentile (latencies, 0.5), percentile (latencies, 0.9),
+          percentile (latencies, 0.99), gflops);
+    else
+      printf ("backend %s, batch %d: %.2f images/s, latency per call p50 %.3f ms, "
+          "p90 %.3f ms, p99 %.3f ms, %.2f GFLOP/s (%u calls)\n", name, batch,
+          images_per_s, percentile (latencies, 0.5), percentile (latencies, 0.9),
+          percentile (latencies, 0.99), gflops, latencies->len);
+  }
+  g_array_free (latencies, TRUE);
+  g_free (input);
+  vmoe_session_free (session);
+  vmoe_model_unref (model);
+out:
+  g_free (backend);
+  return status;
+}
+
+/* ---------------------------------------------------------- random-model */
+
+static int
+cmd_random_model (int argc, char **argv)
+{
+  int status = 0;
+  char *config_path = NULL, *output = NULL;
+  gint64 seed = 0;
+  GOptionEntry entries[] = {
+    { "config", 0, 0, G_OPTION_ARG_FILENAME, &config_path,
+      "JSON file with the vmoe.config of the model", "CONFIG.json" },
+    { "output", 'o', 0, G_OPTION_ARG_FILENAME, &output, "Model file to write", "OUT" },
+    { "seed", 0, 0, G_OPTION_ARG_INT64, &seed, "Random seed (default 0)", "S" },
+    { NULL }
+  };
+  if (!parse_options ("random-model", "", "Writes a model file with seeded "
+          "random weights for any configuration.", entries, &argc, &argv, &status))
+    goto out;
+  if (!config_path || !output || argc != 1) {
+    status = fail ("random-model", "needs --config CONFIG.json and -o OUT (see --help)");
+    goto out;
+  }
+  char *text = NULL;
+  GError *error = NULL;
+  if (!g_file_get_contents (config_path, &text, NULL, &error)
+      || !vmoe_random_model_write (text, (guint64) seed, output, &error))
+    status = fail_error ("random-model", error);
+  g_free (text);
+out:
+  g_free (config_path);
+  g_free (output);
+  return status;
+}
+
+/* ------------------------------------------------------------------ main */
+
+static const struct {
+  const char *name;
+  CommandFunc func;
+  const char *summary;
+} commands[] = {
+  { "info", cmd_info, "configuration, parameters, FLOPs and labels of a model" },
+  { "run", cmd_run, "classify the images of a .npy array, JSON lines out" },
+  { "bench", cmd_bench, "time the forward pass" },
+  { "random-model", cmd_random_model, "write a model with random weights" },
+};
+
+static void
+usage (FILE *out)
+{
+  fprintf (out, "Usage: vmoe COMMAND [OPTION...] ARGS\n\n"
+      "Sparse Vision-Transformer Mixture-of-Experts inference.\n\nCommands:\n");
+  for (guint i = 0; i < G_N_ELEMENTS (commands); i++)
+    fprintf (out, "  %-14s %s\n", commands[i].name, commands[i].summary);
+  fprintf (out, "\n'vmoe COMMAND --help' describes each.\n");
+}
+
+int
+main (int argc, char **argv)
+{
+  if (argc < 2) {
+    usage (stderr);
+    return 1;
+  }
+  if (strcmp (argv[1], "--help") == 0 || strcmp (argv[1], "-h") == 0
+      || strcmp (argv[1], "help") == 0) {
+    usage (stdout);
+    return 0;
+  }
+  for (guint i = 0; i < G_N_ELEMENTS (commands); i++)
+    if (strcmp (argv[1], commands[i].name) == 0)
+      return commands[i].func (argc - 1, argv + 1);
+  fprintf (stderr, "vmoe: unknown command '%s' (see vmoe --help)\n", argv[1]);
+  return 1;
+}
