@@ -1,0 +1,136 @@
+"""Writes the PyTorch parity suite for the C engine: random models (as model
+files), inputs (.npy) and the reference outputs of training/vmoe_torch.py
+(expected.json).  Run by meson at build time with /usr/bin/python3:
+
+    /usr/bin/python3 tests/parity/make_references.py OUTDIR [--stamp FILE]
+"""
+
+import argparse
+
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "training"))
+import vmoe_torch  # noqa: E402
+
+BASE = {
+    "format": "vmoe", "version": 1, "image_size": [32, 32], "patch_size": 8,
+    "in_channels": 3, "embed_dim": 32, "depth": 3, "num_heads": 4,
+    "mlp_dim": 64, "num_classes": 10, "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225], "crop_pct": 0.875,
+}
+
+# (name, config overrides, file dtype, uint8 input shape [N, H, W, C])
+CASES = [
+    ("dense", {}, "F32", (5, 40, 30, 3)),
+    ("avg_pool_no_cls", {"class_token": False, "pool": "avg", "qkv_bias": False},
+     "F32", (5, 32, 32, 4)),
+    ("gray_nonsquare_tanh", {"image_size": [24, 40], "in_channels": 1, "mean": [0.3],
+                             "std": [0.4], "act": "gelu_tanh", "crop_pct": 1.0},
+     "F32", (5, 50, 70, 3)),
+    ("image_k1", {"moe": {"layers": [1, 2], "num_experts": 4, "top_k": 1,
+                          "routing": "image"}}, "F32", (6, 64, 48, 1)),
+    ("image_k2_norm_mean", {"moe": {"layers": [2], "num_experts": 4, "top_k": 2,
+                                    "routing": "image", "normalize_gates": True,
+                                    "router_input": "mean", "expert_mlp_dim": 48}},
+     "F32", (6, 20, 20, 3)),
+    ("image_shared", {"moe": {"layers": [1, 2], "num_experts": 3, "top_k": 1,
+                              "routing": "image", "shared_expert": True}},
+     "F32", (6, 33, 31, 3)),
+    ("token_k2_c05_bpr", {"moe": {"layers": [1, 2], "num_experts": 4, "top_k": 2,
+                                  "routing": "token", "capacity_ratio": 0.5,
+                                  "bpr": True}}, "F32", (4, 36, 36, 3)),
+    ("token_nobpr_shared", {"moe": {"layers": [0, 2], "num_experts": 4, "top_k": 1,
+                                    "routing": "token", "capacity_ratio": 1.0,
+                                    "bpr": False, "shared_expert": True}},
+     "F32", (4, 32, 32, 3)),
+    ("image_k1_f16", {"moe": {"layers": [1, 2], "num_experts": 4, "top_k": 1,
+                              "routing": "image"}}, "F16", (4, 48, 48, 3)),
+    ("token_k2_bf16", {"moe": {"layers": [1, 2], "num_experts": 4, "top_k": 2,
+                               "routing": "token", "capacity_ratio": 0.75}},
+     "BF16", (4, 28, 40, 3)),
+]
+
+
+def randomize(model, seed):
+    """Random weights with well separated router choices: routers get a
+    larger scale so that no top-k decision is a float-rounding coin toss."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.2 * torch.rand(p.shape, generator=g) - 0.1)
+            elif name.endswith("bias"):
+                p.copy_(0.2 * torch.rand(p.shape, generator=g) - 0.1)
+            else:
+                fan_in = p[0].numel() if p.dim() > 1 else 1
+                scale = (8.0 if "router" in name else 1.0) / fan_in ** 0.5
+                p.copy_(scale * (2 * torch.rand(p.shape, generator=g) - 1))
+
+
+def routing_summary(routing, config):
+    moe = config.get("moe")
+    out = {}
+    if moe and moe["routing"] == "image":
+        out["experts"] = routing["experts"].tolist()
+        out["gates"] = routing["gates"].tolist()
+    if moe and moe["routing"] == "token":
+        out["tokens_per_expert"] = torch.stack(routing["tokens_per_expert"], 1).tolist()
+        out["dropped"] = torch.stack(routing["dropped"], 1).tolist()
+    return out
+
+
+def run_case(outdir, index, name, overrides, dtype, u8_shape):
+    config = dict(BASE, **overrides)
+    model = vmoe_torch.VisionMoE(config).eval()
+    randomize(model, 1000 + index)
+    path = os.path.join(outdir, name + ".safetensors")
+    vmoe_torch.save_model(model, path, dtype, config)
+    # The engine computes with the file's weights: round-trip them.
+    model = vmoe_torch.load_model(path).eval()
+    c = model.config
+    rng = np.random.default_rng(index)
+    h, w = c["image_size"]
+    # Per-image offsets and contrasts make images differ enough to be routed
+    # to different experts.
+    n = 4
+    f32 = (rng.standard_normal((n, c["in_channels"], h, w)) * rng.uniform(0.3, 2, (n, 1, 1, 1))
+           + rng.uniform(-2, 2, (n, c["in_channels"], 1, 1))).astype(np.float32)
+    low = rng.integers(0, 128, size=(u8_shape[0], 1, 1, u8_shape[3]))
+    span = rng.integers(16, 128, size=(u8_shape[0], 1, 1, 1))
+    u8 = (low + rng.random(u8_shape) * span).astype(np.uint8)
+    inputs = []
+    for kind, array, tensor in (
+            ("f32", f32, torch.from_numpy(f32)),
+            ("u8", u8, vmoe_torch.preprocess_uint8(u8, config))):
+        npy = "%s.%s.npy" % (name, kind)
+        np.save(os.path.join(outdir, npy), array)
+        with torch.no_grad():
+            logits, routing = model(tensor)
+        entry = {"file": npy, "kind": kind, "logits": logits.tolist()}
+        entry.update(routing_summary(routing, c))
+        inputs.append(entry)
+    return {"name": name, "model": name + ".safetensors", "inputs": inputs}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("outdir")
+    parser.add_argument("--stamp", help="file to touch when the suite is written")
+    args = parser.parse_args()
+    outdir = args.outdir
+    os.makedirs(outdir, exist_ok=True)
+    torch.manual_seed(0)
+    cases = [run_case(outdir, i, *case) for i, case in enumerate(CASES)]
+    with open(os.path.join(outdir, "expected.json"), "w") as f:
+        json.dump({"cases": cases}, f)
+    if args.stamp:
+        open(args.stamp, "w").close()
+
+
+if __name__ == "__main__":
+    main()

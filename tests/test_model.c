@@ -1,0 +1,561 @@
+/* The malformed-model suite: one test per failure class of the loader, each
+ * asserting a clean GError that names what is wrong.  Files start from a
+ * valid random model and are edited in one place. */
+#include "testutil.h"
+
+#include <check.h>
+#include <glib/gstdio.h>
+#include <string.h>
+
+#define MOE_IMAGE "{\"layers\": [1], \"num_experts\": 3, \"top_k\": 1}"
+
+/* A valid tiny model, read back for editing. */
+static void
+valid_file (TestModelFile *file, const char *moe)
+{
+  char *config = test_config_json (moe);
+  char *path = test_write_random_model (config);
+  test_model_file_read (path, file);
+  g_unlink (path);
+  g_free (path);
+  g_free (config);
+}
+
+/* Writes `file` (or header_text), expects the error, removes the file. */
+static void
+expect_error (TestModelFile *file, const char *header_text, int code,
+    const char *needle)
+{
+  char *path = test_model_file_write (file, header_text);
+  test_expect_load_error (path, code, needle);
+  g_unlink (path);
+  g_free (path);
+  test_model_file_clear (file);
+}
+
+static void
+expect_raw_error (const void *bytes, gsize size, int code, const char *needle)
+{
+  char *path = NULL;
+  int fd = g_file_open_tmp ("vmoe-raw-XXXXXX", &path, NULL);
+  close (fd);
+  ck_assert (g_file_set_contents (path, bytes, size, NULL));
+  test_expect_load_error (path, code, needle);
+  g_unlink (path);
+  g_free (path);
+}
+
+/* Edits one key of the config and expects a config error naming it. */
+static void
+expect_config_error (const char *moe, const char *key, JsonNode *value,
+    const char *needle)
+{
+  TestModelFile file;
+  valid_file (&file, moe);
+  JsonNode *config = test_get_config (&file);
+  JsonObject *obj = json_node_get_object (config);
+  if (g_str_has_prefix (key, "moe."))
+    obj = json_object_get_object_member (obj, "moe"), key += 4;
+  if (value)
+    json_object_set_member (obj, key, value);
+  else
+    json_object_remove_member (obj, key);
+  test_set_config (&file, config);
+  json_node_unref (config);
+  expect_error (&file, NULL, VMOE_ERROR_CONFIG, needle);
+}
+
+static JsonNode *
+int_node (gint64 v)
+{
+  JsonNode *n = json_node_new (JSON_NODE_VALUE);
+  json_node_set_int (n, v);
+  return n;
+}
+
+static JsonNode *
+double_node (double v)
+{
+  JsonNode *n = json_node_new (JSON_NODE_VALUE);
+  json_node_set_double (n, v);
+  return n;
+}
+
+START_TEST (test_valid_models_load)
+{
+  const char *moes[] = { NULL, MOE_IMAGE,
+    "{\"layers\": [0, 1], \"num_experts\": 4, \"top_k\": 2, \"routing\": \"token\", "
+    "\"shared_expert\": true, \"capacity_ratio\": 0.5}" };
+  for (guint i = 0; i < G_N_ELEMENTS (moes); i++) {
+    char *config = test_config_json (moes[i]);
+    char *path = test_write_random_model (config);
+    GError *error = NULL;
+    VmoeModel *model = vmoe_model_load (path, &error);
+    ck_assert_msg (model != NULL, "%s", error ? error->message : "");
+    const VmoeConfig *c = vmoe_model_get_config (model);
+    ck_assert_int_eq (c->embed_dim, 8);
+    ck_assert_int_eq (vmoe_model_tokens (model), 5);
+    ck_assert_str_eq (c->labels[2], "c");
+    /* Defaults of docs/model-format.md. */
+    ck_assert (c->class_token && c->qkv_bias && c->pool == VMOE_POOL_TOKEN);
+    ck_assert_float_eq (c->crop_pct, 1.0);
+    vmoe_model_unref (model);
+    g_unlink (path);
+    g_free (path);
+    g_free (config);
+  }
+}
+END_TEST
+
+START_TEST (test_missing_file)
+{
+  test_expect_load_error ("/nonexistent/model.safetensors", VMOE_ERROR_IO,
+      "/nonexistent/model.safetensors");
+}
+END_TEST
+
+START_TEST (test_too_short)
+{
+  expect_raw_error ("abc", 3, VMOE_ERROR_FORMAT, "too short");
+}
+END_TEST
+
+START_TEST (test_header_length_past_end)
+{
+  guint8 bytes[16] = { 0 };
+  guint64 n = GUINT64_TO_LE (1000);
+  memcpy (bytes, &n, 8);
+  expect_raw_error (bytes, sizeof bytes, VMOE_ERROR_FORMAT, "exceeds");
+}
+END_TEST
+
+START_TEST (test_truncated_data)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  gsize size;
+  const guint8 *data = g_bytes_get_data (file.data, &size);
+  GBytes *cut = g_bytes_new (data, size - 5);
+  g_bytes_unref (file.data);
+  file.data = cut;
+  expect_error (&file, NULL, VMOE_ERROR_FORMAT, "outside");
+}
+END_TEST
+
+START_TEST (test_header_not_json)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  expect_error (&file, "{\"a\": [1, 2", VMOE_ERROR_FORMAT, "not valid JSON");
+}
+END_TEST
+
+START_TEST (test_header_not_object)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  expect_error (&file, "[1, 2, 3]", VMOE_ERROR_FORMAT, "not a JSON object");
+}
+END_TEST
+
+START_TEST (test_offsets_outside_data)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  JsonArray *off = json_object_get_array_member (test_tensor (&file, "head.bias"),
+      "data_offsets");
+  json_array_remove_element (off, 1);
+  json_array_add_int_element (off, G_GINT64_CONSTANT (1) << 40);
+  expect_error (&file, NULL, VMOE_ERROR_FORMAT, "'head.bias' data_offsets");
+}
+END_TEST
+
+START_TEST (test_offsets_reversed)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  JsonArray *off = json_object_get_array_member (test_tensor (&file, "norm.bias"),
+      "data_offsets");
+  gint64 begin = json_array_get_int_element (off, 0);
+  json_array_remove_element (off, 1);
+  json_array_add_int_element (off, begin - 4);
+  expect_error (&file, NULL, VMOE_ERROR_FORMAT, "'norm.bias'");
+}
+END_TEST
+
+START_TEST (test_overlapping_tensors)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  /* norm.weight and norm.bias have the same shape: point one at the other. */
+  JsonObject *w = test_tensor (&file, "norm.weight");
+  JsonObject *b = test_tensor (&file, "norm.bias");
+  json_object_set_array_member (b, "data_offsets",
+      json_array_ref (json_object_get_array_member (w, "data_offsets")));
+  expect_error (&file, NULL, VMOE_ERROR_FORMAT, "overlaps");
+}
+END_TEST
+
+START_TEST (test_trailing_bytes)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  gsize size;
+  const guint8 *data = g_bytes_get_data (file.data, &size);
+  guint8 *grown = g_malloc0 (size + 64);
+  memcpy (grown, data, size);
+  g_bytes_unref (file.data);
+  file.data = g_bytes_new_take (grown, size + 64);
+  expect_error (&file, NULL, VMOE_ERROR_FORMAT, "after the last tensor");
+}
+END_TEST
+
+START_TEST (test_size_mismatch)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  json_object_set_string_member (test_tensor (&file, "head.weight"), "dtype", "F16");
+  expect_error (&file, NULL, VMOE_ERROR_FORMAT, "'head.weight' holds");
+}
+END_TEST
+
+START_TEST (test_shape_overflow)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  JsonArray *shape = json_array_new ();
+  for (int i = 0; i < 4; i++)
+    json_array_add_int_element (shape, G_GINT64_CONSTANT (1) << 20);
+  json_object_set_array_member (test_tensor (&file, "head.weight"), "shape", shape);
+  expect_error (&file, NULL, VMOE_ERROR_FORMAT, "overflows");
+}
+END_TEST
+
+START_TEST (test_negative_shape)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  JsonArray *shape = json_array_new ();
+  json_array_add_int_element (shape, -3);
+  json_object_set_array_member (test_tensor (&file, "head.bias"), "shape", shape);
+  expect_error (&file, NULL, VMOE_ERROR_FORMAT, "non-negative");
+}
+END_TEST
+
+START_TEST (test_unknown_dtype)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  json_object_set_string_member (test_tensor (&file, "head.bias"), "dtype", "Q4");
+  expect_error (&file, NULL, VMOE_ERROR_FORMAT, "unknown dtype");
+}
+END_TEST
+
+START_TEST (test_unsupported_dtype)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  /* Same element size, so only the dtype check can refuse it. */
+  json_object_set_string_member (test_tensor (&file, "head.bias"), "dtype", "I32");
+  expect_error (&file, NULL, VMOE_ERROR_TENSOR, "dtype I32");
+}
+END_TEST
+
+START_TEST (test_missing_tensor)
+{
+  TestModelFile file;
+  valid_file (&file, MOE_IMAGE);
+  /* Rename, so the data section stays fully described. */
+  JsonObject *root = json_node_get_object (file.header);
+  JsonNode *t = json_node_copy (json_object_get_member (root, "blocks.1.moe.experts.2.fc1.weight"));
+  json_object_remove_member (root, "blocks.1.moe.experts.2.fc1.weight");
+  json_object_set_member (root, "unused.tensor", t);
+  expect_error (&file, NULL, VMOE_ERROR_TENSOR, "'blocks.1.moe.experts.2.fc1.weight'");
+}
+END_TEST
+
+START_TEST (test_wrong_shape)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  JsonArray *shape = json_array_new ();
+  json_array_add_int_element (shape, 4);
+  json_array_add_int_element (shape, 2);
+  json_object_set_array_member (test_tensor (&file, "norm.weight"), "shape", shape);
+  expect_error (&file, NULL, VMOE_ERROR_TENSOR, "'norm.weight' has shape [4, 2]");
+}
+END_TEST
+
+START_TEST (test_no_config)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  json_object_remove_member (json_node_get_object (file.header), "__metadata__");
+  expect_error (&file, NULL, VMOE_ERROR_CONFIG, "vmoe.config");
+}
+END_TEST
+
+START_TEST (test_config_not_json)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  json_object_set_string_member (json_object_get_object_member (
+          json_node_get_object (file.header), "__metadata__"), "vmoe.config", "{oops");
+  expect_error (&file, NULL, VMOE_ERROR_CONFIG, "not valid JSON");
+}
+END_TEST
+
+START_TEST (test_config_missing_key)
+{
+  expect_config_error (NULL, "embed_dim", NULL, "'embed_dim' is required");
+}
+END_TEST
+
+START_TEST (test_config_wrong_type)
+{
+  JsonNode *s = json_node_new (JSON_NODE_VALUE);
+  json_node_set_string (s, "eight");
+  expect_config_error (NULL, "depth", s, "'depth' must be an integer");
+}
+END_TEST
+
+START_TEST (test_heads_do_not_divide)
+{
+  expect_config_error (NULL, "num_heads", int_node (3), "'num_heads' 3 does not divide");
+}
+END_TEST
+
+START_TEST (test_patch_does_not_divide)
+{
+  expect_config_error (NULL, "patch_size", int_node (5), "'patch_size' 5 does not divide");
+}
+END_TEST
+
+START_TEST (test_moe_layer_outside_depth)
+{
+  JsonArray *layers = json_array_new ();
+  json_array_add_int_element (layers, 2);
+  JsonNode *n = json_node_new (JSON_NODE_ARRAY);
+  json_node_take_array (n, layers);
+  expect_config_error (MOE_IMAGE, "moe.layers", n, "'moe.layers'");
+}
+END_TEST
+
+START_TEST (test_top_k_above_experts)
+{
+  expect_config_error (MOE_IMAGE, "moe.top_k", int_node (4), "more than num_experts");
+}
+END_TEST
+
+START_TEST (test_std_zero)
+{
+  JsonArray *std = json_array_new ();
+  json_array_add_double_element (std, 0.5);
+  json_array_add_double_element (std, 0.0);
+  json_array_add_double_element (std, 0.5);
+  JsonNode *n = json_node_new (JSON_NODE_ARRAY);
+  json_node_take_array (n, std);
+  expect_config_error (NULL, "std", n, "'std' channel 1 is zero");
+}
+END_TEST
+
+START_TEST (test_label_count)
+{
+  JsonArray *labels = json_array_new ();
+  json_array_add_string_element (labels, "only");
+  JsonNode *n = json_node_new (JSON_NODE_ARRAY);
+  json_node_take_array (n, labels);
+  expect_config_error (NULL, "labels", n, "'labels' has 1 entries, num_classes is 3");
+}
+END_TEST
+
+START_TEST (test_capacity_ratio_range)
+{
+  expect_config_error (MOE_IMAGE, "moe.capacity_ratio", double_node (-1), "capacity_ratio");
+}
+END_TEST
+
+START_TEST (test_cls_router_without_class_token)
+{
+  TestModelFile file;
+  valid_file (&file, MOE_IMAGE);
+  JsonNode *config = test_get_config (&file);
+  json_object_set_boolean_member (json_node_get_object (config), "class_token", FALSE);
+  json_object_set_string_member (json_node_get_object (config), "pool", "avg");
+  test_set_config (&file, config);
+  json_node_unref (config);
+  expect_error (&file, NULL, VMOE_ERROR_CONFIG, "no class token");
+}
+END_TEST
+
+START_TEST (test_unknown_enum)
+{
+  JsonNode *s = json_node_new (JSON_NODE_VALUE);
+  json_node_set_string (s, "relu");
+  expect_config_error (NULL, "act", s, "'act' must be one of");
+}
+END_TEST
+
+START_TEST (test_nan_weight)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  JsonArray *off = json_object_get_array_member (test_tensor (&file, "blocks.1.attn.proj.weight"),
+      "data_offsets");
+  gsize size;
+  guint8 *data = g_bytes_unref_to_data (file.data, &size);
+  float nan = NAN;
+  memcpy (data + json_array_get_int_element (off, 0) + 12, &nan, 4);
+  file.data = g_bytes_new_take (data, size);
+  expect_error (&file, NULL, VMOE_ERROR_TENSOR, "'blocks.1.attn.proj.weight' holds a non-finite");
+}
+END_TEST
+
+/* Property: every truncation and every single-byte change of the header
+ * either loads or fails with a GError; ASan/UBSan turn any crash or
+ * out-of-bounds read into a failure here. */
+START_TEST (test_corruptions_never_crash)
+{
+  char *config = test_config_json (MOE_IMAGE);
+  char *path = test_write_random_model (config);
+  char *bytes;
+  gsize size;
+  ck_assert (g_file_get_contents (path, &bytes, &size, NULL));
+  guint64 header_len;
+  memcpy (&header_len, bytes, 8);
+  GRand *rand = g_rand_new_with_seed (42);
+  for (int trial = 0; trial < 400; trial++) {
+    char *copy = g_memdup2 (bytes, size);
+    gsize len = size;
+    if (trial % 2)
+      len = g_rand_int_range (rand, 0, (gint32) size);
+    else
+      copy[g_rand_int_range (rand, 0, (gint32) (8 + header_len))] =
+          (char) g_rand_int_range (rand, 0, 256);
+    ck_assert (g_file_set_contents (path, copy, len, NULL));
+    GError *error = NULL;
+    VmoeModel *model = vmoe_model_load (path, &error);
+    ck_assert ((model == NULL) == (error != NULL));
+    if (error)
+      ck_assert (error->domain == VMOE_ERROR && error->message[0]);
+    g_clear_error (&error);
+    vmoe_model_unref (model);
+    g_free (copy);
+  }
+  g_rand_free (rand);
+  g_unlink (path);
+  g_free (path);
+  g_free (bytes);
+  g_free (config);
+}
+END_TEST
+
+typedef struct {
+  VmoeModel *model;
+  const float *input;
+  float logits[3];
+  int expert;
+} ThreadRun;
+
+static gpointer
+run_in_thread (gpointer data)
+{
+  ThreadRun *run = data;
+  VmoeSession *session = vmoe_session_new (run->model, NULL, NULL);
+  for (int i = 0; i < 20; i++)
+    ck_assert (vmoe_session_run_f32 (session, run->input, 1, NULL));
+  const VmoeImageResult *r = vmoe_session_get_result (session, 0);
+  memcpy (run->logits, r->logits, sizeof run->logits);
+  run->expert = r->experts[0];
+  vmoe_session_free (session);
+  return NULL;
+}
+
+/* One mapping serves sessions on several threads at once, and outlives the
+ * caller's reference while sessions hold it. */
+START_TEST (test_model_shared_by_threads)
+{
+  char *config = test_config_json (MOE_IMAGE);
+  char *path = test_write_random_model (config);
+  VmoeModel *model = vmoe_model_load (path, NULL);
+  ck_assert (model);
+  float input[3 * 16 * 16];
+  for (guint i = 0; i < G_N_ELEMENTS (input); i++)
+    input[i] = (float) (i % 17) / 8.0f - 1.0f;
+  ThreadRun runs[3];
+  GThread *threads[3];
+  for (int t = 0; t < 3; t++) {
+    runs[t] = (ThreadRun) { model, input, { 0 }, -1 };
+    threads[t] = g_thread_new ("session", run_in_thread, &runs[t]);
+  }
+  for (int t = 0; t < 3; t++)
+    g_thread_join (threads[t]);
+  for (int t = 1; t < 3; t++) {
+    for (int i = 0; i < 3; i++)
+      ck_assert_float_eq (runs[t].logits[i], runs[0].logits[i]);
+    ck_assert_int_eq (runs[t].expert, runs[0].expert);
+  }
+  VmoeSession *session = vmoe_session_new (model, NULL, NULL);
+  vmoe_model_unref (model);
+  ck_assert (vmoe_session_run_f32 (session, input, 1, NULL));
+  ck_assert_float_eq (vmoe_session_get_result (session, 0)->logits[0], runs[0].logits[0]);
+  vmoe_session_free (session);
+  g_unlink (path);
+  g_free (path);
+  g_free (config);
+}
+END_TEST
+
+static Suite *
+model_suite (void)
+{
+  Suite *s = suite_create ("model");
+  TCase *tc = tcase_create ("load");
+  tcase_set_timeout (tc, 120);
+  tcase_add_test (tc, test_valid_models_load);
+  tcase_add_test (tc, test_missing_file);
+  tcase_add_test (tc, test_too_short);
+  tcase_add_test (tc, test_header_length_past_end);
+  tcase_add_test (tc, test_truncated_data);
+  tcase_add_test (tc, test_header_not_json);
+  tcase_add_test (tc, test_header_not_object);
+  tcase_add_test (tc, test_offsets_outside_data);
+  tcase_add_test (tc, test_offsets_reversed);
+  tcase_add_test (tc, test_overlapping_tensors);
+  tcase_add_test (tc, test_trailing_bytes);
+  tcase_add_test (tc, test_size_mismatch);
+  tcase_add_test (tc, test_shape_overflow);
+  tcase_add_test (tc, test_negative_shape);
+  tcase_add_test (tc, test_unknown_dtype);
+  tcase_add_test (tc, test_unsupported_dtype);
+  tcase_add_test (tc, test_missing_tensor);
+  tcase_add_test (tc, test_wrong_shape);
+  tcase_add_test (tc, test_no_config);
+  tcase_add_test (tc, test_config_not_json);
+  tcase_add_test (tc, test_config_missing_key);
+  tcase_add_test (tc, test_config_wrong_type);
+  tcase_add_test (tc, test_heads_do_not_divide);
+  tcase_add_test (tc, test_patch_does_not_divide);
+  tcase_add_test (tc, test_moe_layer_outside_depth);
+  tcase_add_test (tc, test_top_k_above_experts);
+  tcase_add_test (tc, test_std_zero);
+  tcase_add_test (tc, test_label_count);
+  tcase_add_test (tc, test_capacity_ratio_range);
+  tcase_add_test (tc, test_cls_router_without_class_token);
+  tcase_add_test (tc, test_unknown_enum);
+  tcase_add_test (tc, test_nan_weight);
+  tcase_add_test (tc, test_corruptions_never_crash);
+  tcase_add_test (tc, test_model_shared_by_threads);
+  suite_add_tcase (s, tc);
+  return s;
+}
+
+int
+main (void)
+{
+  SRunner *runner = srunner_create (model_suite ());
+  srunner_run_all (runner, CK_NORMAL);
+  int failed = srunner_ntests_failed (runner);
+  srunner_free (runner);
+  return failed ? 1 : 0;
+}

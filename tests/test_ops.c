@@ -1,0 +1,341 @@
+/* Op-level tests against values derived by hand (the derivations are in the
+ * comments), independent of the code under test. */
+#include "cpu.h"
+
+#include <check.h>
+#include <math.h>
+#include <glib/gstdio.h>
+#include <malloc.h>
+#include <string.h>
+
+#include "testutil.h"
+
+#define EPS 1e-5
+
+START_TEST (test_layernorm)
+{
+  /* mean 2.5, biased variance 1.25, so x_hat = (x - 2.5) / sqrt(1.25). */
+  const float x[4] = { 1, 2, 3, 4 };
+  const float w[4] = { 1, 2, 1, 1 }, b[4] = { 0, 0, 1, -1 };
+  float y[4];
+  vmoe_layernorm_forward (y, x, w, b, 1, 4, 0.0f);
+  const double r = 1 / sqrt (1.25);
+  ck_assert_double_eq_tol (y[0], -1.5 * r, EPS);
+  ck_assert_double_eq_tol (y[1], 2 * -0.5 * r, EPS);
+  ck_assert_double_eq_tol (y[2], 0.5 * r + 1, EPS);
+  ck_assert_double_eq_tol (y[3], 1.5 * r - 1, EPS);
+  /* eps matters for a constant row: (x - mean) is 0, so y = bias. */
+  const float flat[4] = { 3, 3, 3, 3 };
+  vmoe_layernorm_forward (y, flat, w, b, 1, 4, 1e-6f);
+  ck_assert_double_eq_tol (y[2], 1, EPS);
+}
+END_TEST
+
+START_TEST (test_gelu)
+{
+  /* erf form: 0.5 x (1 + erf(x / sqrt 2)); Phi(1) = 0.841344746. */
+  float x[3] = { 1, -1, 0 };
+  vmoe_gelu_forward (x, 3, VMOE_ACT_GELU);
+  ck_assert_double_eq_tol (x[0], 0.8413447460685429, EPS);
+  ck_assert_double_eq_tol (x[1], -0.15865525393145707, EPS);
+  ck_assert_double_eq_tol (x[2], 0, EPS);
+  /* tanh form at 1: 0.5 (1 + tanh(sqrt(2/pi) 1.044715)) = 0.8411919906. */
+  float t[2] = { 1, 3 };
+  vmoe_gelu_forward (t, 2, VMOE_ACT_GELU_TANH);
+  ck_assert_double_eq_tol (t[0], 0.8411919906082768, EPS);
+  ck_assert_double_eq_tol (t[1], 2.9963627, EPS);
+}
+END_TEST
+
+START_TEST (test_softmax)
+{
+  /* exp(log k) = k: the row normalises to k / 6. */
+  float x[6] = { 0, (float) log (2), (float) log (3), 1000, 1000, 1000 };
+  vmoe_softmax_rows (x, 2, 3);
+  ck_assert_double_eq_tol (x[0], 1 / 6.0, EPS);
+  ck_assert_double_eq_tol (x[1], 2 / 6.0, EPS);
+  ck_assert_double_eq_tol (x[2], 3 / 6.0, EPS);
+  /* Large equal logits must not overflow. */
+  ck_assert_double_eq_tol (x[4], 1 / 3.0, EPS);
+}
+END_TEST
+
+START_TEST (test_topk_ties_go_to_lower_index)
+{
+  const float v[5] = { 0.2f, 0.5f, 0.5f, 0.1f, 0.5f };
+  int idx[4];
+  float top[4];
+  vmoe_topk (v, 5, 4, idx, top);
+  ck_assert_int_eq (idx[0], 1);
+  ck_assert_int_eq (idx[1], 2);
+  ck_assert_int_eq (idx[2], 4);
+  ck_assert_int_eq (idx[3], 0);
+  ck_assert_float_eq (top[3], 0.2f);
+}
+END_TEST
+
+START_TEST (test_attention)
+{
+  /* Two tokens, two heads of width 1, D = 2.  qkv per token is
+   * [q0 q1 | k0 k1 | v0 v1].  Head 0: q = k = (1, 0) for tokens (0, 1), so
+   * token 0 weights its keys softmax(1, 0), token 1 softmax(0, 0).  Head 1:
+   * q = (2, 1), k = (1, 3): token 0 scores (2, 6), token 1 (1, 3).  Scale is
+   * 1/sqrt(1) = 1. */
+  const float qkv[2 * 6] = {
+    1, 2, 1, 1, 10, 100,
+    0, 1, 0, 3, 20, 200,
+  };
+  float out[4], scores[4];
+  vmoe_attention_forward (out, qkv, scores, 1, 2, 2, 2);
+  double a = exp (1) / (exp (1) + 1);
+  ck_assert_double_eq_tol (out[0], a * 10 + (1 - a) * 20, 1e-4);
+  ck_assert_double_eq_tol (out[2], 15, 1e-4);
+  double b = exp (2) / (exp (2) + exp (6));
+  ck_assert_double_eq_tol (out[1], b * 100 + (1 - b) * 200, 1e-3);
+  double c = exp (1) / (exp (1) + exp (3));
+  ck_assert_double_eq_tol (out[3], c * 100 + (1 - c) * 200, 1e-3);
+}
+END_TEST
+
+START_TEST (test_capacity)
+{
+  /* ceil(k T ratio / E) */
+  ck_assert_int_eq (vmoe_token_capacity (2, 17, 0.5, 4), 5);    /* 4.25 */
+  ck_assert_int_eq (vmoe_token_capacity (1, 197, 1.0, 10), 20); /* 19.7 */
+  ck_assert_int_eq (vmoe_token_capacity (1, 16, 1.0, 4), 4);    /* exact */
+  ck_assert_int_eq (vmoe_token_capacity (1, 4, 0.01, 8), 1);    /* never 0 */
+}
+END_TEST
+
+START_TEST (test_assign_bpr_and_token_order)
+{
+  /* k = 1, E = 2, C = 1.  Tokens choose e0, e0, e1, e1 with top-1 probs
+   * 0.6, 0.9, 0.7, 0.8.  BPR serves t1 (0.9) then t3 (0.8): both fit, t2 and
+   * t0 are dropped.  Token order serves t0 and t2 instead. */
+  const int choice[4] = { 0, 0, 1, 1 };
+  const float p[4] = { 0.6f, 0.9f, 0.7f, 0.8f };
+  int order[4], assigned[4], counts[2];
+  int dropped = vmoe_assign_tokens (choice, p, 4, 1, 2, 1, TRUE, order, assigned, counts);
+  ck_assert_int_eq (dropped, 2);
+  ck_assert_int_eq (assigned[0], -1);
+  ck_assert_int_eq (assigned[1], 0);
+  ck_assert_int_eq (assigned[2], -1);
+  ck_assert_int_eq (assigned[3], 1);
+  ck_assert_int_eq (counts[0], 1);
+  ck_assert_int_eq (counts[1], 1);
+  dropped = vmoe_assign_tokens (choice, p, 4, 1, 2, 1, FALSE, order, assigned, counts);
+  ck_assert_int_eq (dropped, 2);
+  ck_assert_int_eq (assigned[0], 0);
+  ck_assert_int_eq (assigned[1], -1);
+  ck_assert_int_eq (assigned[2], 1);
+  ck_assert_int_eq (assigned[3], -1);
+}
+END_TEST
+
+START_TEST (test_assign_choices_before_second_choices)
+{
+  /* k = 2, E = 2, C = 1.  t0 picks (e0 0.6, e1 0.4), t1 picks (e1 0.55,
+   * e0 0.45).  All first choices go first: t0->e0, t1->e1; then both
+   * second choices find their expert full.  (Serving t0's two choices
+   * before t1 would have left t1 with nothing.) */
+  const int choice[4] = { 0, 1, 1, 0 };
+  const float p[4] = { 0.6f, 0.4f, 0.55f, 0.45f };
+  int order[2], assigned[4], counts[2];
+  int dropped = vmoe_assign_tokens (choice, p, 2, 2, 2, 1, TRUE, order, assigned, counts);
+  ck_assert_int_eq (dropped, 2);
+  ck_assert_int_eq (assigned[0], 0);
+  ck_assert_int_eq (assigned[1], -1);
+  ck_assert_int_eq (assigned[2], 1);
+  ck_assert_int_eq (assigned[3], -1);
+}
+END_TEST
+
+START_TEST (test_assign_bpr_ties_keep_token_order)
+{
+  const int choice[3] = { 0, 0, 0 };
+  const float p[3] = { 0.5f, 0.7f, 0.7f };
+  int order[3], assigned[3], counts[1];
+  vmoe_assign_tokens (choice, p, 3, 1, 1, 1, TRUE, order, assigned, counts);
+  ck_assert_int_eq (assigned[1], 0);    /* t1 and t2 tie: t1 wins */
+  ck_assert_int_eq (assigned[2], -1);
+  ck_assert_int_eq (assigned[0], -1);
+}
+END_TEST
+
+static VmoeConfig
+preprocess_config (int h, int w, int channels, double crop_pct)
+{
+  VmoeConfig c;
+  memset (&c, 0, sizeof c);
+  c.image_h = h;
+  c.image_w = w;
+  c.in_channels = channels;
+  c.crop_pct = crop_pct;
+  for (int i = 0; i < 3; i++) {
+    c.mean[i] = 0;
+    c.std[i] = 1;
+  }
+  return c;
+}
+
+START_TEST (test_preprocess_bilinear_upscale)
+{
+  /* 2x2 gray [[0, 255], [255, 0]] to 4x4: scale 2, half-pixel source
+   * coordinates (d + 0.5)/2 - 0.5 = -0.25 (clamped to 0), 0.25, 0.75, 1.25
+   * (the last row/column, so weight 1 on pixel 1).  With L = (0, .25, .75, 1)
+   * the value is (1 - Ly) Lx + Ly (1 - Lx). */
+  const guint8 px[4] = { 0, 255, 255, 0 };
+  VmoeImage img = { px, 2, 2, 1, 2 };
+  VmoeConfig c = preprocess_config (4, 4, 1, 1.0);
+  float out[16];
+  ck_assert (vmoe_preprocess (&c, &img, out, NULL));
+  const double l[4] = { 0, 0.25, 0.75, 1 };
+  for (int y = 0; y < 4; y++)
+    for (int x = 0; x < 4; x++)
+      ck_assert_double_eq_tol (out[y * 4 + x], (1 - l[y]) * l[x] + l[y] * (1 - l[x]), EPS);
+}
+END_TEST
+
+START_TEST (test_preprocess_center_crop_and_normalise)
+{
+  /* 4 rows x 8 columns RGB to 4x4: s = max(4/4, 4/8) = 1, so the resized
+   * size is 4x8, equal to the frame (no interpolation), and the crop starts
+   * at column (8 - 4) / 2 = 2. */
+  guint8 px[4 * 8 * 3];
+  for (int i = 0; i < 4 * 8 * 3; i++)
+    px[i] = (guint8) i;
+  VmoeImage img = { px, 8, 4, 3, 24 };
+  VmoeConfig c = preprocess_config (4, 4, 3, 1.0);
+  c.mean[1] = 0.5f;
+  c.std[1] = 0.25f;
+  float out[3 * 16];
+  ck_assert (vmoe_preprocess (&c, &img, out, NULL));
+  for (int y = 0; y < 4; y++)
+    for (int x = 0; x < 4; x++) {
+      const guint8 *p = px + y * 24 + (x + 2) * 3;
+      ck_assert_double_eq_tol (out[0 * 16 + y * 4 + x], p[0] / 255.0, EPS);
+      ck_assert_double_eq_tol (out[1 * 16 + y * 4 + x], (p[1] / 255.0 - 0.5) / 0.25, EPS);
+    }
+}
+END_TEST
+
+START_TEST (test_preprocess_channels)
+{
+  /* RGBA to gray takes luma and ignores alpha; gray to RGB repeats. */
+  const guint8 rgba[4] = { 100, 50, 200, 7 };
+  VmoeImage img = { rgba, 1, 1, 4, 4 };
+  VmoeConfig c = preprocess_config (1, 1, 1, 1.0);
+  float out[3];
+  ck_assert (vmoe_preprocess (&c, &img, out, NULL));
+  ck_assert_double_eq_tol (out[0], (0.299 * 100 + 0.587 * 50 + 0.114 * 200) / 255, EPS);
+  const guint8 gray[1] = { 51 };
+  VmoeImage g = { gray, 1, 1, 1, 1 };
+  c = preprocess_config (1, 1, 3, 1.0);
+  ck_assert (vmoe_preprocess (&c, &g, out, NULL));
+  for (int i = 0; i < 3; i++)
+    ck_assert_double_eq_tol (out[i], 0.2, EPS);
+}
+END_TEST
+
+START_TEST (test_preprocess_crop_pct_resize)
+{
+  /* 10x10 to 8x8 at crop_pct 0.5: s = 0.8 / 0.5 = 1.6, resized 16x16, crop
+   * at 4.  A constant frame stays constant through any resize. */
+  guint8 px[100];
+  memset (px, 128, sizeof px);
+  VmoeImage img = { px, 10, 10, 1, 10 };
+  VmoeConfig c = preprocess_config (8, 8, 1, 0.5);
+  float out[64];
+  ck_assert (vmoe_preprocess (&c, &img, out, NULL));
+  for (int i = 0; i < 64; i++)
+    ck_assert_double_eq_tol (out[i], 128 / 255.0, EPS);
+}
+END_TEST
+
+START_TEST (test_preprocess_rejects_bad_frames)
+{
+  guint8 px[4] = { 0 };
+  VmoeConfig c = preprocess_config (2, 2, 3, 1.0);
+  float out[12];
+  VmoeImage two_channels = { px, 1, 1, 2, 2 };
+  VmoeImage short_stride = { px, 2, 2, 3, 3 };
+  VmoeImage empty = { px, 0, 2, 3, 0 };
+  VmoeImage *bad[] = { &two_channels, &short_stride, &empty };
+  for (guint i = 0; i < G_N_ELEMENTS (bad); i++) {
+    GError *error = NULL;
+    ck_assert (!vmoe_preprocess (&c, bad[i], out, &error));
+    ck_assert_int_eq (error->code, VMOE_ERROR_INVALID_ARGUMENT);
+    g_error_free (error);
+  }
+}
+END_TEST
+
+/* Property: after a session has seen a batch size, runs of that size or
+ * smaller take no heap memory (counted by glibc; ASan builds do not count,
+ * so there the property holds trivially). */
+START_TEST (test_no_allocation_per_call)
+{
+  const char *moes[] = { NULL,
+    "{\"layers\": [1], \"num_experts\": 3, \"top_k\": 2}",
+    "{\"layers\": [0, 1], \"num_experts\": 3, \"top_k\": 2, \"routing\": \"token\"}" };
+  for (guint m = 0; m < G_N_ELEMENTS (moes); m++) {
+    char *config = test_config_json (moes[m]);
+    char *path = test_write_random_model (config);
+    VmoeModel *model = vmoe_model_load (path, NULL);
+    VmoeSession *session = vmoe_session_new (model, NULL, NULL);
+    float input[4 * 3 * 16 * 16];
+    for (guint i = 0; i < G_N_ELEMENTS (input); i++)
+      input[i] = sinf ((float) i);
+    guint8 frame[20 * 30 * 3];
+    memset (frame, 90, sizeof frame);
+    VmoeImage frames[2] = { { frame, 30, 20, 3, 90 }, { frame, 30, 20, 3, 90 } };
+    ck_assert (vmoe_session_run_f32 (session, input, 4, NULL));
+    struct mallinfo2 before = mallinfo2 ();
+    for (int i = 0; i < 5; i++) {
+      ck_assert (vmoe_session_run_f32 (session, input, 4 - i % 3, NULL));
+      ck_assert (vmoe_session_run_u8 (session, frames, 2, NULL));
+    }
+    struct mallinfo2 after = mallinfo2 ();
+    ck_assert_uint_eq (after.uordblks, before.uordblks);
+    vmoe_session_free (session);
+    vmoe_model_unref (model);
+    g_unlink (path);
+    g_free (path);
+    g_free (config);
+  }
+}
+END_TEST
+
+static Suite *
+ops_suite (void)
+{
+  Suite *s = suite_create ("ops");
+  TCase *tc = tcase_create ("ops");
+  tcase_add_test (tc, test_layernorm);
+  tcase_add_test (tc, test_gelu);
+  tcase_add_test (tc, test_softmax);
+  tcase_add_test (tc, test_topk_ties_go_to_lower_index);
+  tcase_add_test (tc, test_attention);
+  tcase_add_test (tc, test_capacity);
+  tcase_add_test (tc, test_assign_bpr_and_token_order);
+  tcase_add_test (tc, test_assign_choices_before_second_choices);
+  tcase_add_test (tc, test_assign_bpr_ties_keep_token_order);
+  tcase_add_test (tc, test_preprocess_bilinear_upscale);
+  tcase_add_test (tc, test_preprocess_center_crop_and_normalise);
+  tcase_add_test (tc, test_preprocess_channels);
+  tcase_add_test (tc, test_preprocess_crop_pct_resize);
+  tcase_add_test (tc, test_preprocess_rejects_bad_frames);
+  tcase_add_test (tc, test_no_allocation_per_call);
+  suite_add_tcase (s, tc);
+  return s;
+}
+
+int
+main (void)
+{
+  SRunner *runner = srunner_create (ops_suite ());
+  srunner_run_all (runner, CK_NORMAL);
+  int failed = srunner_ntests_failed (runner);
+  srunner_free (runner);
+  return failed ? 1 : 0;
+}

@@ -1,0 +1,189 @@
+/* PyTorch parity: the C engine against training/vmoe_torch.py on the random
+ * models of tests/parity/make_references.py.  Logits must agree to a
+ * relative error of 1e-4 (max |c - ref| / max |ref| per image) and every
+ * routing decision exactly: experts, token counts per expert, drops. */
+#include <check.h>
+#include <json-glib/json-glib.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "npy.h"
+#include "vmoe/vmoe.h"
+
+#define LOGIT_TOLERANCE 1e-4
+
+static const char *parity_dir;
+static JsonArray *cases;
+
+static double
+relative_error (const float *got, JsonArray *want, int n)
+{
+  double max_diff = 0, max_ref = 0;
+  for (int i = 0; i < n; i++) {
+    double ref = json_array_get_double_element (want, i);
+    max_diff = MAX (max_diff, fabs (got[i] - ref));
+    max_ref = MAX (max_ref, fabs (ref));
+  }
+  return max_diff / MAX (max_ref, 1e-12);
+}
+
+static gboolean
+run_input (VmoeSession *session, const NpyArray *input, int first, int count)
+{
+  const VmoeConfig *c = vmoe_model_get_config (vmoe_session_get_model (session));
+  GError *error = NULL;
+  gboolean ok;
+  if (input->dtype == NPY_FLOAT32) {
+    size_t per_image = (size_t) c->in_channels * c->image_h * c->image_w;
+    ok = vmoe_session_run_f32 (session, (const float *) input->data + first * per_image,
+        count, &error);
+  } else {
+    int h = (int) input->shape[1], w = (int) input->shape[2], ch = (int) input->shape[3];
+    VmoeImage images[16];
+    ck_assert_int_le (count, 16);
+    for (int i = 0; i < count; i++)
+      images[i] = (VmoeImage) { (const guint8 *) input->data + (size_t) (first + i) * h * w * ch,
+        w, h, ch, (size_t) w * ch };
+    ok = vmoe_session_run_u8 (session, images, count, &error);
+  }
+  ck_assert_msg (ok, "run: %s", error ? error->message : "");
+  return ok;
+}
+
+/* Checks one image's result against its reference entry. */
+static void
+check_image (const char *what, const VmoeConfig *c, const VmoeImageResult *r,
+    JsonObject *expected, int i)
+{
+  JsonArray *logits = json_array_get_array_element (
+      json_object_get_array_member (expected, "logits"), i);
+  double err = relative_error (r->logits, logits, c->num_classes);
+  ck_assert_msg (err <= LOGIT_TOLERANCE, "%s image %d: relative logit error %g", what, i, err);
+
+  if (json_object_has_member (expected, "experts")) {
+    JsonArray *experts = json_array_get_array_element (
+        json_object_get_array_member (expected, "experts"), i);
+    JsonArray *gates = json_array_get_array_element (
+        json_object_get_array_member (expected, "gates"), i);
+    ck_assert_int_eq (r->n_experts, (int) json_array_get_length (experts));
+    for (int j = 0; j < r->n_experts; j++) {
+      ck_assert_msg (r->experts[j] == json_array_get_int_element (experts, j),
+          "%s image %d: expert %d is %d, PyTorch chose %" G_GINT64_FORMAT, what, i, j,
+          r->experts[j], json_array_get_int_element (experts, j));
+      ck_assert_double_eq_tol (r->gates[j], json_array_get_double_element (gates, j), 1e-5);
+    }
+  }
+  if (json_object_has_member (expected, "tokens_per_expert")) {
+    JsonArray *tpe = json_array_get_array_element (
+        json_object_get_array_member (expected, "tokens_per_expert"), i);
+    JsonArray *dropped = json_array_get_array_element (
+        json_object_get_array_member (expected, "dropped"), i);
+    ck_assert_int_eq (r->n_layers, (int) json_array_get_length (tpe));
+    for (int l = 0; l < r->n_layers; l++) {
+      JsonArray *counts = json_array_get_array_element (tpe, l);
+      for (int e = 0; e < c->num_experts; e++)
+        ck_assert_msg (r->layers[l].tokens_per_expert[e]
+            == json_array_get_int_element (counts, e),
+            "%s image %d layer %d: expert %d got %d tokens, PyTorch %" G_GINT64_FORMAT,
+            what, i, l, e, r->layers[l].tokens_per_expert[e],
+            json_array_get_int_element (counts, e));
+      ck_assert_int_eq (r->layers[l].dropped, json_array_get_int_element (dropped, l));
+    }
+  }
+}
+
+START_TEST (test_case)
+{
+  JsonObject *test = json_array_get_object_element (cases, _i);
+  const char *name = json_object_get_string_member (test, "name");
+  char *model_path = g_build_filename (parity_dir,
+      json_object_get_string_member (test, "model"), NULL);
+  GError *error = NULL;
+  VmoeModel *model = vmoe_model_load (model_path, &error);
+  ck_assert_msg (model != NULL, "%s: %s", name, error ? error->message : "");
+  const VmoeConfig *c = vmoe_model_get_config (model);
+  VmoeSession *batched = vmoe_session_new (model, NULL, &error);
+  VmoeSession *single = vmoe_session_new (model, NULL, &error);
+  ck_assert (batched && single);
+
+  JsonArray *inputs = json_object_get_array_member (test, "inputs");
+  for (guint k = 0; k < json_array_get_length (inputs); k++) {
+    JsonObject *expected = json_array_get_object_element (inputs, k);
+    char *input_path = g_build_filename (parity_dir,
+        json_object_get_string_member (expected, "file"), NULL);
+    NpyArray input;
+    ck_assert_msg (npy_load (input_path, &input, &error), "%s", error ? error->message : "");
+    int n = (int) input.shape[0];
+    char *what = g_strdup_printf ("%s/%s", name,
+        json_object_get_string_member (expected, "kind"));
+    /* The whole batch at once... */
+    run_input (batched, &input, 0, n);
+    for (int i = 0; i < n; i++)
+      check_image (what, c, vmoe_session_get_result (batched, i), expected, i);
+    /* ...and each image alone: a frame's result never depends on the batch. */
+    for (int i = 0; i < n; i++) {
+      run_input (single, &input, i, 1);
+      const VmoeImageResult *r = vmoe_session_get_result (single, 0);
+      JsonObject *one = json_object_new ();
+      /* check_image reads entry i; give it a view holding only image i. */
+      const char *keys[] = { "logits", "experts", "gates", "tokens_per_expert", "dropped" };
+      for (guint q = 0; q < G_N_ELEMENTS (keys); q++) {
+        if (!json_object_has_member (expected, keys[q]))
+          continue;
+        JsonArray *arr = json_array_new ();
+        json_array_add_element (arr, json_node_copy (json_array_get_element (
+                    json_object_get_array_member (expected, keys[q]), i)));
+        json_object_set_array_member (one, keys[q], arr);
+      }
+      check_image (what, c, r, one, 0);
+      json_object_unref (one);
+    }
+    g_free (what);
+    npy_clear (&input);
+    g_free (input_path);
+  }
+  vmoe_session_free (batched);
+  vmoe_session_free (single);
+  vmoe_model_unref (model);
+  g_free (model_path);
+}
+END_TEST
+
+int
+main (int argc, char **argv)
+{
+  parity_dir = argc > 1 ? argv[1] : g_getenv ("VMOE_PARITY_DIR");
+  if (!parity_dir) {
+    fprintf (stderr, "usage: test_parity DIR (the output of make_references.py)\n");
+    return 1;
+  }
+  char *expected_path = g_build_filename (parity_dir, "expected.json", NULL);
+  JsonParser *parser = json_parser_new ();
+  GError *error = NULL;
+  if (!json_parser_load_from_file (parser, expected_path, &error)) {
+    fprintf (stderr, "test_parity: %s\n", error->message);
+    return 1;
+  }
+  cases = json_object_get_array_member (
+      json_node_get_object (json_parser_get_root (parser)), "cases");
+  int n_cases = (int) json_array_get_length (cases);
+  if (n_cases < 10) {
+    fprintf (stderr, "test_parity: only %d cases in %s\n", n_cases, expected_path);
+    return 1;
+  }
+
+  Suite *s = suite_create ("parity");
+  TCase *tc = tcase_create ("pytorch");
+  tcase_set_timeout (tc, 120);
+  tcase_add_loop_test (tc, test_case, 0, n_cases);
+  suite_add_tcase (s, tc);
+  SRunner *runner = srunner_create (s);
+  srunner_run_all (runner, CK_VERBOSE);
+  int failed = srunner_ntests_failed (runner);
+  srunner_free (runner);
+  g_object_unref (parser);
+  g_free (expected_path);
+  return failed ? 1 : 0;
+}

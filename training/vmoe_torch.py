@@ -1,0 +1,342 @@
+"""The one PyTorch definition of the DESIGN.md model.
+
+Module names are the model file's tensor names (timm's ViT naming), and the
+forward pass follows DESIGN.md's "Forward pass" step by step, so a state_dict
+exported from here loads into the C engine unchanged and the two agree to
+float32 rounding.  It serves three masters: training (training/train.py),
+export, and the parity references of tests/parity.
+
+Run with Debian's /usr/bin/python3 (python3-torch, python3-numpy).
+"""
+
+import json
+import math
+import struct
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Defaults of optional config keys; docs/model-format.md lists the same.
+CONFIG_DEFAULTS = {
+    "in_channels": 3, "qkv_bias": True, "norm_eps": 1e-6, "act": "gelu",
+    "class_token": True, "pool": "token", "resize": "bilinear", "crop_pct": 1.0,
+}
+MOE_DEFAULTS = {
+    "top_k": 1, "routing": "image", "router_input": "cls",
+    "normalize_gates": False, "shared_expert": False, "capacity_ratio": 1.0,
+    "bpr": True,
+}
+
+
+def complete_config(config):
+    """Returns config with every optional key filled in with its default."""
+    c = dict(CONFIG_DEFAULTS)
+    c.update(config)
+    if isinstance(c["image_size"], int):
+        c["image_size"] = [c["image_size"], c["image_size"]]
+    ch = c["in_channels"]
+    c.setdefault("mean", [0.5] * ch)
+    c.setdefault("std", [0.5] * ch)
+    c.setdefault("labels", ["class %d" % i for i in range(c["num_classes"])])
+    if c.get("moe"):
+        moe = dict(MOE_DEFAULTS)
+        moe.update(c["moe"])
+        moe.setdefault("expert_mlp_dim", c["mlp_dim"])
+        moe["layers"] = sorted(moe["layers"])
+        c["moe"] = moe
+    else:
+        c["moe"] = None
+    return c
+
+
+def token_capacity(top_k, tokens, capacity_ratio, num_experts):
+    """Per-image expert capacity; the same expression as the C engine."""
+    c = math.ceil(top_k * tokens * capacity_ratio / num_experts)
+    return int(min(max(c, 1), top_k * tokens))
+
+
+def topk_stable(p, k):
+    """The k largest along the last axis, ties to the lower index."""
+    values, index = torch.sort(p, dim=-1, descending=True, stable=True)
+    return values[..., :k], index[..., :k]
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim, hidden, act):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.approximate = "tanh" if act == "gelu_tanh" else "none"
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x), approximate=self.approximate))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads, qkv_bias):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        n, t, d = x.shape
+        # qkv rows: q for all heads, then k, then v; head h owns Dh columns.
+        qkv = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        scores = (q @ k.transpose(-2, -1)) * (d // self.heads) ** -0.5
+        out = scores.softmax(dim=-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(n, t, d))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, channels, dim, patch):
+        super().__init__()
+        self.proj = nn.Conv2d(channels, dim, patch, stride=patch)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class MoE(nn.Module):
+    """The experts of one MoE block, with a router of its own for token
+    routing and an optional shared expert (ViMoE)."""
+
+    def __init__(self, c):
+        super().__init__()
+        moe = c["moe"]
+        d, e = c["embed_dim"], moe["num_experts"]
+        self.experts = nn.ModuleList(
+            Mlp(d, moe["expert_mlp_dim"], c["act"]) for _ in range(e))
+        if moe["routing"] == "token":
+            self.router = nn.Linear(d, e)
+        if moe["shared_expert"]:
+            # DESIGN.md: the shared expert has the dense MLP's shape.
+            self.shared = Mlp(d, c["mlp_dim"], c["act"])
+
+    def combine(self, z, rows, weights, expert):
+        """Adds weights x expert(z[rows]) into a zero tensor shaped like z
+        flattened to rows; rows index z.reshape(-1, D)."""
+        flat = z.reshape(-1, z.shape[-1])
+        out = torch.zeros_like(flat)
+        for e, mlp in enumerate(self.experts):
+            sel = expert == e
+            if sel.any():
+                r = rows[sel]
+                out.index_add_(0, r, weights[sel, None] * mlp(flat[r]))
+        return out.reshape(z.shape)
+
+    def forward_image(self, z, experts, gates):
+        """Image routing: experts, gates are [N, k]; every token of image i
+        goes through its k experts."""
+        n, t, _ = z.shape
+        k = experts.shape[1]
+        token_rows = torch.arange(n * t, device=z.device).reshape(n, 1, t).expand(n, k, t)
+        rows = token_rows.reshape(-1)
+        expert = experts[:, :, None].expand(n, k, t).reshape(-1)
+        weights = gates[:, :, None].expand(n, k, t).reshape(-1)
+        out = self.combine(z, rows, weights, expert)
+        if hasattr(self, "shared"):
+            out = out + self.shared(z)
+        return out
+
+    def forward_token(self, z, top_k, capacity_ratio, bpr, router_noise=0.0):
+        """Token routing (V-MoE) with per-image capacity and optional BPR.
+        Returns the output, the router probabilities [N, T, E], and the
+        per-image statistics tokens_per_expert [N, E] and dropped [N]."""
+        n, t, _ = z.shape
+        logits = self.router(z)
+        if router_noise > 0:
+            logits = logits + router_noise * torch.randn_like(logits)
+        probs = logits.softmax(dim=-1)
+        e_count = probs.shape[-1]
+        top_p, top_e = topk_stable(probs, top_k)            # [N, T, k]
+        capacity = token_capacity(top_k, t, capacity_ratio, e_count)
+        if bpr:
+            _, order = torch.sort(top_p[..., 0], dim=1, descending=True, stable=True)
+        else:
+            order = torch.arange(t, device=z.device).expand(n, t)
+        counts = torch.zeros(n, e_count, dtype=torch.long, device=z.device)
+        keep = torch.zeros(n, t, top_k, dtype=torch.bool, device=z.device)
+        for j in range(top_k):
+            # Choice j of each token, in priority order.
+            e_ordered = torch.gather(top_e[..., j], 1, order)          # [N, T]
+            onehot = F.one_hot(e_ordered, e_count)                    # [N, T, E]
+            position = counts[:, None, :] + onehot.cumsum(dim=1)      # 1-based
+            taken = (position * onehot).sum(-1) <= capacity            # [N, T]
+            counts = counts + (onehot * taken[..., None]).sum(dim=1)
+            keep[..., j].scatter_(1, order, taken)
+        dropped = (~keep).sum(dim=(1, 2))
+        rows = torch.arange(n * t, device=z.device).reshape(n, t, 1).expand(n, t, top_k)
+        out = self.combine(z, rows[keep], top_p[keep], top_e[keep])
+        if hasattr(self, "shared"):
+            out = out + self.shared(z)
+        return out, probs, counts, dropped
+
+
+class Block(nn.Module):
+    def __init__(self, c, is_moe):
+        super().__init__()
+        d = c["embed_dim"]
+        self.norm1 = nn.LayerNorm(d, eps=c["norm_eps"])
+        self.attn = Attention(d, c["num_heads"], c["qkv_bias"])
+        self.norm2 = nn.LayerNorm(d, eps=c["norm_eps"])
+        if is_moe:
+            self.moe = MoE(c)
+        else:
+            self.mlp = Mlp(d, c["mlp_dim"], c["act"])
+
+
+class VisionMoE(nn.Module):
+    """ViT with optional Mixture-of-Experts blocks (dense, Mobile V-MoE,
+    V-MoE, ViMoE).  forward() returns (logits, routing), routing being a dict
+    with the decisions the C engine reports."""
+
+    def __init__(self, config):
+        super().__init__()
+        c = self.config = complete_config(config)
+        d, p = c["embed_dim"], c["patch_size"]
+        h, w = c["image_size"]
+        self.num_patches = (h // p) * (w // p)
+        tokens = self.num_patches + (1 if c["class_token"] else 0)
+        self.patch_embed = PatchEmbed(c["in_channels"], d, p)
+        if c["class_token"]:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.randn(1, tokens, d) * 0.02)
+        moe = c["moe"]
+        layers = set(moe["layers"]) if moe else set()
+        self.blocks = nn.ModuleList(Block(c, i in layers) for i in range(c["depth"]))
+        if moe and moe["routing"] == "image":
+            self.router = nn.Linear(d, moe["num_experts"])
+        self.norm = nn.LayerNorm(d, eps=c["norm_eps"])
+        self.head = nn.Linear(d, c["num_classes"])
+        # Routing knobs that a session may override, as the C engine allows.
+        self.top_k = moe["top_k"] if moe else 0
+        self.capacity_ratio = moe["capacity_ratio"] if moe else 0.0
+        self.router_noise = 0.0   # training only (V-MoE's noisy top-k)
+
+    def route_images(self, x):
+        """Mobile V-MoE's router on the residual stream entering the first
+        MoE block. Returns router probabilities [N, E], experts and gates [N, k]."""
+        moe = self.config["moe"]
+        r = x[:, 0] if moe["router_input"] == "cls" else x.mean(dim=1)
+        logits = self.router(r)
+        if self.training and self.router_noise > 0:
+            logits = logits + self.router_noise * torch.randn_like(logits)
+        probs = logits.softmax(dim=-1)
+        gates, experts = topk_stable(probs, self.top_k)
+        if moe["normalize_gates"]:
+            gates = gates / gates.sum(dim=-1, keepdim=True)
+        return probs, experts, gates
+
+    def forward(self, images):
+        c, moe = self.config, self.config["moe"]
+        x = self.patch_embed(images)
+        if c["class_token"]:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self.pos_embed
+        routing = {"router_probs": [], "tokens_per_expert": [], "dropped": []}
+        for block in self.blocks:
+            x = x + block.attn(block.norm1(x))
+            if not hasattr(block, "moe"):
+                x = x + block.mlp(block.norm2(x))
+                continue
+            if moe["routing"] == "image":
+                if "experts" not in routing:
+                    probs, routing["experts"], routing["gates"] = self.route_images(x)
+                    routing["router_probs"].append(probs)
+                x = x + block.moe.forward_image(block.norm2(x), routing["experts"],
+                                                routing["gates"])
+            else:
+                noise = self.router_noise if self.training else 0.0
+                out, probs, counts, dropped = block.moe.forward_token(
+                    block.norm2(x), self.top_k, self.capacity_ratio, moe["bpr"], noise)
+                x = x + out
+                routing["router_probs"].append(probs)
+                routing["tokens_per_expert"].append(counts)
+                routing["dropped"].append(dropped)
+        if c["pool"] == "token":
+            pooled = self.norm(x[:, 0])
+        else:
+            first = 1 if c["class_token"] else 0
+            pooled = self.norm(x[:, first:]).mean(dim=1)
+        return self.head(pooled), routing
+
+
+def preprocess_uint8(frames, config):
+    """DESIGN.md step 1 for uint8 frames [N, H, W, C] -> float32 [N, C, Ht, Wt]."""
+    c = complete_config(config)
+    ht, wt = c["image_size"]
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float() / 255.0
+    x = x.permute(0, 3, 1, 2)                          # N, C, H, W
+    if x.shape[1] == 4:
+        x = x[:, :3]
+    if c["in_channels"] == 1 and x.shape[1] == 3:
+        x = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+    elif c["in_channels"] == 3 and x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    h0, w0 = x.shape[2:]
+    if (h0, w0) != (ht, wt):
+        s = max(ht / h0, wt / w0) / c["crop_pct"]
+        rh = max(ht, math.floor(h0 * s + 0.5))
+        rw = max(wt, math.floor(w0 * s + 0.5))
+        x = F.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False)
+        top, left = (rh - ht) // 2, (rw - wt) // 2
+        x = x[:, :, top:top + ht, left:left + wt]
+    mean = torch.tensor(c["mean"]).reshape(1, -1, 1, 1)
+    std = torch.tensor(c["std"]).reshape(1, -1, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
+# ------------------------------------------------------------ safetensors
+
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def save_model(model, path, dtype="F32", config=None):
+    """Writes model's state_dict with its config as a vmoe model file."""
+    config = config if config is not None else model.config
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_safetensors(path, tensors, {"vmoe.config": json.dumps(config)}, dtype)
+
+
+def save_safetensors(path, tensors, metadata, dtype="F32"):
+    header = {"__metadata__": metadata}
+    blobs, offset = [], 0
+    for name, t in tensors.items():
+        t = t.to(_DTYPES[dtype])
+        raw = t.view(torch.int16).numpy().tobytes() if dtype == "BF16" else t.numpy().tobytes()
+        header[name] = {"dtype": dtype, "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)   # data section 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for raw in blobs:
+            f.write(raw)
+
+
+def load_model(path):
+    """Reads a vmoe model file back into a VisionMoE (weights as float32)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    config = json.loads(header.pop("__metadata__")["vmoe.config"])
+    state = {}
+    for name, info in header.items():
+        a, b = info["data_offsets"]
+        raw = bytearray(data[a:b])
+        if info["dtype"] == "BF16":
+            t = torch.frombuffer(raw, dtype=torch.int16).view(torch.bfloat16)
+        else:
+            t = torch.frombuffer(raw, dtype=_DTYPES[info["dtype"]])
+        state[name] = t.float().reshape(info["shape"])
+    model = VisionMoE(config)
+    model.load_state_dict(state)
+    return model
