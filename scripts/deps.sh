@@ -1,0 +1,24 @@
+#!/bin/sh
+# The Debian 12 packages gst-vmoe builds, tests and trains with: installs
+# whichever are missing (as root, or through sudo).  Sourced by test.sh and
+# .ci/run so that the list lives in one place.
+VMOE_PACKAGES="meson ninja-build pkg-config gcc libc6-dev \
+libglib2.0-dev libjson-glib-dev libopenblas-dev check \
+libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools \
+gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
+libvulkan-dev mesa-vulkan-drivers glslc spirv-tools \
+python3-torch python3-numpy python3-scipy python3-matplotlib dataset-fashion-mnist"
+
+vmoe_install_deps () {
+  missing=""
+  for p in $VMOE_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
+      || missing="$missing $p"
+  done
+  [ -z "$missing" ] && return 0
+  echo "installing:$missing"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q $missing
+}

@@ -1,0 +1,23 @@
+#!/bin/sh
+# The whole test suite, from a fresh Debian 12 machine: installs what is
+# missing, builds with warnings as errors, runs every test, then runs them
+# again in a build with AddressSanitizer and UndefinedBehaviorSanitizer
+# (which also reports leaks).
+set -eu
+cd "$(dirname "$0")/.."
+. scripts/deps.sh
+vmoe_install_deps
+
+meson setup build --wipe -Dwerror=true >/dev/null 2>&1 || meson setup build -Dwerror=true
+meson compile -C build
+meson test -C build --print-errorlogs
+
+meson setup build-sanitize --wipe -Dwerror=true -Dbuildtype=debug \
+  -Db_sanitize=address,undefined -Db_lundef=false >/dev/null 2>&1 \
+  || meson setup build-sanitize -Dwerror=true -Dbuildtype=debug \
+       -Db_sanitize=address,undefined -Db_lundef=false
+meson compile -C build-sanitize
+UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+ASAN_OPTIONS=detect_leaks=1 \
+  meson test -C build-sanitize --print-errorlogs --timeout-multiplier 4
+echo "all tests passed"

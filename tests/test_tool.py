@@ -1,0 +1,148 @@
+"""Tests of the `vmoe` command line as a user runs it: output formats of
+DESIGN.md, --help for every sub-command, one-line errors with a non-zero exit.
+
+    /usr/bin/python3 tests/test_tool.py VMOE_BINARY PARITY_DIR
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+VMOE = PARITY = None
+COMMANDS = ["info", "run", "bench", "random-model"]
+
+
+def vmoe(*args):
+    return subprocess.run([VMOE, *args], capture_output=True, text=True, timeout=120)
+
+
+class ToolTest(unittest.TestCase):
+    def assert_one_line_error(self, result, needle):
+        self.assertNotEqual(result.returncode, 0)
+        self.assertEqual(result.stdout, "")
+        lines = result.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, result.stderr)
+        self.assertIn(needle, lines[0])
+
+    def test_help(self):
+        for command in COMMANDS:
+            result = vmoe(command, "--help")
+            self.assertEqual(result.returncode, 0, command)
+            self.assertIn("vmoe " + command, result.stdout)
+        self.assertEqual(vmoe("--help").returncode, 0)
+
+    def test_unknown_command_and_option(self):
+        self.assert_one_line_error(vmoe("frobnicate"), "unknown command")
+        self.assert_one_line_error(vmoe("run", "--nope"), "--nope")
+
+    def test_run_matches_reference(self):
+        with open(os.path.join(PARITY, "expected.json")) as f:
+            cases = {c["name"]: c for c in json.load(f)["cases"]}
+        for name in ("image_k2_norm_mean", "token_k2_c05_bpr", "dense"):
+            case = cases[name]
+            for entry in case["inputs"]:
+                result = vmoe("run", os.path.join(PARITY, case["model"]),
+                              os.path.join(PARITY, entry["file"]), "--logits",
+                              "--batch", "3", "--top-k", "2")
+                self.assertEqual(result.returncode, 0, result.stderr)
+                lines = [json.loads(line) for line in result.stdout.splitlines()]
+                self.assertEqual(len(lines), len(entry["logits"]))
+                for i, obj in enumerate(lines):
+                    self.assertEqual(obj["index"], i)
+                    want = entry["logits"][i]
+                    best = max(range(len(want)), key=lambda k: (want[k], -k))
+                    self.assertEqual(obj["top"][0]["class"], best)
+                    self.assertEqual(len(obj["top"]), 2)
+                    self.assertEqual(set(obj["top"][0]), {"class", "label", "score"})
+                    self.assertGreaterEqual(obj["top"][0]["score"], obj["top"][1]["score"])
+                    err = max(abs(a - b) for a, b in zip(obj["logits"], want))
+                    self.assertLess(err, 1e-4 * max(abs(x) for x in want))
+                    if "experts" in entry:
+                        self.assertEqual(obj["experts"], entry["experts"][i])
+                        self.assertEqual(len(obj["gates"]), len(obj["experts"]))
+                        self.assertNotIn("layers", obj)
+                    elif "tokens_per_expert" in entry:
+                        self.assertEqual([l["tokens_per_expert"] for l in obj["layers"]],
+                                         entry["tokens_per_expert"][i])
+                        self.assertEqual([l["dropped"] for l in obj["layers"]],
+                                         entry["dropped"][i])
+                        self.assertEqual([l["block"] for l in obj["layers"]], [1, 2])
+                    else:
+                        self.assertNotIn("experts", obj)
+                        self.assertNotIn("layers", obj)
+        # Without --logits there are none.
+        case = cases["dense"]
+        result = vmoe("run", os.path.join(PARITY, case["model"]),
+                      os.path.join(PARITY, case["inputs"][0]["file"]))
+        self.assertNotIn("logits", json.loads(result.stdout.splitlines()[0]))
+
+    def test_run_errors(self):
+        model = os.path.join(PARITY, "dense.safetensors")
+        self.assert_one_line_error(vmoe("run", "/no/such.safetensors", "x.npy"),
+                                   "/no/such.safetensors")
+        self.assert_one_line_error(vmoe("run", model, "/no/such.npy"), "/no/such.npy")
+        # A float input of the wrong size says which size it needs.
+        wrong = os.path.join(PARITY, "gray_nonsquare_tanh.f32.npy")
+        self.assert_one_line_error(vmoe("run", model, wrong), "[N, 3, 32, 32]")
+        self.assert_one_line_error(vmoe("run", model, model), "not a supported .npy")
+        self.assert_one_line_error(
+            vmoe("run", model, os.path.join(PARITY, "dense.f32.npy"), "--backend", "tpu"),
+            "unknown backend")
+
+    def test_random_model_info_bench(self):
+        config = {"format": "vmoe", "version": 1, "image_size": [32, 32], "patch_size": 8,
+                  "embed_dim": 16, "depth": 2, "num_heads": 2, "mlp_dim": 32,
+                  "num_classes": 4, "labels": ["w", "x", "y", "z"],
+                  "moe": {"layers": [1], "num_experts": 4, "top_k": 1,
+                          "superclasses": [{"name": "sc%d" % e, "classes": [e]}
+                                           for e in range(4)]}}
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = os.path.join(tmp, "c.json")
+            out = os.path.join(tmp, "m.safetensors")
+            with open(cfg, "w") as f:
+                json.dump(config, f)
+            self.assertEqual(vmoe("random-model", "--config", cfg, "-o", out,
+                                  "--seed", "3").returncode, 0)
+            info = vmoe("info", out)
+            self.assertEqual(info.returncode, 0)
+            self.assertIn("image (Mobile V-MoE)", info.stdout)
+            self.assertIn("superclass 3: sc3 (z)", info.stdout)
+            # Parameters: patch 16*3*64+16, cls 16, pos 17*16, router 4*16+4,
+            # per block LN 4*16, qkv 48*16+48, proj 16*16+16, MLP 2*16*32+32+16;
+            # block 1 has 4 experts; final LN 32, head 4*16+4.
+            mlp = 2 * 16 * 32 + 32 + 16
+            block = 4 * 16 + 48 * 16 + 48 + 16 * 16 + 16
+            params = (16 * 3 * 64 + 16) + 16 + 17 * 16 + (4 * 16 + 4) \
+                + (block + mlp) + (block + 4 * mlp) + 32 + (4 * 16 + 4)
+            self.assertIn("parameters:   %d\n" % params, info.stdout)
+            bench = vmoe("bench", out, "--batch", "2", "--seconds", "0.2", "--json")
+            self.assertEqual(bench.returncode, 0, bench.stderr)
+            obj = json.loads(bench.stdout)
+            self.assertEqual(set(obj), {"backend", "batch", "images_per_s", "latency_ms",
+                                        "gflops"})
+            self.assertEqual(set(obj["latency_ms"]), {"p50", "p90", "p99"})
+            self.assertEqual(obj["batch"], 2)
+            self.assertEqual(obj["backend"], "cpu")
+            self.assertGreater(obj["images_per_s"], 0)
+            # Same seed, same bytes; another seed, other bytes.
+            again = os.path.join(tmp, "again.safetensors")
+            other = os.path.join(tmp, "other.safetensors")
+            vmoe("random-model", "--config", cfg, "-o", again, "--seed", "3")
+            vmoe("random-model", "--config", cfg, "-o", other, "--seed", "4")
+            with open(out, "rb") as a, open(again, "rb") as b, open(other, "rb") as c:
+                first = a.read()
+                self.assertEqual(first, b.read())
+                self.assertNotEqual(first, c.read())
+            bad = os.path.join(tmp, "bad.json")
+            with open(bad, "w") as f:
+                json.dump(dict(config, num_heads=3), f)
+            self.assert_one_line_error(
+                vmoe("random-model", "--config", bad, "-o", out), "num_heads")
+
+
+if __name__ == "__main__":
+    VMOE, PARITY = sys.argv[1], sys.argv[2]
+    unittest.main(argv=sys.argv[:1], verbosity=2)
