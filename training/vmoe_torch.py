@@ -63,6 +63,27 @@ def topk_stable(p, k):
     return values[..., :k], index[..., :k]
 
 
+def auxiliary_loss(clean, noisy, noise_std, top_k):
+    """V-MoE's importance and load losses (training only), summed.
+    Importance: squared coefficient of variation of the summed gate
+    probabilities per expert.  Load: the same of each expert's expected
+    token count, P(e stays in the noisy top-k under fresh noise) =
+    Phi((clean_e - threshold) / noise_std), the threshold being the k-th
+    largest noisy logit of the other experts."""
+    e = clean.shape[-1]
+    clean, noisy = clean.reshape(-1, e), noisy.reshape(-1, e)
+    importance = noisy.softmax(-1).sum(0)
+    loss = (importance.std() / importance.mean()) ** 2
+    if top_k < e:
+        top = noisy.topk(top_k + 1, dim=-1).values
+        kth, next_kth = top[:, top_k - 1:top_k], top[:, top_k:top_k + 1]
+        threshold = torch.where(noisy >= kth, next_kth, kth)
+        normal = torch.distributions.Normal(0.0, 1.0)
+        load = normal.cdf((clean - threshold) / noise_std).sum(0)
+        loss = loss + (load.std() / load.mean()) ** 2
+    return loss
+
+
 class Mlp(nn.Module):
     def __init__(self, dim, hidden, act):
         super().__init__()
@@ -144,12 +165,15 @@ class MoE(nn.Module):
 
     def forward_token(self, z, top_k, capacity_ratio, bpr, router_noise=0.0):
         """Token routing (V-MoE) with per-image capacity and optional BPR.
-        Returns the output, the router probabilities [N, T, E], and the
-        per-image statistics tokens_per_expert [N, E] and dropped [N]."""
+        Returns the output, the router probabilities [N, T, E], the per-image
+        statistics tokens_per_expert [N, E] and dropped [N], and (training
+        with router_noise > 0 only, else None) V-MoE's auxiliary loss."""
         n, t, _ = z.shape
-        logits = self.router(z)
+        clean = self.router(z)
+        logits, aux = clean, None
         if router_noise > 0:
-            logits = logits + router_noise * torch.randn_like(logits)
+            logits = clean + router_noise * torch.randn_like(clean)
+            aux = auxiliary_loss(clean, logits, router_noise, top_k)
         probs = logits.softmax(dim=-1)
         e_count = probs.shape[-1]
         top_p, top_e = topk_stable(probs, top_k)            # [N, T, k]
@@ -173,7 +197,7 @@ class MoE(nn.Module):
         out = self.combine(z, rows[keep], top_p[keep], top_e[keep])
         if hasattr(self, "shared"):
             out = out + self.shared(z)
-        return out, probs, counts, dropped
+        return out, probs, counts, dropped, aux
 
 
 class Block(nn.Module):
@@ -251,9 +275,11 @@ class VisionMoE(nn.Module):
                                                 routing["gates"])
             else:
                 noise = self.router_noise if self.training else 0.0
-                out, probs, counts, dropped = block.moe.forward_token(
+                out, probs, counts, dropped, aux = block.moe.forward_token(
                     block.norm2(x), self.top_k, self.capacity_ratio, moe["bpr"], noise)
                 x = x + out
+                if aux is not None:
+                    routing.setdefault("aux_losses", []).append(aux)
                 routing["router_probs"].append(probs)
                 routing["tokens_per_expert"].append(counts)
                 routing["dropped"].append(dropped)

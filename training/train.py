@@ -1,0 +1,518 @@
+"""Mobile V-MoE training: dense baseline -> super-classes -> MoE -> export
+-> analysis.  Run with Debian's PyTorch:
+
+    /usr/bin/python3 training/train.py dense --out runs/dense
+    /usr/bin/python3 training/train.py superclasses --checkpoint runs/dense/checkpoint.pt \\
+        --experts 4 --out runs/superclasses.json
+    /usr/bin/python3 training/train.py moe --init runs/dense/checkpoint.pt \\
+        --superclasses runs/superclasses.json --out runs/moe
+    /usr/bin/python3 training/train.py export --checkpoint runs/moe/checkpoint.pt \\
+        --out models/fashion-vmoe.safetensors
+    /usr/bin/python3 training/train.py analyze --model models/fashion-vmoe.safetensors \\
+        --out runs/analysis
+
+Multi-process training runs through PyTorch's own engine, e.g.
+`torchrun --nproc_per_node 2 training/train.py dense ...` (gloo on CPU).
+Every command documents its options with --help; docs/training.md explains
+the recipe and its choices.
+"""
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import data  # noqa: E402
+import vmoe_torch  # noqa: E402
+
+# The default architecture for Fashion-MNIST: 28x28 gray, patch 4 (49
+# patches + class token), 6 blocks of width 64.
+FASHION_ARCH = {
+    "image_size": [28, 28], "patch_size": 4, "in_channels": 1, "embed_dim": 64,
+    "depth": 6, "num_heads": 4, "mlp_dim": 128, "qkv_bias": True, "norm_eps": 1e-6,
+    "act": "gelu", "class_token": True, "pool": "token",
+    # Fashion-MNIST training-set statistics.
+    "mean": [0.2860], "std": [0.3530], "resize": "bilinear", "crop_pct": 1.0,
+}
+
+
+# ----------------------------------------------------------------- helpers
+
+def world():
+    """(rank, size) under torchrun, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def setup_distributed():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+
+
+def log(*args):
+    if world()[0] == 0:
+        print(*args, flush=True)
+
+
+def load_dataset(args):
+    """(train_x, train_y, holdout_x, holdout_y, test_x, test_y, labels)."""
+    if args.data == "fashion-mnist":
+        train_x, train_y, test_x, test_y = data.fashion_mnist(args.data_root)
+        labels = data.FASHION_LABELS
+    else:
+        size = FASHION_ARCH["image_size"][0] if not args.arch else \
+            json.load(open(args.arch))["image_size"][0]
+        channels = 1 if not args.arch else json.load(open(args.arch)).get("in_channels", 3)
+        x, y, labels = data.image_folder(args.data, size, channels)
+        # Users' folders have no test split: hold out a second stratified slice.
+        rest, test = data.stratified_split(y, per_class=max(1, len(y) // (10 * len(labels))),
+                                           seed=data.SPLIT_SEED + 1)
+        train_x, train_y, test_x, test_y = x[rest], y[rest], x[test], y[test]
+    tr, ho = data.stratified_split(train_y)
+    return (train_x[tr], train_y[tr], train_x[ho], train_y[ho], test_x, test_y, labels)
+
+
+def evaluate(model, images, labels, config, batch=500):
+    """Accuracy, predictions, and the image-routing experts (or None)."""
+    model.eval()
+    preds, experts = [], []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            x = data.normalize(images[i:i + batch], config["mean"], config["std"])
+            logits, routing = model(x)
+            preds.append(logits.argmax(-1))
+            if "experts" in routing:
+                experts.append(routing["experts"][:, 0])
+    preds = torch.cat(preds).numpy()
+    acc = float((preds == labels).mean())
+    return acc, preds, (torch.cat(experts).numpy() if experts else None)
+
+
+def lr_at(step, total, warmup, peak):
+    """Linear warm-up, then cosine decay to zero."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def router_aux_loss(routing):
+    """V-MoE's auxiliary losses (importance and load) summed over the
+    layers that recorded them."""
+    losses = routing.get("aux_losses", [])
+    return sum(losses) if losses else torch.zeros(())
+
+
+def train(model, args, dataset, superclass_of=None):
+    """The training loop shared by `dense` and `moe`.  superclass_of maps a
+    class to its super-class: the router's cross-entropy target."""
+    train_x, train_y, hold_x, hold_y = dataset[:4]
+    rank, size = world()
+    config = model.config
+    net = model
+    if size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    decay = [p for n, p in model.named_parameters() if p.dim() > 1 and "pos_embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() <= 1 or "pos_embed" in n]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
+    per_rank = args.batch // size
+    steps_per_epoch = len(train_x) // args.batch
+    total = steps_per_epoch * args.epochs
+    if args.steps:
+        total = min(total, args.steps)
+    warmup = min(int(args.warmup_epochs * steps_per_epoch), max(1, total // 5))
+    gen = torch.Generator().manual_seed(args.seed * 1000 + rank)
+    target_map = torch.tensor(superclass_of) if superclass_of is not None else None
+    history, step, start = [], 0, time.time()
+    epoch = 0
+    while step < total:
+        order = np.random.default_rng(args.seed + epoch).permutation(len(train_x))
+        model.train()
+        seen, running = 0, 0.0
+        for b in range(steps_per_epoch):
+            if step >= total:
+                break
+            idx = order[b * args.batch + rank * per_rank:b * args.batch + (rank + 1) * per_rank]
+            x = data.augment(data.normalize(train_x[idx], config["mean"], config["std"]), gen,
+                             erase=args.erase)
+            y = torch.from_numpy(train_y[idx])
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, total, warmup, args.lr)
+            logits, routing = net(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+            if target_map is not None and routing["router_probs"]:
+                probs = routing["router_probs"][0]
+                loss = loss + args.router_weight * F.nll_loss(
+                    torch.log(probs.clamp_min(1e-9)), target_map[y])
+            loss = loss + args.aux_weight * router_aux_loss(routing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            seen += len(idx)
+            running += float(loss) * len(idx)
+        acc, _, _ = evaluate(model, hold_x, hold_y, config)
+        history.append({"epoch": epoch + 1, "step": step, "loss": running / max(seen, 1),
+                        "holdout_acc": acc, "minutes": (time.time() - start) / 60})
+        log("epoch %d step %d/%d loss %.4f holdout %.4f (%.1f min)" % (
+            epoch + 1, step, total, running / max(seen, 1), acc, (time.time() - start) / 60))
+        epoch += 1
+    return history
+
+
+def save_checkpoint(path, model, extra):
+    if world()[0] != 0:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save(dict(extra, config=model.config, state=model.state_dict()), path)
+
+
+def load_checkpoint(path):
+    """A training checkpoint (.pt) or an exported model file (.safetensors)."""
+    if path.endswith(".safetensors"):
+        return vmoe_torch.load_model(path), {}
+    ckpt = torch.load(path, map_location="cpu")
+    model = vmoe_torch.VisionMoE(ckpt["config"])
+    model.load_state_dict(ckpt["state"])
+    return model, ckpt
+
+
+def finish(args, model, dataset, history, extra=None):
+    """Test accuracy, checkpoint and exported model file of a training run."""
+    test_x, test_y = dataset[4], dataset[5]
+    acc, _, _ = evaluate(model, test_x, test_y, model.config)
+    log("test accuracy %.4f" % acc)
+    if world()[0] == 0:
+        os.makedirs(args.out, exist_ok=True)
+        summary = {"test_acc": acc, "history": history,
+                   "args": {k: v for k, v in vars(args).items() if k != "func"}}
+        summary.update(extra or {})
+        with open(os.path.join(args.out, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        save_checkpoint(os.path.join(args.out, "checkpoint.pt"), model, {"summary": summary})
+        vmoe_torch.save_model(model, os.path.join(args.out, "model.safetensors"))
+    return acc
+
+
+# ---------------------------------------------------------------- commands
+
+def base_config(args, labels):
+    """The dense configuration: FASHION_ARCH, --arch overrides, the labels."""
+    arch = dict(FASHION_ARCH)
+    if args.arch:
+        with open(args.arch) as f:
+            arch.update(json.load(f))
+    return dict(arch, format="vmoe", version=1, num_classes=len(labels), labels=list(labels))
+
+
+def cmd_dense(args):
+    dataset = load_dataset(args)
+    config = base_config(args, dataset[6])
+    torch.manual_seed(args.seed)
+    model = vmoe_torch.VisionMoE(config)
+    log("dense: %d parameters, %d training images" % (
+        sum(p.numel() for p in model.parameters()), len(dataset[0])))
+    history = train(model, args, dataset)
+    finish(args, model, dataset, history)
+
+
+def spectral_clusters(affinity, k, seed=0):
+    """Normalised spectral clustering (Ng, Jordan & Weiss): the k smallest
+    eigenvectors of the normalised Laplacian, rows scaled to unit length,
+    then k-means with restarts.  Returns a cluster id per node."""
+    from scipy.cluster.vq import kmeans2
+    a = np.asarray(affinity, dtype=np.float64)
+    d = a.sum(1)
+    d_inv = np.where(d > 0, 1 / np.sqrt(np.maximum(d, 1e-12)), 0.0)
+    lap = np.eye(len(a)) - d_inv[:, None] * a * d_inv[None, :]
+    _, vecs = np.linalg.eigh(lap)
+    u = vecs[:, :k]
+    u = u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
+    best, best_cost = None, np.inf
+    rng = np.random.default_rng(seed)
+    for _ in range(50):
+        centroids, labels = kmeans2(u, k, minit="++", seed=int(rng.integers(1 << 31)))
+        if len(np.unique(labels)) < k:
+            continue
+        cost = ((u - centroids[labels]) ** 2).sum()
+        if cost < best_cost:
+            best, best_cost = labels, cost
+    if best is None:
+        raise SystemExit("spectral clustering found no %d non-empty clusters" % k)
+    # Number clusters by their smallest class so the result is canonical.
+    order = sorted(range(k), key=lambda c: np.flatnonzero(best == c).min())
+    return np.array([order.index(c) for c in best])
+
+
+def cmd_superclasses(args):
+    dataset = load_dataset(args)
+    model, _ = load_checkpoint(args.checkpoint)
+    labels = model.config["labels"]
+    k = len(labels)
+    acc, preds, _ = evaluate(model, dataset[2], dataset[3], model.config)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (dataset[3], preds), 1)
+    rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    affinity = (rates + rates.T) / 2
+    np.fill_diagonal(affinity, 0)
+    clusters = spectral_clusters(affinity, args.experts, args.seed)
+    superclasses = []
+    for c in range(args.experts):
+        members = [int(i) for i in np.flatnonzero(clusters == c)]
+        superclasses.append({"name": "+".join(labels[i] for i in members),
+                             "classes": members})
+    result = {"superclasses": superclasses, "holdout_acc": acc,
+              "confusion": confusion.tolist(), "algorithm": "normalised spectral clustering "
+              "of the symmetrised confusion-rate graph"}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    for s in superclasses:
+        log("super-class: %s" % s["name"])
+
+
+def moe_config(dense_config, args, superclasses):
+    config = copy.deepcopy(dense_config)
+    depth = config["depth"]
+    layers = [int(v) for v in args.layers.split(",")] if args.layers else [depth - 2, depth - 1]
+    experts = len(superclasses) if superclasses else args.experts
+    moe = {"layers": layers, "num_experts": experts, "top_k": args.top_k,
+           "routing": args.routing, "router_input": "cls", "normalize_gates": False,
+           "expert_mlp_dim": config["mlp_dim"], "shared_expert": args.shared,
+           "capacity_ratio": args.capacity_ratio, "bpr": True}
+    if superclasses:
+        moe["superclasses"] = superclasses
+    config["moe"] = moe
+    return config
+
+
+def init_from_dense(model, dense_state, noise, generator):
+    """Copies the dense weights; each expert of an MoE block starts as that
+    block's dense MLP (plus a little noise so that experts can diverge), and
+    a shared expert starts as the MLP too."""
+    state = model.state_dict()
+    for name in state:
+        if name in dense_state:
+            state[name] = dense_state[name].clone()
+            continue
+        parts = name.split(".")
+        if len(parts) > 3 and parts[2] == "moe" and parts[3] in ("experts", "shared"):
+            tail = parts[5:] if parts[3] == "experts" else parts[4:]
+            source = ".".join(parts[:2] + ["mlp"] + tail)
+            w = dense_state[source].clone()
+            state[name] = w + noise * w.std() * torch.randn(w.shape, generator=generator) \
+                if w.dim() > 1 else w
+    model.load_state_dict(state)
+
+
+def cmd_moe(args):
+    dataset = load_dataset(args)
+    superclasses = None
+    if args.superclasses:
+        superclasses = json.load(open(args.superclasses))["superclasses"]
+    if args.init:
+        dense, _ = load_checkpoint(args.init)
+        base = dense.config
+    else:
+        base = base_config(args, dataset[6])
+    config = moe_config({k: v for k, v in base.items() if k != "moe"}, args, superclasses)
+    torch.manual_seed(args.seed)
+    model = vmoe_torch.VisionMoE(config)
+    if args.init:
+        init_from_dense(model, dense.state_dict(), 0.01,
+                        torch.Generator().manual_seed(args.seed))
+    if args.routing == "token":
+        model.router_noise = 1.0 / config["moe"]["num_experts"]
+    superclass_of = None
+    if superclasses and args.routing == "image" and args.router_weight > 0:
+        superclass_of = [0] * config["num_classes"]
+        for e, s in enumerate(superclasses):
+            for c in s["classes"]:
+                superclass_of[c] = e
+    log("moe (%s routing, %d experts): %d parameters" % (
+        args.routing, config["moe"]["num_experts"], sum(p.numel() for p in model.parameters())))
+    history = train(model, args, dataset, superclass_of)
+    finish(args, model, dataset, history)
+
+
+def cmd_export(args):
+    model, _ = load_checkpoint(args.checkpoint)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    vmoe_torch.save_model(model, args.out, args.dtype)
+    log("wrote %s" % args.out)
+
+
+def cmd_analyze(args):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    dataset = load_dataset(args)
+    test_x, test_y = dataset[4], dataset[5]
+    model = vmoe_torch.load_model(args.model).eval()
+    c = model.config
+    labels, k = c["labels"], c["num_classes"]
+    os.makedirs(args.out, exist_ok=True)
+    preds, heat = [], None
+    moe = c["moe"]
+    with torch.inference_mode():
+        for i in range(0, len(test_x), 500):
+            x = data.normalize(test_x[i:i + 500], c["mean"], c["std"])
+            y = test_y[i:i + 500]
+            logits, routing = model(x)
+            preds.append(logits.argmax(-1).numpy())
+            if not moe:
+                continue
+            e_count = moe["num_experts"]
+            if heat is None:
+                heat = np.zeros((len(moe["layers"]), e_count, k))
+            for layer in range(len(moe["layers"])):
+                if moe["routing"] == "image":
+                    for j in range(routing["experts"].shape[1]):
+                        np.add.at(heat[layer], (routing["experts"][:, j].numpy(), y), 1)
+                else:
+                    # tokens each image sent to each expert (top-1 choice)
+                    top = routing["router_probs"][layer].argmax(-1).numpy()   # [N, T]
+                    for n in range(len(y)):
+                        np.add.at(heat[layer], (top[n], np.full(top.shape[1], y[n])), 1)
+    preds = np.concatenate(preds)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (test_y, preds), 1)
+    report = {"model": args.model, "test_acc": float((preds == test_y).mean()),
+              "confusion": confusion.tolist()}
+
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.imshow(confusion / confusion.sum(1, keepdims=True), cmap="Blues")
+    ax.set_xticks(range(k), labels, rotation=60, ha="right")
+    ax.set_yticks(range(k), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion (test, accuracy %.2f%%)" % (100 * report["test_acc"]))
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "confusion.png"), dpi=100)
+    plt.close(fig)
+
+    if moe:
+        report["expert_class_counts"] = heat.tolist()
+        names = [s["name"] for s in moe.get("superclasses", [])] or \
+            ["expert %d" % e for e in range(moe["num_experts"])]
+        for layer, block in enumerate(moe["layers"]):
+            fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * moe["num_experts"]))
+            share = heat[layer] / np.maximum(heat[layer].sum(0, keepdims=True), 1)
+            ax.imshow(share, cmap="viridis", aspect="auto", vmin=0, vmax=1)
+            ax.set_xticks(range(k), labels, rotation=60, ha="right")
+            ax.set_yticks(range(moe["num_experts"]), names)
+            ax.set_title("block %d: share of each class routed to each expert" % block)
+            fig.tight_layout()
+            fig.savefig(os.path.join(args.out, "experts_block%d.png" % block), dpi=100)
+            plt.close(fig)
+        if moe["routing"] == "image" and moe.get("superclasses"):
+            own = {cl: e for e, s in enumerate(moe["superclasses"]) for cl in s["classes"]}
+            routed = heat[0]
+            hits = sum(routed[own[cl], cl] for cl in range(k))
+            report["routed_to_own_superclass"] = float(hits / routed.sum())
+            report["per_class_own_superclass"] = {
+                labels[cl]: float(routed[own[cl], cl] / max(routed[:, cl].sum(), 1))
+                for cl in range(k)}
+            report["images_per_expert"] = routed.sum(1).tolist()
+    with open(os.path.join(args.out, "analysis.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    log(json.dumps({key: v for key, v in report.items()
+                    if key in ("test_acc", "routed_to_own_superclass")}))
+
+
+# -------------------------------------------------------------------- main
+
+def add_data_options(p):
+    p.add_argument("--data", default="fashion-mnist",
+                   help="fashion-mnist (Debian's dataset-fashion-mnist) or an image folder "
+                        "with one sub-folder per class")
+    p.add_argument("--data-root", default=data.FASHION_ROOT)
+
+
+def add_train_options(p, epochs, lr):
+    add_data_options(p)
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--arch", help="JSON file overriding the architecture keys")
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--steps", type=int, default=0, help="stop after this many steps (smoke)")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--erase", type=float, default=0.25, help="random-erasing probability")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("dense", help="train the dense ViT baseline")
+    add_train_options(p, epochs=30, lr=2e-3)
+    p.set_defaults(func=cmd_dense, router_weight=0.0, aux_weight=0.0)
+
+    p = sub.add_parser("superclasses", help="cluster the dense model's confusions")
+    add_data_options(p)
+    p.add_argument("--checkpoint", required=True, help="dense checkpoint.pt or model file")
+    p.add_argument("--experts", type=int, default=4, help="super-classes (= experts)")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arch")
+    p.set_defaults(func=cmd_superclasses)
+
+    p = sub.add_parser("moe", help="train the MoE (Mobile V-MoE by default)")
+    add_train_options(p, epochs=30, lr=2e-3)
+    p.add_argument("--init", help="dense checkpoint.pt or model file to initialise from")
+    p.add_argument("--superclasses", help="JSON from the superclasses command")
+    p.add_argument("--routing", choices=["image", "token"], default="image")
+    p.add_argument("--experts", type=int, default=4, help="experts without --superclasses")
+    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--layers", help="MoE blocks, comma-separated (default: the last 2)")
+    p.add_argument("--shared", action="store_true", help="add a ViMoE shared expert")
+    p.add_argument("--capacity-ratio", type=float, default=1.0)
+    p.add_argument("--router-weight", type=float, default=0.3,
+                   help="weight of the router's super-class cross-entropy (lambda)")
+    p.add_argument("--aux-weight", type=float, default=0.01,
+                   help="weight of V-MoE's importance and load losses (token routing)")
+    p.set_defaults(func=cmd_moe)
+
+    p = sub.add_parser("export", help="write a checkpoint as a vmoe model file")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--dtype", choices=["F32", "F16", "BF16"], default="F32")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("analyze", help="heat maps, confusion matrix, routing statistics")
+    add_data_options(p)
+    p.add_argument("--model", required=True, help="model file (.safetensors)")
+    p.add_argument("--out", required=True, help="directory for PNG and JSON")
+    p.add_argument("--arch")
+    p.set_defaults(func=cmd_analyze)
+
+    args = parser.parse_args(argv)
+    threads = getattr(args, "threads", 0)
+    setup_distributed()
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // world()[1]))
+    args.func(args)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
