@@ -4,20 +4,109 @@
  * the virtual resized image, whose four bilinear source pixels are converted
  * to the model's channels on the fly.  Channel conversion is linear, so
  * converting before interpolating equals converting the source frame first,
- * which is what the PyTorch reference does; no intermediate buffer exists. */
+ * which is what the PyTorch reference does; no intermediate buffer exists.
+ * YUV pixels become 8-bit RGB first, exactly as if the frame had been
+ * converted to RGB beforehand. */
 #include "vmoe-private.h"
 
 #include <math.h>
 
-/* Value of model channel `ch` at source pixel p, in [0, 1]. */
-static inline float
-pixel_channel (const uint8_t *p, int src_channels, int model_channels, int ch)
+void
+vmoe_image_init_packed (VmoeImage *image, const uint8_t *data, int width,
+    int height, int channels, size_t stride)
 {
-  if (model_channels == 1 && src_channels >= 3)
-    return (0.299f * p[0] + 0.587f * p[1] + 0.114f * p[2]) / 255.0f;
-  if (src_channels == 1)
-    return p[0] / 255.0f;
-  return p[ch] / 255.0f;
+  static const VmoePixelFormat formats[] = { VMOE_PIXEL_GRAY8, VMOE_PIXEL_GRAY8,
+    VMOE_PIXEL_GRAY8, VMOE_PIXEL_RGB, VMOE_PIXEL_RGBA };
+  *image = (VmoeImage) { .format = formats[CLAMP (channels, 0, 4)],
+    .width = width, .height = height, .planes = { data }, .strides = { stride } };
+  /* A channel count the engine does not take makes the frame invalid. */
+  if (channels != 1 && channels != 3 && channels != 4)
+    image->width = -1;
+}
+
+static inline uint8_t
+clamp_round (float v)
+{
+  return v <= 0 ? 0 : v >= 255 ? 255 : (uint8_t) (v + 0.5f);
+}
+
+/* BT.601 limited range ("studio swing") to 8-bit RGB. */
+static inline void
+yuv_to_rgb (int y, int u, int v, uint8_t rgb[3])
+{
+  float c = 1.164383f * (float) (y - 16);
+  float d = (float) (u - 128), e = (float) (v - 128);
+  rgb[0] = clamp_round (c + 1.596027f * e);
+  rgb[1] = clamp_round (c - 0.391762f * d - 0.812968f * e);
+  rgb[2] = clamp_round (c + 2.017232f * d);
+}
+
+/* The model-channel values of pixel (x, y) in [0, 1]: luma for a 1-channel
+ * model, RGB for a 3-channel one (gray repeated). */
+static inline void
+pixel_values (const VmoeImage *img, int x, int y, int model_channels, float *out)
+{
+  const uint8_t *row = img->planes[0] + (size_t) y * img->strides[0];
+  uint8_t rgb[3];
+  switch (img->format) {
+    case VMOE_PIXEL_GRAY8:
+      for (int c = 0; c < model_channels; c++)
+        out[c] = row[x] / 255.0f;
+      return;
+    case VMOE_PIXEL_RGB:
+      rgb[0] = row[3 * x], rgb[1] = row[3 * x + 1], rgb[2] = row[3 * x + 2];
+      break;
+    case VMOE_PIXEL_BGR:
+      rgb[0] = row[3 * x + 2], rgb[1] = row[3 * x + 1], rgb[2] = row[3 * x];
+      break;
+    case VMOE_PIXEL_RGBA:
+      rgb[0] = row[4 * x], rgb[1] = row[4 * x + 1], rgb[2] = row[4 * x + 2];
+      break;
+    case VMOE_PIXEL_BGRA:
+      rgb[0] = row[4 * x + 2], rgb[1] = row[4 * x + 1], rgb[2] = row[4 * x];
+      break;
+    case VMOE_PIXEL_ARGB:
+      rgb[0] = row[4 * x + 1], rgb[1] = row[4 * x + 2], rgb[2] = row[4 * x + 3];
+      break;
+    case VMOE_PIXEL_ABGR:
+      rgb[0] = row[4 * x + 3], rgb[1] = row[4 * x + 2], rgb[2] = row[4 * x + 1];
+      break;
+    case VMOE_PIXEL_I420: {
+      const uint8_t *u = img->planes[1] + (size_t) (y / 2) * img->strides[1];
+      const uint8_t *v = img->planes[2] + (size_t) (y / 2) * img->strides[2];
+      yuv_to_rgb (row[x], u[x / 2], v[x / 2], rgb);
+      break;
+    }
+    default: {                 /* NV12 */
+      const uint8_t *uv = img->planes[1] + (size_t) (y / 2) * img->strides[1];
+      yuv_to_rgb (row[x], uv[x / 2 * 2], uv[x / 2 * 2 + 1], rgb);
+      break;
+    }
+  }
+  if (model_channels == 1) {
+    out[0] = (0.299f * rgb[0] + 0.587f * rgb[1] + 0.114f * rgb[2]) / 255.0f;
+  } else {
+    for (int c = 0; c < 3; c++)
+      out[c] = rgb[c] / 255.0f;
+  }
+}
+
+static gboolean
+image_is_valid (const VmoeImage *img)
+{
+  static const int bytes_per_pixel[] = { 1, 3, 3, 4, 4, 4, 4, 1, 1 };
+  if (img->format < VMOE_PIXEL_GRAY8 || img->format > VMOE_PIXEL_NV12
+      || img->width < 1 || img->height < 1 || img->width > 65536 || img->height > 65536
+      || !img->planes[0]
+      || img->strides[0] < (size_t) img->width * bytes_per_pixel[img->format])
+    return FALSE;
+  size_t chroma_w = (size_t) (img->width + 1) / 2;
+  if (img->format == VMOE_PIXEL_I420)
+    return img->planes[1] && img->planes[2] && img->strides[1] >= chroma_w
+        && img->strides[2] >= chroma_w;
+  if (img->format == VMOE_PIXEL_NV12)
+    return img->planes[1] && img->strides[1] >= 2 * chroma_w;
+  return TRUE;
 }
 
 /* Source coordinate of destination index d under half-pixel bilinear
@@ -40,14 +129,12 @@ gboolean
 vmoe_preprocess (const VmoeConfig *c, const VmoeImage *image, float *out,
     GError **error)
 {
-  int h0 = image->height, w0 = image->width, ch_in = image->channels;
+  int h0 = image->height, w0 = image->width;
   int ht = c->image_h, wt = c->image_w, ch_out = c->in_channels;
-  if (!image->data || h0 < 1 || w0 < 1 || h0 > 65536 || w0 > 65536
-      || (ch_in != 1 && ch_in != 3 && ch_in != 4)
-      || image->stride < (size_t) w0 * ch_in) {
+  if (!image_is_valid (image)) {
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
-        "frame %dx%d with %d channels and stride %zu is not a valid 8-bit "
-        "image (channels must be 1, 3 or 4)", w0, h0, ch_in, image->stride);
+        "frame %dx%d of pixel format %d has missing planes or too small "
+        "strides, or is not a frame the engine takes", w0, h0, (int) image->format);
     return FALSE;
   }
 
@@ -61,30 +148,30 @@ vmoe_preprocess (const VmoeConfig *c, const VmoeImage *image, float *out,
   }
   float scale_y = (float) h0 / (float) rh, scale_x = (float) w0 / (float) rw;
   gboolean identity = rh == h0 && rw == w0;
+  size_t plane = (size_t) ht * wt;
 
   for (int y = 0; y < ht; y++) {
     int y0, y1;
     float ly;
     source_index (y + top, scale_y, h0, &y0, &y1, &ly);
-    const uint8_t *row0 = image->data + (size_t) y0 * image->stride;
-    const uint8_t *row1 = image->data + (size_t) y1 * image->stride;
     for (int x = 0; x < wt; x++) {
-      int x0, x1;
-      float lx;
-      source_index (x + left, scale_x, w0, &x0, &x1, &lx);
-      for (int ch = 0; ch < ch_out; ch++) {
-        float v;
-        if (identity) {
-          v = pixel_channel (row0 + (size_t) (x + left) * ch_in, ch_in, ch_out, ch);
-        } else {
-          float a = pixel_channel (row0 + (size_t) x0 * ch_in, ch_in, ch_out, ch);
-          float b = pixel_channel (row0 + (size_t) x1 * ch_in, ch_in, ch_out, ch);
-          float cc = pixel_channel (row1 + (size_t) x0 * ch_in, ch_in, ch_out, ch);
-          float d = pixel_channel (row1 + (size_t) x1 * ch_in, ch_in, ch_out, ch);
-          v = (1 - ly) * ((1 - lx) * a + lx * b) + ly * ((1 - lx) * cc + lx * d);
-        }
-        out[((size_t) ch * ht + y) * wt + x] = (v - c->mean[ch]) / c->std[ch];
+      float v[3];
+      if (identity) {
+        pixel_values (image, x + left, y + top, ch_out, v);
+      } else {
+        int x0, x1;
+        float lx, a[3], b[3], cc[3], d[3];
+        source_index (x + left, scale_x, w0, &x0, &x1, &lx);
+        pixel_values (image, x0, y0, ch_out, a);
+        pixel_values (image, x1, y0, ch_out, b);
+        pixel_values (image, x0, y1, ch_out, cc);
+        pixel_values (image, x1, y1, ch_out, d);
+        for (int ch = 0; ch < ch_out; ch++)
+          v[ch] = (1 - ly) * ((1 - lx) * a[ch] + lx * b[ch])
+              + ly * ((1 - lx) * cc[ch] + lx * d[ch]);
       }
+      for (int ch = 0; ch < ch_out; ch++)
+        out[ch * plane + (size_t) y * wt + x] = (v[ch] - c->mean[ch]) / c->std[ch];
     }
   }
   return TRUE;

@@ -185,7 +185,8 @@ START_TEST (test_preprocess_bilinear_upscale)
    * (the last row/column, so weight 1 on pixel 1).  With L = (0, .25, .75, 1)
    * the value is (1 - Ly) Lx + Ly (1 - Lx). */
   const guint8 px[4] = { 0, 255, 255, 0 };
-  VmoeImage img = { px, 2, 2, 1, 2 };
+  VmoeImage img;
+  vmoe_image_init_packed (&img, px, 2, 2, 1, 2);
   VmoeConfig c = preprocess_config (4, 4, 1, 1.0);
   float out[16];
   ck_assert (vmoe_preprocess (&c, &img, out, NULL));
@@ -204,7 +205,8 @@ START_TEST (test_preprocess_center_crop_and_normalise)
   guint8 px[4 * 8 * 3];
   for (int i = 0; i < 4 * 8 * 3; i++)
     px[i] = (guint8) i;
-  VmoeImage img = { px, 8, 4, 3, 24 };
+  VmoeImage img;
+  vmoe_image_init_packed (&img, px, 8, 4, 3, 24);
   VmoeConfig c = preprocess_config (4, 4, 3, 1.0);
   c.mean[1] = 0.5f;
   c.std[1] = 0.25f;
@@ -223,17 +225,72 @@ START_TEST (test_preprocess_channels)
 {
   /* RGBA to gray takes luma and ignores alpha; gray to RGB repeats. */
   const guint8 rgba[4] = { 100, 50, 200, 7 };
-  VmoeImage img = { rgba, 1, 1, 4, 4 };
+  VmoeImage img;
+  vmoe_image_init_packed (&img, rgba, 1, 1, 4, 4);
   VmoeConfig c = preprocess_config (1, 1, 1, 1.0);
   float out[3];
   ck_assert (vmoe_preprocess (&c, &img, out, NULL));
   ck_assert_double_eq_tol (out[0], (0.299 * 100 + 0.587 * 50 + 0.114 * 200) / 255, EPS);
   const guint8 gray[1] = { 51 };
-  VmoeImage g = { gray, 1, 1, 1, 1 };
+  VmoeImage g;
+  vmoe_image_init_packed (&g, gray, 1, 1, 1, 1);
   c = preprocess_config (1, 1, 3, 1.0);
   ck_assert (vmoe_preprocess (&c, &g, out, NULL));
   for (int i = 0; i < 3; i++)
     ck_assert_double_eq_tol (out[i], 0.2, EPS);
+}
+END_TEST
+
+static void
+expect_rgb (const VmoeImage *img, double r, double g, double b)
+{
+  VmoeConfig c = preprocess_config (img->height, img->width, 3, 1.0);
+  float out[3 * 4];
+  ck_assert (vmoe_preprocess (&c, img, out, NULL));
+  size_t plane = (size_t) img->width * img->height;
+  ck_assert_double_eq_tol (out[0], r / 255, EPS);
+  ck_assert_double_eq_tol (out[plane], g / 255, EPS);
+  ck_assert_double_eq_tol (out[2 * plane], b / 255, EPS);
+}
+
+START_TEST (test_preprocess_pixel_formats)
+{
+  /* One pixel (R, G, B) = (10, 20, 30) in each packed order; x/A bytes 99. */
+  const struct { VmoePixelFormat format; guint8 bytes[4]; } packed[] = {
+    { VMOE_PIXEL_RGB, { 10, 20, 30 } }, { VMOE_PIXEL_BGR, { 30, 20, 10 } },
+    { VMOE_PIXEL_RGBA, { 10, 20, 30, 99 } }, { VMOE_PIXEL_BGRA, { 30, 20, 10, 99 } },
+    { VMOE_PIXEL_ARGB, { 99, 10, 20, 30 } }, { VMOE_PIXEL_ABGR, { 99, 30, 20, 10 } },
+  };
+  for (guint i = 0; i < G_N_ELEMENTS (packed); i++) {
+    VmoeImage img = { .format = packed[i].format, .width = 1, .height = 1,
+      .planes = { packed[i].bytes }, .strides = { 4 } };
+    expect_rgb (&img, 10, 20, 30);
+  }
+  /* BT.601 limited range: Y 81, U 90, V 240 is pure red.
+   * R = 1.164383 * 65 + 1.596027 * 112 = 254.4 -> 254;
+   * G = 75.68 + 0.391762 * 38 - 0.812968 * 112 = -0.48 -> 0;
+   * B = 75.68 - 2.017232 * 38 = -0.97 -> 0.  A 2x2 frame shares one chroma
+   * sample; Y 235 with neutral chroma is white. */
+  const guint8 y[4] = { 81, 81, 81, 235 }, u[1] = { 90 }, v[1] = { 240 };
+  VmoeImage i420 = { .format = VMOE_PIXEL_I420, .width = 2, .height = 2,
+    .planes = { y, u, v }, .strides = { 2, 1, 1 } };
+  expect_rgb (&i420, 254, 0, 0);
+  const guint8 uv[2] = { 90, 240 };
+  VmoeImage nv12 = { .format = VMOE_PIXEL_NV12, .width = 2, .height = 2,
+    .planes = { y, uv }, .strides = { 2, 2 } };
+  expect_rgb (&nv12, 254, 0, 0);
+  const guint8 white_y[1] = { 235 }, neutral[2] = { 128, 128 };
+  VmoeImage white = { .format = VMOE_PIXEL_NV12, .width = 1, .height = 1,
+    .planes = { white_y, neutral }, .strides = { 1, 2 } };
+  expect_rgb (&white, 255, 255, 255);
+  /* An I420 frame without its chroma planes is refused. */
+  VmoeImage broken = i420;
+  broken.planes[2] = NULL;
+  VmoeConfig c = preprocess_config (2, 2, 3, 1.0);
+  float out[12];
+  GError *error = NULL;
+  ck_assert (!vmoe_preprocess (&c, &broken, out, &error));
+  g_error_free (error);
 }
 END_TEST
 
@@ -243,7 +300,8 @@ START_TEST (test_preprocess_crop_pct_resize)
    * at 4.  A constant frame stays constant through any resize. */
   guint8 px[100];
   memset (px, 128, sizeof px);
-  VmoeImage img = { px, 10, 10, 1, 10 };
+  VmoeImage img;
+  vmoe_image_init_packed (&img, px, 10, 10, 1, 10);
   VmoeConfig c = preprocess_config (8, 8, 1, 0.5);
   float out[64];
   ck_assert (vmoe_preprocess (&c, &img, out, NULL));
@@ -257,9 +315,12 @@ START_TEST (test_preprocess_rejects_bad_frames)
   guint8 px[4] = { 0 };
   VmoeConfig c = preprocess_config (2, 2, 3, 1.0);
   float out[12];
-  VmoeImage two_channels = { px, 1, 1, 2, 2 };
-  VmoeImage short_stride = { px, 2, 2, 3, 3 };
-  VmoeImage empty = { px, 0, 2, 3, 0 };
+  VmoeImage two_channels;
+  vmoe_image_init_packed (&two_channels, px, 1, 1, 2, 2);
+  VmoeImage short_stride;
+  vmoe_image_init_packed (&short_stride, px, 2, 2, 3, 3);
+  VmoeImage empty;
+  vmoe_image_init_packed (&empty, px, 0, 2, 3, 0);
   VmoeImage *bad[] = { &two_channels, &short_stride, &empty };
   for (guint i = 0; i < G_N_ELEMENTS (bad); i++) {
     GError *error = NULL;
@@ -288,7 +349,9 @@ START_TEST (test_no_allocation_per_call)
       input[i] = sinf ((float) i);
     guint8 frame[20 * 30 * 3];
     memset (frame, 90, sizeof frame);
-    VmoeImage frames[2] = { { frame, 30, 20, 3, 90 }, { frame, 30, 20, 3, 90 } };
+    VmoeImage frames[2];
+    vmoe_image_init_packed (&frames[0], frame, 30, 20, 3, 90);
+    frames[1] = frames[0];
     ck_assert (vmoe_session_run_f32 (session, input, 4, NULL));
     struct mallinfo2 before = mallinfo2 ();
     for (int i = 0; i < 5; i++) {
@@ -323,6 +386,7 @@ ops_suite (void)
   tcase_add_test (tc, test_preprocess_bilinear_upscale);
   tcase_add_test (tc, test_preprocess_center_crop_and_normalise);
   tcase_add_test (tc, test_preprocess_channels);
+  tcase_add_test (tc, test_preprocess_pixel_formats);
   tcase_add_test (tc, test_preprocess_crop_pct_resize);
   tcase_add_test (tc, test_preprocess_rejects_bad_frames);
   tcase_add_test (tc, test_no_allocation_per_call);

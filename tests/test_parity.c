@@ -44,8 +44,9 @@ run_input (VmoeSession *session, const NpyArray *input, int first, int count)
     VmoeImage images[16];
     ck_assert_int_le (count, 16);
     for (int i = 0; i < count; i++)
-      images[i] = (VmoeImage) { (const guint8 *) input->data + (size_t) (first + i) * h * w * ch,
-        w, h, ch, (size_t) w * ch };
+      vmoe_image_init_packed (&images[i],
+          (const guint8 *) input->data + (size_t) (first + i) * h * w * ch, w, h, ch,
+          (size_t) w * ch);
     ok = vmoe_session_run_u8 (session, images, count, &error);
   }
   ck_assert_msg (ok, "run: %s", error ? error->message : "");

@@ -233,13 +233,10 @@ run_array (VmoeSession *session, const NpyArray *input, int batch,
           (const float *) input->data + first * per_image, count, error);
     } else {
       int h = (int) input->shape[1], w = (int) input->shape[2], ch = (int) input->shape[3];
-      for (int i = 0; i < count; i++) {
-        images[i].data = (const guint8 *) input->data + (first + i) * (size_t) h * w * ch;
-        images[i].width = w;
-        images[i].height = h;
-        images[i].channels = ch;
-        images[i].stride = (size_t) w * ch;
-      }
+      for (int i = 0; i < count; i++)
+        vmoe_image_init_packed (&images[i],
+            (const guint8 *) input->data + (first + i) * (size_t) h * w * ch, w, h, ch,
+            (size_t) w * ch);
       ok = vmoe_session_run_u8 (session, images, count, error);
     }
     for (int i = 0; ok && i < count; i++) {

@@ -133,13 +133,28 @@ typedef struct {
   const VmoeLayerStats *layers;
 } VmoeImageResult;
 
-/* An 8-bit frame: rows of width*channels bytes, channels 1 (gray),
- * 3 (RGB) or 4 (RGBA/RGBx; the fourth byte is ignored). */
+/* Pixel layouts of 8-bit frames, named as GStreamer names them.  Padding
+ * and alpha bytes (x, A) are ignored.  I420 and NV12 are converted to RGB
+ * with BT.601 limited range, rounded to 8 bits, before anything else. */
+typedef enum {
+  VMOE_PIXEL_GRAY8,
+  VMOE_PIXEL_RGB, VMOE_PIXEL_BGR,
+  VMOE_PIXEL_RGBA, VMOE_PIXEL_BGRA, VMOE_PIXEL_ARGB, VMOE_PIXEL_ABGR,
+  VMOE_PIXEL_I420, VMOE_PIXEL_NV12,
+} VmoePixelFormat;
+
+/* An 8-bit frame.  Packed formats use plane 0 only; I420 has Y, U, V planes
+ * and NV12 Y and interleaved UV, each with its own stride in bytes. */
 typedef struct {
-  const uint8_t *data;
-  int width, height, channels;
-  size_t stride;                /* bytes per row */
+  VmoePixelFormat format;
+  int width, height;
+  const uint8_t *planes[3];
+  size_t strides[3];
 } VmoeImage;
+
+/* A packed frame of 1 (gray), 3 (RGB) or 4 (RGBA) channels. */
+void vmoe_image_init_packed (VmoeImage *image, const uint8_t *data, int width,
+    int height, int channels, size_t stride);
 
 typedef struct VmoeSession VmoeSession;
 

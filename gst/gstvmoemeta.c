@@ -1,0 +1,99 @@
+/* GstVmoeMeta registration, after gst-plugins-base's gstvideometa.c. */
+#include "gstvmoemeta.h"
+
+#include <string.h>
+
+GType
+gst_vmoe_meta_api_get_type (void)
+{
+  static GType type = 0;
+  /* No tags: the classification holds for the frame whatever is done to its
+   * pixels, so every element keeps the meta. */
+  static const gchar *tags[] = { NULL };
+  if (g_once_init_enter (&type)) {
+    GType t = gst_meta_api_type_register ("GstVmoeMetaAPI", tags);
+    g_once_init_leave (&type, t);
+  }
+  return type;
+}
+
+static gboolean
+vmoe_meta_init (GstMeta *meta, gpointer params, GstBuffer *buffer)
+{
+  GstVmoeMeta *m = (GstVmoeMeta *) meta;
+  memset ((guint8 *) m + sizeof (GstMeta), 0, sizeof *m - sizeof (GstMeta));
+  m->class_id = -1;
+  m->latency = GST_CLOCK_TIME_NONE;
+  return TRUE;
+}
+
+static void
+vmoe_meta_free (GstMeta *meta, GstBuffer *buffer)
+{
+  GstVmoeMeta *m = (GstVmoeMeta *) meta;
+  g_free (m->label);
+  g_free (m->top_classes);
+  g_free (m->top_scores);
+  g_strfreev (m->top_labels);
+  g_free (m->experts);
+  g_free (m->gates);
+  g_free (m->superclass);
+  for (guint i = 0; i < m->n_layers; i++)
+    g_free (m->layers[i].tokens_per_expert);
+  g_free (m->layers);
+}
+
+void
+gst_vmoe_meta_copy_into (GstVmoeMeta *d, const GstVmoeMeta *s)
+{
+  d->frame = s->frame;
+  d->fresh = s->fresh;
+  d->latency = s->latency;
+  d->class_id = s->class_id;
+  d->label = g_strdup (s->label);
+  d->score = s->score;
+  d->n_top = s->n_top;
+  d->top_classes = g_memdup2 (s->top_classes, s->n_top * sizeof (gint));
+  d->top_scores = g_memdup2 (s->top_scores, s->n_top * sizeof (gfloat));
+  d->top_labels = g_strdupv (s->top_labels);
+  d->n_experts = s->n_experts;
+  d->experts = g_memdup2 (s->experts, s->n_experts * sizeof (gint));
+  d->gates = g_memdup2 (s->gates, s->n_experts * sizeof (gfloat));
+  d->superclass = g_strdup (s->superclass);
+  d->n_layers = s->n_layers;
+  d->layers = g_memdup2 (s->layers, s->n_layers * sizeof (GstVmoeLayerStats));
+  for (guint i = 0; i < s->n_layers; i++)
+    d->layers[i].tokens_per_expert = g_memdup2 (s->layers[i].tokens_per_expert,
+        s->layers[i].n_experts * sizeof (guint));
+}
+
+static gboolean
+vmoe_meta_transform (GstBuffer *dest, GstMeta *meta, GstBuffer *buffer,
+    GQuark type, gpointer data)
+{
+  GstVmoeMeta *d = gst_buffer_add_vmoe_meta (dest);
+  if (!d)
+    return FALSE;
+  gst_vmoe_meta_copy_into (d, (GstVmoeMeta *) meta);
+  return TRUE;
+}
+
+const GstMetaInfo *
+gst_vmoe_meta_get_info (void)
+{
+  static const GstMetaInfo *info = NULL;
+  if (g_once_init_enter ((GstMetaInfo **) &info)) {
+    const GstMetaInfo *mi = gst_meta_register (GST_VMOE_META_API_TYPE,
+        "GstVmoeMeta", sizeof (GstVmoeMeta), vmoe_meta_init, vmoe_meta_free,
+        vmoe_meta_transform);
+    g_once_init_leave ((GstMetaInfo **) &info, (GstMetaInfo *) mi);
+  }
+  return info;
+}
+
+GstVmoeMeta *
+gst_buffer_add_vmoe_meta (GstBuffer *buffer)
+{
+  g_return_val_if_fail (GST_IS_BUFFER (buffer), NULL);
+  return (GstVmoeMeta *) gst_buffer_add_meta (buffer, GST_VMOE_META_INFO, NULL);
+}
