@@ -4,6 +4,11 @@
 #include "npy.h"
 #include "vmoe/vmoe.h"
 
+#ifdef VMOE_HAVE_GST
+#include <gst/app/gstappsink.h>
+#include <gst/gst.h>
+#include <gst/video/video.h>
+#endif
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -420,6 +425,118 @@ out:
   return status;
 }
 
+/* -------------------------------------------------------------- classify */
+
+#ifdef VMOE_HAVE_GST
+/* Decodes the first frame of an image (or video) file through GStreamer's
+ * decodebin into RGBA. */
+static GstSample *
+decode_first_frame (const char *path, GError **error)
+{
+  GError *parse_error = NULL;
+  GstElement *pipeline = gst_parse_launch ("filesrc name=src ! decodebin ! "
+      "videoconvert ! video/x-raw,format=RGBA ! appsink name=sink sync=false",
+      &parse_error);
+  if (!pipeline) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_BACKEND,
+        "cannot build the decoding pipeline: %s", parse_error->message);
+    g_error_free (parse_error);
+    return NULL;
+  }
+  GstElement *src = gst_bin_get_by_name (GST_BIN (pipeline), "src");
+  GstElement *sink = gst_bin_get_by_name (GST_BIN (pipeline), "sink");
+  g_object_set (src, "location", path, NULL);
+  gst_element_set_state (pipeline, GST_STATE_PLAYING);
+  GstSample *sample = gst_app_sink_try_pull_sample (GST_APP_SINK (sink), 30 * GST_SECOND);
+  if (!sample) {
+    GstBus *bus = gst_element_get_bus (pipeline);
+    GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
+    GError *gst_error = NULL;
+    if (msg)
+      gst_message_parse_error (msg, &gst_error, NULL);
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_IO, "cannot decode '%s': %s", path,
+        gst_error ? gst_error->message : "no frame");
+    g_clear_error (&gst_error);
+    if (msg)
+      gst_message_unref (msg);
+    gst_object_unref (bus);
+  }
+  gst_element_set_state (pipeline, GST_STATE_NULL);
+  gst_object_unref (src);
+  gst_object_unref (sink);
+  gst_object_unref (pipeline);
+  return sample;
+}
+
+static gboolean
+classify_file (VmoeSession *session, const char *path, GError **error)
+{
+  GstSample *sample = decode_first_frame (path, error);
+  if (!sample)
+    return FALSE;
+  GstVideoInfo info;
+  GstVideoFrame frame;
+  gboolean ok = gst_video_info_from_caps (&info, gst_sample_get_caps (sample))
+      && gst_video_frame_map (&frame, &info, gst_sample_get_buffer (sample), GST_MAP_READ);
+  if (!ok) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_IO, "cannot read the frame of '%s'", path);
+  } else {
+    VmoeImage img;
+    vmoe_image_init_packed (&img, GST_VIDEO_FRAME_PLANE_DATA (&frame, 0),
+        GST_VIDEO_FRAME_WIDTH (&frame), GST_VIDEO_FRAME_HEIGHT (&frame), 4,
+        GST_VIDEO_FRAME_PLANE_STRIDE (&frame, 0));
+    ok = vmoe_session_run_u8 (session, &img, 1, error);
+    gst_video_frame_unmap (&frame);
+    if (ok) {
+      const VmoeImageResult *r = vmoe_session_get_result (session, 0);
+      printf ("%s\t%s\t%.4f\n", path, r->top_labels[0], r->top_scores[0]);
+    }
+  }
+  gst_sample_unref (sample);
+  return ok;
+}
+#endif
+
+static int
+cmd_classify (int argc, char **argv)
+{
+  int status = 0, threads = 0;
+  char *backend = NULL;
+  GOptionEntry entries[] = {
+    { "backend", 0, 0, G_OPTION_ARG_STRING, &backend, "auto, cpu or vulkan", "NAME" },
+    { "threads", 0, 0, G_OPTION_ARG_INT, &threads, "CPU threads (default: all)", "N" },
+    { NULL }
+  };
+  if (!parse_options ("classify", "MODEL FILE...", "Classifies image files "
+          "(PNG, JPEG, ... anything GStreamer decodes), printing "
+          "FILE<TAB>label<TAB>score per file.", entries, &argc, &argv, &status))
+    goto out;
+  if (argc < 3) {
+    status = fail ("classify", "expects MODEL and at least one FILE (see --help)");
+    goto out;
+  }
+#ifdef VMOE_HAVE_GST
+  gst_init (NULL, NULL);
+  GError *error = NULL;
+  VmoeSession *session = NULL;
+  VmoeModel *model = vmoe_model_load (argv[1], &error);
+  if (!model || !make_session (backend, threads, 1, model, &session, &error)) {
+    status = fail_error ("classify", error);
+  } else {
+    for (int i = 2; i < argc && status == 0; i++)
+      if (!classify_file (session, argv[i], &error))
+        status = fail_error ("classify", error);
+  }
+  vmoe_session_free (session);
+  vmoe_model_unref (model);
+#else
+  status = fail ("classify", "this vmoe was built without GStreamer (meson option gst)");
+#endif
+out:
+  g_free (backend);
+  return status;
+}
+
 /* ---------------------------------------------------------- random-model */
 
 static int
@@ -463,6 +580,7 @@ static const struct {
 } commands[] = {
   { "info", cmd_info, "configuration, parameters, FLOPs and labels of a model" },
   { "run", cmd_run, "classify the images of a .npy array, JSON lines out" },
+  { "classify", cmd_classify, "classify image files decoded by GStreamer" },
   { "bench", cmd_bench, "time the forward pass" },
   { "random-model", cmd_random_model, "write a model with random weights" },
 };
