@@ -374,7 +374,7 @@ gst_vmoe_classify_transform_ip (GstBaseTransform *trans, GstBuffer *buf)
   gboolean post = self->post_messages;
   GST_OBJECT_UNLOCK (self);
   guint64 index = self->frames++;
-  GstVmoeMeta *last = gst_buffer_get_vmoe_meta (self->last);
+  GstVmoeMeta *last = self->last ? gst_buffer_get_vmoe_meta (self->last) : NULL;
   gboolean infer = !last || index % interval == 0;
   if (infer && last && frame_is_late (self, buf)) {
     GST_DEBUG_OBJECT (self, "frame %" G_GUINT64_FORMAT " is late, carrying the last result",
@@ -403,7 +403,7 @@ gst_vmoe_classify_transform_ip (GstBaseTransform *trans, GstBuffer *buf)
       g_clear_error (&error);
       return GST_FLOW_ERROR;
     }
-    gst_buffer_unref (self->last);
+    gst_clear_buffer (&self->last);
     self->last = gst_buffer_new ();
     last = gst_buffer_add_vmoe_meta (self->last);
     fill_meta (last, vmoe_model_get_config (vmoe_session_get_model (self->session)),

@@ -1,0 +1,694 @@
+/* Element tests for vmoeclassify (GstHarness and small pipelines), on the
+ * random models of the parity suite (VMOE_PARITY_DIR).  Expected results
+ * come from the engine run on RGB pixels that the test converts itself. */
+#include <gst/app/gstappsink.h>
+#include <gst/check/gstcheck.h>
+#include <gst/check/gstharness.h>
+#include <glib/gstdio.h>
+#include <gst/video/video.h>
+#include <math.h>
+#include <string.h>
+
+#include "gstvmoemeta.h"
+#include "vmoe/vmoe.h"
+
+static const char *parity_dir;
+
+/* GstCheck bundles a Check without the floating-point assertions. */
+#define assert_near(a, b, tol) \
+  ck_assert_msg (fabs ((double) (a) - (double) (b)) <= (tol), \
+      "%s = %g, %s = %g, beyond %g", #a, (double) (a), #b, (double) (b), (double) (tol))
+
+static char *
+model_path (const char *name)
+{
+  char *file = g_strdup_printf ("%s.safetensors", name);
+  char *path = g_build_filename (parity_dir, file, NULL);
+  g_free (file);
+  return path;
+}
+
+/* A deterministic test picture: RGB at (x, y). */
+static void
+test_rgb (int x, int y, int seed, guint8 rgb[3])
+{
+  guint32 h = (guint32) x * 73856093u ^ (guint32) y * 19349663u ^ (guint32) seed * 83492791u;
+  h ^= h >> 13;
+  h *= 0x5bd1e995;
+  rgb[0] = (guint8) (x * 7 + seed * 40 + (h & 31));
+  rgb[1] = (guint8) (y * 5 + ((h >> 8) & 63));
+  rgb[2] = (guint8) ((x + y) * 3 + ((h >> 16) & 127));
+}
+
+static guint8
+clamp_u8 (double v)
+{
+  return (guint8) (v < 0 ? 0 : v > 255 ? 255 : floor (v + 0.5));
+}
+
+/* Builds a frame of `format` and the packed RGB (or gray) pixels it stands
+ * for, with the test's own conversions (BT.601 limited range for YUV). */
+static GstBuffer *
+make_frame (GstVideoFormat format, int w, int h, int seed, guint8 *rgb_out,
+    gboolean *gray_out)
+{
+  GstVideoInfo info;
+  gst_video_info_set_format (&info, format, w, h);
+  GstBuffer *buf = gst_buffer_new_allocate (NULL, GST_VIDEO_INFO_SIZE (&info), NULL);
+  gst_buffer_add_video_meta_full (buf, GST_VIDEO_FRAME_FLAG_NONE, format, w, h,
+      GST_VIDEO_INFO_N_PLANES (&info), info.offset, info.stride);
+  GstVideoFrame frame;
+  ck_assert (gst_video_frame_map (&frame, &info, buf, GST_MAP_WRITE));
+  *gray_out = format == GST_VIDEO_FORMAT_GRAY8;
+  /* Byte positions of R, G, B in packed pixels. */
+  int pos[3] = { 0, 1, 2 }, bpp = 3;
+  switch (format) {
+    case GST_VIDEO_FORMAT_BGR: pos[0] = 2, pos[2] = 0; break;
+    case GST_VIDEO_FORMAT_RGBx: case GST_VIDEO_FORMAT_RGBA: bpp = 4; break;
+    case GST_VIDEO_FORMAT_BGRx: case GST_VIDEO_FORMAT_BGRA:
+      bpp = 4, pos[0] = 2, pos[2] = 0; break;
+    case GST_VIDEO_FORMAT_xRGB: case GST_VIDEO_FORMAT_ARGB:
+      bpp = 4, pos[0] = 1, pos[1] = 2, pos[2] = 3; break;
+    case GST_VIDEO_FORMAT_xBGR: case GST_VIDEO_FORMAT_ABGR:
+      bpp = 4, pos[0] = 3, pos[1] = 2, pos[2] = 1; break;
+    default: break;
+  }
+  for (int y = 0; y < h; y++) {
+    for (int x = 0; x < w; x++) {
+      guint8 c[3];
+      test_rgb (x, y, seed, c);
+      /* rgb_out is packed: 3 bytes a pixel, or 1 for GRAY8. */
+      guint8 *out = rgb_out + (y * w + x) * (format == GST_VIDEO_FORMAT_GRAY8 ? 1 : 3);
+      guint8 *row = (guint8 *) GST_VIDEO_FRAME_PLANE_DATA (&frame, 0)
+          + y * GST_VIDEO_FRAME_PLANE_STRIDE (&frame, 0);
+      if (format == GST_VIDEO_FORMAT_GRAY8) {
+        row[x] = c[0];
+        out[0] = c[0];
+      } else if (format == GST_VIDEO_FORMAT_I420 || format == GST_VIDEO_FORMAT_NV12) {
+        /* Y from the pixel, chroma from its top-left 2x2 neighbour. */
+        int yv = 16 + c[1] % 220;
+        row[x] = (guint8) yv;
+        guint8 cc[3];
+        test_rgb (x / 2 * 2, y / 2 * 2, seed, cc);
+        int u = 16 + cc[0] % 225, v = 16 + cc[2] % 225;
+        guint8 *p1 = (guint8 *) GST_VIDEO_FRAME_PLANE_DATA (&frame, 1)
+            + (y / 2) * GST_VIDEO_FRAME_PLANE_STRIDE (&frame, 1);
+        if (format == GST_VIDEO_FORMAT_I420) {
+          guint8 *p2 = (guint8 *) GST_VIDEO_FRAME_PLANE_DATA (&frame, 2)
+              + (y / 2) * GST_VIDEO_FRAME_PLANE_STRIDE (&frame, 2);
+          p1[x / 2] = (guint8) u;
+          p2[x / 2] = (guint8) v;
+        } else {
+          p1[x / 2 * 2] = (guint8) u;
+          p1[x / 2 * 2 + 1] = (guint8) v;
+        }
+        double yy = 1.164383 * (yv - 16);
+        out[0] = clamp_u8 (yy + 1.596027 * (v - 128));
+        out[1] = clamp_u8 (yy - 0.391762 * (u - 128) - 0.812968 * (v - 128));
+        out[2] = clamp_u8 (yy + 2.017232 * (u - 128));
+      } else {
+        for (int i = 0; i < 3; i++)
+          row[x * bpp + pos[i]] = c[i];
+        if (bpp == 4)      /* the x/A byte, which must be ignored */
+          row[x * bpp + 6 - pos[0] - pos[1] - pos[2]] = 0x5a;
+        memcpy (out, c, 3);
+      }
+    }
+  }
+  gst_video_frame_unmap (&frame);
+  return buf;
+}
+
+/* The engine's result for the same pixels, as packed RGB or gray. */
+static void
+engine_expect (const char *model_name, const guint8 *pixels, gboolean gray, int w,
+    int h, int *class_id, float *scores, int *expert)
+{
+  char *path = model_path (model_name);
+  VmoeModel *model = vmoe_model_load (path, NULL);
+  ck_assert (model);
+  VmoeSession *session = vmoe_session_new (model, NULL, NULL);
+  VmoeImage img;
+  vmoe_image_init_packed (&img, pixels, w, h, gray ? 1 : 3, (size_t) w * (gray ? 1 : 3));
+  ck_assert (vmoe_session_run_u8 (session, &img, 1, NULL));
+  const VmoeImageResult *r = vmoe_session_get_result (session, 0);
+  *class_id = r->top_classes[0];
+  memcpy (scores, r->top_scores, r->n_top * sizeof (float));
+  *expert = r->n_experts ? r->experts[0] : -1;
+  vmoe_session_free (session);
+  vmoe_model_unref (model);
+  g_free (path);
+}
+
+static GstHarness *
+harness_for (const char *model_name, const char *props, GstVideoFormat format,
+    int w, int h)
+{
+  char *path = model_path (model_name);
+  GstElement *element = gst_element_factory_make ("vmoeclassify", NULL);
+  ck_assert (element != NULL);
+  g_object_set (element, "model", path, NULL);
+  char **assignments = g_strsplit (props ? props : "", " ", -1);
+  for (char **a = assignments; *a; a++) {
+    char **kv = g_strsplit (*a, "=", 2);
+    if (kv[0] && kv[1])
+      gst_util_set_object_arg (G_OBJECT (element), kv[0], kv[1]);
+    g_strfreev (kv);
+  }
+  g_strfreev (assignments);
+  GstHarness *hs = gst_harness_new_with_element (element, "sink", "src");
+  gst_object_unref (element);
+  char *caps = g_strdup_printf ("video/x-raw,format=%s,width=%d,height=%d,framerate=30/1",
+      gst_video_format_to_string (format), w, h);
+  gst_harness_set_src_caps_str (hs, caps);
+  g_free (caps);
+  g_free (path);
+  return hs;
+}
+
+static GstBuffer *
+push_frame (GstHarness *hs, GstBuffer *buf, int index)
+{
+  GST_BUFFER_PTS (buf) = index * GST_SECOND / 30;
+  GST_BUFFER_DURATION (buf) = GST_SECOND / 30;
+  ck_assert_int_eq (gst_harness_push (hs, buf), GST_FLOW_OK);
+  return gst_harness_pull (hs);
+}
+
+static const GstVideoFormat all_formats[] = {
+  GST_VIDEO_FORMAT_RGB, GST_VIDEO_FORMAT_BGR, GST_VIDEO_FORMAT_RGBx,
+  GST_VIDEO_FORMAT_BGRx, GST_VIDEO_FORMAT_xRGB, GST_VIDEO_FORMAT_xBGR,
+  GST_VIDEO_FORMAT_RGBA, GST_VIDEO_FORMAT_BGRA, GST_VIDEO_FORMAT_ARGB,
+  GST_VIDEO_FORMAT_ABGR, GST_VIDEO_FORMAT_GRAY8, GST_VIDEO_FORMAT_I420,
+  GST_VIDEO_FORMAT_NV12,
+};
+
+/* Every caps format gives the class the engine computes for the same
+ * pixels, and the frame passes through untouched. */
+START_TEST (test_formats_match_engine)
+{
+  GstVideoFormat format = all_formats[_i];
+  const int w = 46, h = 38;
+  guint8 *rgb = g_malloc (w * h * 3);
+  gboolean gray;
+  GstBuffer *in = make_frame (format, w, h, 1, rgb, &gray);
+  GstMapInfo before;
+  gst_buffer_map (in, &before, GST_MAP_READ);
+  guint8 *copy = g_memdup2 (before.data, before.size);
+  gsize size = before.size;
+  gst_buffer_unmap (in, &before);
+
+  int class_id, expert;
+  float scores[5];
+  engine_expect ("image_k1", rgb, gray, w, h, &class_id, scores, &expert);
+  GstHarness *hs = harness_for ("image_k1", "top-k=3", format, w, h);
+  GstBuffer *out = push_frame (hs, in, 0);
+  GstVmoeMeta *meta = gst_buffer_get_vmoe_meta (out);
+  ck_assert_msg (meta != NULL, "%s: no meta", gst_video_format_to_string (format));
+  ck_assert_msg (meta->class_id == class_id, "%s: class %d, engine %d",
+      gst_video_format_to_string (format), meta->class_id, class_id);
+  ck_assert_uint_eq (meta->n_top, 3);
+  for (int i = 0; i < 3; i++)
+    assert_near (meta->top_scores[i], scores[i], 1e-6);
+  ck_assert_int_eq (meta->n_experts, 1);
+  ck_assert_int_eq (meta->experts[0], expert);
+  ck_assert (meta->fresh);
+  GstMapInfo after;
+  gst_buffer_map (out, &after, GST_MAP_READ);
+  ck_assert_uint_eq (after.size, size);
+  ck_assert (memcmp (after.data, copy, size) == 0);
+  gst_buffer_unmap (out, &after);
+  gst_buffer_unref (out);
+  gst_harness_teardown (hs);
+  g_free (copy);
+  g_free (rgb);
+}
+END_TEST
+
+START_TEST (test_gray_model_takes_luma)
+{
+  /* A 1-channel model on RGB frames: the engine's luma path. */
+  const int w = 50, h = 30;
+  guint8 *rgb = g_malloc (w * h * 3);
+  gboolean gray;
+  GstBuffer *in = make_frame (GST_VIDEO_FORMAT_BGRx, w, h, 3, rgb, &gray);
+  int class_id, expert;
+  float scores[5];
+  engine_expect ("gray_nonsquare_tanh", rgb, FALSE, w, h, &class_id, scores, &expert);
+  GstHarness *hs = harness_for ("gray_nonsquare_tanh", NULL, GST_VIDEO_FORMAT_BGRx, w, h);
+  GstBuffer *out = push_frame (hs, in, 0);
+  GstVmoeMeta *meta = gst_buffer_get_vmoe_meta (out);
+  ck_assert_int_eq (meta->class_id, class_id);
+  assert_near (meta->score, scores[0], 1e-6);
+  ck_assert_int_eq (meta->n_experts, 0);
+  gst_buffer_unref (out);
+  gst_harness_teardown (hs);
+  g_free (rgb);
+}
+END_TEST
+
+START_TEST (test_unsupported_caps_refused)
+{
+  GstHarness *hs = harness_for ("image_k1", NULL, GST_VIDEO_FORMAT_RGB, 32, 32);
+  GstPad *sink = gst_element_get_static_pad (hs->element, "sink");
+  const char *refused[] = { "video/x-raw,format=YUY2,width=32,height=32,framerate=30/1",
+    "video/x-raw,format=RGB16,width=32,height=32,framerate=30/1",
+    "audio/x-raw,format=S16LE,rate=44100,channels=2,layout=interleaved" };
+  for (guint i = 0; i < G_N_ELEMENTS (refused); i++) {
+    GstCaps *caps = gst_caps_from_string (refused[i]);
+    ck_assert_msg (!gst_pad_query_accept_caps (sink, caps), "accepted %s", refused[i]);
+    gst_caps_unref (caps);
+  }
+  GstCaps *ok = gst_caps_from_string ("video/x-raw,format=NV12,width=7,height=5,framerate=5/1");
+  ck_assert (gst_pad_query_accept_caps (sink, ok));
+  gst_caps_unref (ok);
+  gst_object_unref (sink);
+  gst_harness_teardown (hs);
+}
+END_TEST
+
+static GValueArray *
+array_field (const GstStructure *s, const char *name)
+{
+  const GValue *v = gst_structure_get_value (s, name);
+  ck_assert_msg (v != NULL, "message has no '%s'", name);
+  G_GNUC_BEGIN_IGNORE_DEPRECATIONS
+  ck_assert (G_VALUE_HOLDS (v, g_value_array_get_type ()));
+  G_GNUC_END_IGNORE_DEPRECATIONS
+  return g_value_get_boxed (v);
+}
+
+START_TEST (test_messages)
+{
+  GstHarness *hs = harness_for ("image_k1", "post-messages=true top-k=4",
+      GST_VIDEO_FORMAT_RGB, 32, 32);
+  GstBus *bus = gst_bus_new ();
+  gst_element_set_bus (hs->element, bus);
+  guint8 rgb[32 * 32 * 3];
+  gboolean gray;
+  GstBuffer *out = push_frame (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, 2, rgb, &gray), 5);
+  GstVmoeMeta *meta = gst_buffer_get_vmoe_meta (out);
+  GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT);
+  ck_assert (msg != NULL);
+  ck_assert (GST_MESSAGE_SRC (msg) == GST_OBJECT (hs->element));
+  const GstStructure *s = gst_message_get_structure (msg);
+  ck_assert_str_eq (gst_structure_get_name (s), "vmoe");
+  guint64 ts, stream_time, running_time, frame, latency;
+  gint class_id;
+  gdouble score;
+  ck_assert (gst_structure_get (s, "timestamp", G_TYPE_UINT64, &ts,
+          "stream-time", G_TYPE_UINT64, &stream_time,
+          "running-time", G_TYPE_UINT64, &running_time,
+          "frame", G_TYPE_UINT64, &frame, "class-id", G_TYPE_INT, &class_id,
+          "score", G_TYPE_DOUBLE, &score, "latency", G_TYPE_UINT64, &latency, NULL));
+  ck_assert_uint_eq (ts, 5 * GST_SECOND / 30);
+  ck_assert_uint_eq (stream_time, ts);      /* default segment from 0 */
+  ck_assert_uint_eq (running_time, ts);
+  ck_assert_uint_eq (frame, 0);
+  ck_assert_int_eq (class_id, meta->class_id);
+  ck_assert_str_eq (gst_structure_get_string (s, "label"), meta->label);
+  assert_near (score, meta->score, 1e-7);
+  ck_assert_uint_eq (latency, meta->latency);
+  ck_assert_uint_gt (latency, 0);
+  G_GNUC_BEGIN_IGNORE_DEPRECATIONS
+  GValueArray *top = array_field (s, "top-classes");
+  GValueArray *top_scores = array_field (s, "top-scores");
+  ck_assert_uint_eq (top->n_values, 4);
+  for (guint i = 0; i < 4; i++) {
+    ck_assert_int_eq (g_value_get_int (g_value_array_get_nth (top, i)), meta->top_classes[i]);
+    assert_near (g_value_get_double (g_value_array_get_nth (top_scores, i)),
+        meta->top_scores[i], 1e-7);
+  }
+  GValueArray *experts = array_field (s, "experts");
+  GValueArray *gates = array_field (s, "gates");
+  ck_assert_uint_eq (experts->n_values, 1);
+  ck_assert_int_eq (g_value_get_int (g_value_array_get_nth (experts, 0)), meta->experts[0]);
+  assert_near (g_value_get_double (g_value_array_get_nth (gates, 0)),
+      meta->gates[0], 1e-7);
+  G_GNUC_END_IGNORE_DEPRECATIONS
+  /* The parity models name no super-classes, so there is no such field. */
+  ck_assert (!gst_structure_has_field (s, "superclass"));
+  gst_message_unref (msg);
+  gst_buffer_unref (out);
+  gst_element_set_bus (hs->element, NULL);
+  gst_object_unref (bus);
+  gst_harness_teardown (hs);
+}
+END_TEST
+
+START_TEST (test_inference_interval)
+{
+  GstHarness *hs = harness_for ("image_k1", "post-messages=true inference-interval=3",
+      GST_VIDEO_FORMAT_RGB, 32, 32);
+  GstBus *bus = gst_bus_new ();
+  gst_element_set_bus (hs->element, bus);
+  int fresh_class = -1;
+  for (int i = 0; i < 7; i++) {
+    guint8 rgb[32 * 32 * 3];
+    gboolean gray;
+    GstBuffer *out = push_frame (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, i, rgb, &gray), i);
+    GstVmoeMeta *meta = gst_buffer_get_vmoe_meta (out);
+    ck_assert (meta != NULL);
+    ck_assert_uint_eq (meta->frame, (guint64) i);
+    ck_assert_int_eq (meta->fresh, i % 3 == 0);
+    if (meta->fresh) {
+      int class_id, expert;
+      float scores[5];
+      engine_expect ("image_k1", rgb, FALSE, 32, 32, &class_id, scores, &expert);
+      ck_assert_int_eq (meta->class_id, class_id);
+      fresh_class = meta->class_id;
+    } else {
+      ck_assert_int_eq (meta->class_id, fresh_class);
+    }
+    gst_buffer_unref (out);
+  }
+  int messages = 0;
+  GstMessage *msg;
+  while ((msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT))) {
+    messages++;
+    gst_message_unref (msg);
+  }
+  ck_assert_int_eq (messages, 3);
+  gst_element_set_bus (hs->element, NULL);
+  gst_object_unref (bus);
+  gst_harness_teardown (hs);
+}
+END_TEST
+
+/* Changing `model` while playing loads it in the background; every frame
+ * keeps getting a result and none is dropped. */
+START_TEST (test_model_swap_while_playing)
+{
+  GstHarness *hs = harness_for ("image_k1", NULL, GST_VIDEO_FORMAT_RGB, 32, 32);
+  char *token_model = model_path ("token_k2_c05_bpr");
+  guint8 rgb[32 * 32 * 3];
+  gboolean gray;
+  int swapped_at = -1;
+  for (int i = 0; i < 2000 && swapped_at < 0; i++) {
+    if (i == 3)
+      g_object_set (hs->element, "model", token_model, NULL);
+    GstBuffer *out = push_frame (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, i, rgb, &gray), i);
+    GstVmoeMeta *meta = gst_buffer_get_vmoe_meta (out);
+    ck_assert_msg (meta != NULL, "frame %d without a result", i);
+    ck_assert (meta->fresh);
+    ck_assert_uint_eq (meta->frame, (guint64) i);
+    if (meta->n_layers == 2) {       /* token routing: the new model */
+      ck_assert_int_eq (meta->n_experts, 0);
+      swapped_at = i;
+    } else {
+      ck_assert_int_eq (meta->n_experts, 1);
+    }
+    gst_buffer_unref (out);
+    if (i >= 3 && swapped_at < 0)
+      g_usleep (1000);
+  }
+  ck_assert_msg (swapped_at >= 3, "the new model never arrived");
+  ck_assert_uint_eq (gst_harness_buffers_received (hs), (guint) swapped_at + 1);
+  g_free (token_model);
+  gst_harness_teardown (hs);
+}
+END_TEST
+
+START_TEST (test_swap_to_bad_model_keeps_running)
+{
+  GstHarness *hs = harness_for ("image_k1", NULL, GST_VIDEO_FORMAT_RGB, 32, 32);
+  GstBus *bus = gst_bus_new ();
+  gst_element_set_bus (hs->element, bus);
+  g_object_set (hs->element, "model", "/nonexistent/model.safetensors", NULL);
+  GstMessage *msg = gst_bus_timed_pop_filtered (bus, 30 * GST_SECOND, GST_MESSAGE_WARNING);
+  ck_assert (msg != NULL);
+  GError *err = NULL;
+  gchar *debug = NULL;
+  gst_message_parse_warning (msg, &err, &debug);
+  ck_assert (strstr (debug, "/nonexistent/model.safetensors") != NULL);
+  g_error_free (err);
+  g_free (debug);
+  gst_message_unref (msg);
+  guint8 rgb[32 * 32 * 3];
+  gboolean gray;
+  GstBuffer *out = push_frame (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, 0, rgb, &gray), 0);
+  ck_assert_int_eq (gst_buffer_get_vmoe_meta (out)->n_experts, 1);
+  gst_buffer_unref (out);
+  gst_element_set_bus (hs->element, NULL);
+  gst_object_unref (bus);
+  gst_harness_teardown (hs);
+}
+END_TEST
+
+/* A missing or bad model is an element error with the reason, at the state
+ * change, never a crash. */
+static void
+expect_start_error (const char *model, const char *props, const char *needle)
+{
+  char *desc = g_strdup_printf ("videotestsrc num-buffers=1 ! vmoeclassify name=c "
+      "model=\"%s\" %s ! fakesink", model, props);
+  GstElement *pipeline = gst_parse_launch (desc, NULL);
+  ck_assert (pipeline);
+  ck_assert_int_eq (gst_element_set_state (pipeline, GST_STATE_PAUSED),
+      GST_STATE_CHANGE_FAILURE);
+  GstBus *bus = gst_element_get_bus (pipeline);
+  GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
+  ck_assert (msg != NULL);
+  GError *err = NULL;
+  gchar *debug = NULL;
+  gst_message_parse_error (msg, &err, &debug);
+  ck_assert_msg (strstr (debug, needle) != NULL, "'%s' lacks '%s'", debug, needle);
+  ck_assert (strstr (err->message, "vmoeclassify") != NULL);
+  g_error_free (err);
+  g_free (debug);
+  gst_message_unref (msg);
+  gst_object_unref (bus);
+  gst_element_set_state (pipeline, GST_STATE_NULL);
+  gst_object_unref (pipeline);
+  g_free (desc);
+}
+
+START_TEST (test_bad_models_error_at_start)
+{
+  expect_start_error ("/nonexistent/model.safetensors", "", "No such file");
+  /* A file that is not a model. */
+  char *tmp = NULL;
+  int fd = g_file_open_tmp ("vmoe-bad-XXXXXX", &tmp, NULL);
+  ck_assert (write (fd, "\x10\0\0\0\0\0\0\0{not json}      ", 24) == 24);
+  close (fd);
+  expect_start_error (tmp, "", "not valid JSON");
+  g_unlink (tmp);
+  g_free (tmp);
+  /* Settings the model cannot take. */
+  char *path = model_path ("image_k1");
+  expect_start_error (path, "experts-k=9", "experts-k 9");
+  g_free (path);
+  expect_start_error ("", "", "no model set");
+}
+END_TEST
+
+/* Resolution and format change mid-stream: results follow the new pixels. */
+START_TEST (test_caps_change_mid_stream)
+{
+  GstHarness *hs = harness_for ("image_k1", NULL, GST_VIDEO_FORMAT_RGB, 40, 30);
+  const struct { GstVideoFormat format; int w, h; } steps[] = {
+    { GST_VIDEO_FORMAT_RGB, 40, 30 }, { GST_VIDEO_FORMAT_I420, 64, 48 },
+    { GST_VIDEO_FORMAT_GRAY8, 21, 33 }, { GST_VIDEO_FORMAT_BGRA, 40, 30 },
+  };
+  for (guint i = 0; i < G_N_ELEMENTS (steps); i++) {
+    char *caps = g_strdup_printf ("video/x-raw,format=%s,width=%d,height=%d,framerate=30/1",
+        gst_video_format_to_string (steps[i].format), steps[i].w, steps[i].h);
+    gst_harness_set_src_caps_str (hs, caps);
+    g_free (caps);
+    guint8 *rgb = g_malloc (steps[i].w * steps[i].h * 3);
+    gboolean gray;
+    GstBuffer *out = push_frame (hs, make_frame (steps[i].format, steps[i].w, steps[i].h,
+            (int) i, rgb, &gray), (int) i);
+    int class_id, expert;
+    float scores[5];
+    engine_expect ("image_k1", rgb, gray, steps[i].w, steps[i].h, &class_id, scores, &expert);
+    GstVmoeMeta *meta = gst_buffer_get_vmoe_meta (out);
+    ck_assert_int_eq (meta->class_id, class_id);
+    assert_near (meta->score, scores[0], 1e-6);
+    gst_buffer_unref (out);
+    g_free (rgb);
+  }
+  gst_harness_teardown (hs);
+}
+END_TEST
+
+START_TEST (test_timestamps_and_latency)
+{
+  GstHarness *hs = harness_for ("image_k1", NULL, GST_VIDEO_FORMAT_RGB, 32, 32);
+  gst_harness_set_upstream_latency (hs, 10 * GST_MSECOND);
+  guint8 rgb[32 * 32 * 3];
+  gboolean gray;
+  GstBuffer *in = make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, 0, rgb, &gray);
+  GST_BUFFER_DTS (in) = 7 * GST_MSECOND;
+  GST_BUFFER_OFFSET (in) = 42;
+  GstBuffer *out = push_frame (hs, in, 4);
+  ck_assert_uint_eq (GST_BUFFER_PTS (out), 4 * GST_SECOND / 30);
+  ck_assert_uint_eq (GST_BUFFER_DTS (out), 7 * GST_MSECOND);
+  ck_assert_uint_eq (GST_BUFFER_DURATION (out), GST_SECOND / 30);
+  ck_assert_uint_eq (GST_BUFFER_OFFSET (out), 42);
+  GstClockTime ours = gst_buffer_get_vmoe_meta (out)->latency;
+  /* The upstream 10 ms plus at least the element's inference latency. */
+  GstClockTime min = gst_harness_query_latency (hs);
+  ck_assert_uint_gt (min, 10 * GST_MSECOND);
+  ck_assert_uint_ge (min, 10 * GST_MSECOND + MIN (ours, min - 10 * GST_MSECOND));
+  gst_buffer_unref (out);
+  gst_harness_teardown (hs);
+}
+END_TEST
+
+/* With qos, frames already late skip inference (but are not dropped). */
+START_TEST (test_qos_skips_late_frames)
+{
+  GstHarness *hs = harness_for ("image_k1", NULL, GST_VIDEO_FORMAT_RGB, 32, 32);
+  guint8 rgb[32 * 32 * 3];
+  gboolean gray;
+  GstBuffer *out = push_frame (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, 0, rgb, &gray), 0);
+  ck_assert (gst_buffer_get_vmoe_meta (out)->fresh);
+  gst_buffer_unref (out);
+  /* Downstream says frame 1 came 0.5 s late: frames before 2 s are late. */
+  gst_harness_push_upstream_event (hs, gst_event_new_qos (GST_QOS_TYPE_UNDERFLOW, 2.0,
+          GST_SECOND / 2, GST_SECOND));
+  out = push_frame (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, 1, rgb, &gray), 30);
+  ck_assert (!gst_buffer_get_vmoe_meta (out)->fresh);
+  gst_buffer_unref (out);
+  out = push_frame (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, 1, rgb, &gray), 90);
+  ck_assert (gst_buffer_get_vmoe_meta (out)->fresh);   /* 3 s: in time */
+  gst_buffer_unref (out);
+  g_object_set (hs->element, "qos", FALSE, NULL);
+  out = push_frame (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, 1, rgb, &gray), 31);
+  ck_assert (gst_buffer_get_vmoe_meta (out)->fresh);
+  gst_buffer_unref (out);
+  ck_assert_uint_eq (gst_harness_buffers_received (hs), 4);
+  gst_harness_teardown (hs);
+}
+END_TEST
+
+START_TEST (test_routing_knobs)
+{
+  GstHarness *hs = harness_for ("image_k2_norm_mean", "experts-k=1", GST_VIDEO_FORMAT_RGB, 32, 32);
+  guint8 rgb[32 * 32 * 3];
+  gboolean gray;
+  GstBuffer *out = push_frame (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, 0, rgb, &gray), 0);
+  GstVmoeMeta *meta = gst_buffer_get_vmoe_meta (out);
+  ck_assert_uint_eq (meta->n_experts, 1);
+  assert_near (meta->gates[0], 1.0, 1e-6);     /* normalised over k = 1 */
+  gst_buffer_unref (out);
+  g_object_set (hs->element, "experts-k", 2, NULL);       /* while playing */
+  out = push_frame (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, 0, rgb, &gray), 1);
+  ck_assert_uint_eq (gst_buffer_get_vmoe_meta (out)->n_experts, 2);
+  gst_buffer_unref (out);
+  gst_harness_teardown (hs);
+
+  /* Token routing: a larger capacity ratio drops fewer assignments. */
+  int dropped[2];
+  const char *ratios[] = { "capacity-ratio=0.25", "capacity-ratio=4.0" };
+  for (int r = 0; r < 2; r++) {
+    hs = harness_for ("token_k2_c05_bpr", ratios[r], GST_VIDEO_FORMAT_RGB, 32, 32);
+    out = push_frame (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, 0, rgb, &gray), 0);
+    meta = gst_buffer_get_vmoe_meta (out);
+    ck_assert_uint_eq (meta->n_layers, 2);
+    dropped[r] = meta->layers[0].dropped + meta->layers[1].dropped;
+    gst_buffer_unref (out);
+    gst_harness_teardown (hs);
+  }
+  ck_assert_int_gt (dropped[0], 0);
+  ck_assert_int_eq (dropped[1], 0);
+}
+END_TEST
+
+/* The meta survives converters, scalers and tee downstream. */
+START_TEST (test_meta_survives_downstream)
+{
+  char *path = model_path ("image_k1");
+  char *desc = g_strdup_printf ("videotestsrc num-buffers=5 pattern=ball ! "
+      "video/x-raw,format=RGB,width=64,height=48 ! vmoeclassify model=%s ! "
+      "videoconvert ! video/x-raw,format=I420 ! videoscale ! "
+      "video/x-raw,width=32,height=24 ! tee ! queue ! appsink name=sink sync=false", path);
+  GstElement *pipeline = gst_parse_launch (desc, NULL);
+  ck_assert (pipeline);
+  GstElement *sink = gst_bin_get_by_name (GST_BIN (pipeline), "sink");
+  gst_element_set_state (pipeline, GST_STATE_PLAYING);
+  int samples = 0;
+  GstSample *sample;
+  while ((sample = gst_app_sink_pull_sample (GST_APP_SINK (sink)))) {
+    GstVmoeMeta *meta = gst_buffer_get_vmoe_meta (gst_sample_get_buffer (sample));
+    ck_assert_msg (meta != NULL, "sample %d lost its meta", samples);
+    ck_assert_uint_eq (meta->frame, (guint64) samples);
+    ck_assert (meta->label != NULL && meta->n_experts == 1);
+    gst_sample_unref (sample);
+    samples++;
+  }
+  ck_assert_int_eq (samples, 5);
+  gst_element_set_state (pipeline, GST_STATE_NULL);
+  gst_object_unref (sink);
+  gst_object_unref (pipeline);
+  g_free (desc);
+  g_free (path);
+}
+END_TEST
+
+/* 200 NULL <-> PLAYING cycles; leaks are caught by the leaks tracer (this
+ * test runs with GST_TRACERS=leaks, see main) and by LeakSanitizer. */
+START_TEST (test_state_cycles)
+{
+  char *path = model_path ("image_k1");
+  char *desc = g_strdup_printf ("videotestsrc is-live=true ! video/x-raw,width=32,height=32 ! "
+      "vmoeclassify model=%s post-messages=true ! fakesink", path);
+  GstElement *pipeline = gst_parse_launch (desc, NULL);
+  for (int i = 0; i < 200; i++) {
+    ck_assert_int_ne (gst_element_set_state (pipeline, GST_STATE_PLAYING),
+        GST_STATE_CHANGE_FAILURE);
+    if (i % 50 == 0)
+      gst_element_get_state (pipeline, NULL, NULL, GST_CLOCK_TIME_NONE);
+    ck_assert_int_eq (gst_element_set_state (pipeline, GST_STATE_NULL),
+        GST_STATE_CHANGE_SUCCESS);
+  }
+  gst_object_unref (pipeline);
+  g_free (desc);
+  g_free (path);
+}
+END_TEST
+
+static Suite *
+element_suite (void)
+{
+  Suite *s = suite_create ("vmoeclassify");
+  TCase *tc = tcase_create ("element");
+  tcase_set_timeout (tc, 300);
+  tcase_add_loop_test (tc, test_formats_match_engine, 0, G_N_ELEMENTS (all_formats));
+  tcase_add_test (tc, test_gray_model_takes_luma);
+  tcase_add_test (tc, test_unsupported_caps_refused);
+  tcase_add_test (tc, test_messages);
+  tcase_add_test (tc, test_inference_interval);
+  tcase_add_test (tc, test_model_swap_while_playing);
+  tcase_add_test (tc, test_swap_to_bad_model_keeps_running);
+  tcase_add_test (tc, test_bad_models_error_at_start);
+  tcase_add_test (tc, test_caps_change_mid_stream);
+  tcase_add_test (tc, test_timestamps_and_latency);
+  tcase_add_test (tc, test_qos_skips_late_frames);
+  tcase_add_test (tc, test_routing_knobs);
+  tcase_add_test (tc, test_meta_survives_downstream);
+  tcase_add_test (tc, test_state_cycles);
+  suite_add_tcase (s, tc);
+  return s;
+}
+
+int
+main (int argc, char **argv)
+{
+  parity_dir = argc > 1 ? argv[1] : g_getenv ("VMOE_PARITY_DIR");
+  if (!parity_dir) {
+    g_printerr ("usage: test_element PARITY_DIR\n");
+    return 1;
+  }
+  gst_check_init (NULL, NULL);
+  SRunner *runner = srunner_create (element_suite ());
+  srunner_run_all (runner, CK_NORMAL);
+  int failed = srunner_ntests_failed (runner);
+  srunner_free (runner);
+  /* GstCheck deinitialises GStreamer at exit; with GST_TRACERS=leaks any
+   * GstObject or GstMiniObject still alive then is a fatal warning and a
+   * non-zero exit. */
+
+  return failed ? 1 : 0;
+}
