@@ -442,8 +442,9 @@ expect_start_error (const char *model, const char *props, const char *needle)
 {
   char *desc = g_strdup_printf ("videotestsrc num-buffers=1 ! vmoeclassify name=c "
       "model=\"%s\" %s ! fakesink", model, props);
-  GstElement *pipeline = gst_parse_launch (desc, NULL);
-  ck_assert (pipeline);
+  GError *error = NULL;
+  GstElement *pipeline = gst_parse_launch (desc, &error);
+  ck_assert_msg (pipeline && !error, "%s", error ? error->message : "");
   ck_assert_int_eq (gst_element_set_state (pipeline, GST_STATE_PAUSED),
       GST_STATE_CHANGE_FAILURE);
   GstBus *bus = gst_element_get_bus (pipeline);
@@ -604,13 +605,14 @@ START_TEST (test_meta_survives_downstream)
       "video/x-raw,format=RGB,width=64,height=48 ! vmoeclassify model=%s ! "
       "videoconvert ! video/x-raw,format=I420 ! videoscale ! "
       "video/x-raw,width=32,height=24 ! tee ! queue ! appsink name=sink sync=false", path);
-  GstElement *pipeline = gst_parse_launch (desc, NULL);
-  ck_assert (pipeline);
+  GError *error = NULL;
+  GstElement *pipeline = gst_parse_launch (desc, &error);
+  ck_assert_msg (pipeline && !error, "%s", error ? error->message : "");
   GstElement *sink = gst_bin_get_by_name (GST_BIN (pipeline), "sink");
   gst_element_set_state (pipeline, GST_STATE_PLAYING);
   int samples = 0;
   GstSample *sample;
-  while ((sample = gst_app_sink_pull_sample (GST_APP_SINK (sink)))) {
+  while ((sample = gst_app_sink_try_pull_sample (GST_APP_SINK (sink), 60 * GST_SECOND))) {
     GstVmoeMeta *meta = gst_buffer_get_vmoe_meta (gst_sample_get_buffer (sample));
     ck_assert_msg (meta != NULL, "sample %d lost its meta", samples);
     ck_assert_uint_eq (meta->frame, (guint64) samples);
@@ -619,6 +621,7 @@ START_TEST (test_meta_survives_downstream)
     samples++;
   }
   ck_assert_int_eq (samples, 5);
+  ck_assert (gst_app_sink_is_eos (GST_APP_SINK (sink)));
   gst_element_set_state (pipeline, GST_STATE_NULL);
   gst_object_unref (sink);
   gst_object_unref (pipeline);
@@ -634,7 +637,9 @@ START_TEST (test_state_cycles)
   char *path = model_path ("image_k1");
   char *desc = g_strdup_printf ("videotestsrc is-live=true ! video/x-raw,width=32,height=32 ! "
       "vmoeclassify model=%s post-messages=true ! fakesink", path);
-  GstElement *pipeline = gst_parse_launch (desc, NULL);
+  GError *error = NULL;
+  GstElement *pipeline = gst_parse_launch (desc, &error);
+  ck_assert_msg (pipeline && !error, "%s", error ? error->message : "");
   for (int i = 0; i < 200; i++) {
     ck_assert_int_ne (gst_element_set_state (pipeline, GST_STATE_PLAYING),
         GST_STATE_CHANGE_FAILURE);
@@ -676,12 +681,19 @@ element_suite (void)
 int
 main (int argc, char **argv)
 {
-  parity_dir = argc > 1 ? argv[1] : g_getenv ("VMOE_PARITY_DIR");
-  if (!parity_dir) {
-    g_printerr ("usage: test_element PARITY_DIR\n");
+  if (argc != 3) {
+    g_printerr ("usage: test_element PARITY_DIR PLUGIN.so\n");
     return 1;
   }
+  parity_dir = argv[1];
   gst_check_init (NULL, NULL);
+  GError *error = NULL;
+  GstPlugin *plugin = gst_plugin_load_file (argv[2], &error);
+  if (!plugin) {
+    g_printerr ("test_element: cannot load %s: %s\n", argv[2], error->message);
+    return 1;
+  }
+  gst_object_unref (plugin);
   SRunner *runner = srunner_create (element_suite ());
   srunner_run_all (runner, CK_NORMAL);
   int failed = srunner_ntests_failed (runner);
