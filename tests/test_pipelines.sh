@@ -1,0 +1,33 @@
+#!/bin/sh
+# Runs the examples of pipelines/ as a user would, on a parity-suite model,
+# and checks that each prints what its comment promises.
+#   tests/test_pipelines.sh SOURCE_DIR BUILD_DIR
+set -eu
+src=$1
+build=$2
+model=$build/tests/parity/image_k1.safetensors
+token_model=$build/tests/parity/token_k2_c05_bpr.safetensors
+export GST_PLUGIN_PATH="$build/gst"
+fail () { echo "FAIL: $*"; exit 1; }
+
+png=$(mktemp --suffix=.png)
+trap 'rm -f "$png"' EXIT
+gst-launch-1.0 -q videotestsrc num-buffers=1 ! video/x-raw,width=64,height=48 ! pngenc ! \
+  filesink location="$png"
+out=$("$src/pipelines/file-labels.sh" "$png" "$model")
+echo "$out" | grep -qE '^frame 0: class [0-9] \(0\.[0-9]+\)$' || fail "file-labels: $out"
+
+n=$("$src/pipelines/videotestsrc-live.sh" "$model" 5 | grep -c 'element "vmoeclassify0" (element): vmoe')
+[ "$n" -eq 5 ] || fail "videotestsrc-live: $n messages for 5 frames"
+
+"$src/pipelines/fps.sh" "$model" 3000 | grep -q "last-message = rendered" || fail "fps"
+
+out=$("$build/pipelines/read-meta" "$model" 4)
+[ "$(echo "$out" | grep -c '; expert [0-9] gate')" -eq 4 ] || fail "read-meta: $out"
+[ "$(echo "$out" | grep -c '(carried)')" -eq 2 ] || fail "read-meta interval: $out"
+
+out=$(/usr/bin/python3 "$src/pipelines/bus-messages.py" "$token_model" 3)
+[ "$(echo "$out" | grep -c '^frame [0-9] at ')" -eq 3 ] || fail "bus-messages: $out"
+
+sh -n "$src/pipelines/camera.sh" || fail "camera.sh does not parse"
+echo "pipelines: all examples ran"
