@@ -12,7 +12,7 @@ import tempfile
 import unittest
 
 VMOE = PARITY = None
-COMMANDS = ["info", "run", "bench", "random-model"]
+COMMANDS = ["info", "run", "classify", "bench", "random-model"]
 
 
 def vmoe(*args):
@@ -91,6 +91,38 @@ class ToolTest(unittest.TestCase):
         self.assert_one_line_error(
             vmoe("run", model, os.path.join(PARITY, "dense.f32.npy"), "--backend", "tpu"),
             "unknown backend")
+
+    def test_classify_matches_run(self):
+        """classify decodes through GStreamer; the scores equal `run` on the
+        same pixels given as a uint8 array."""
+        import numpy as np
+        from PIL import Image
+        model = os.path.join(PARITY, "image_k1.safetensors")
+        rng = np.random.default_rng(5)
+        with tempfile.TemporaryDirectory() as tmp:
+            files, arrays = [], []
+            for i, (h, w) in enumerate([(40, 52), (33, 33)]):
+                a = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+                path = os.path.join(tmp, "img%d.png" % i)
+                Image.fromarray(a).save(path)
+                files.append(path)
+                arrays.append(a)
+            result = vmoe("classify", model, *files)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            lines = result.stdout.splitlines()
+            self.assertEqual(len(lines), 2)
+            for path, a, line in zip(files, arrays, lines):
+                name, label, score = line.split("\t")
+                self.assertEqual(name, path)
+                npy = os.path.join(tmp, "one.npy")
+                np.save(npy, a[None])
+                ref = json.loads(vmoe("run", model, npy).stdout)["top"][0]
+                self.assertEqual(label, ref["label"])
+                self.assertAlmostEqual(float(score), ref["score"], places=4)
+            bad = os.path.join(tmp, "not-an-image.png")
+            with open(bad, "w") as f:
+                f.write("hello")
+            self.assert_one_line_error(vmoe("classify", model, bad), "not-an-image.png")
 
     def test_random_model_info_bench(self):
         config = {"format": "vmoe", "version": 1, "image_size": [32, 32], "patch_size": 8,
