@@ -12,7 +12,9 @@
         --out runs/analysis
 
 Multi-process training runs through PyTorch's own engine, e.g.
-`torchrun --nproc_per_node 2 training/train.py dense ...` (gloo on CPU).
+`torchrun --standalone --nproc_per_node 2 --redirects 1 --tee 1
+training/train.py dense ...` (gloo on CPU; docs/training.md says why the
+--redirects/--tee flags are needed with Debian's torch on Python 3.11).
 Every command documents its options with --help; docs/training.md explains
 the recipe and its choices.
 """
@@ -121,7 +123,9 @@ def train(model, args, dataset, superclass_of=None):
     config = model.config
     net = model
     if size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        # Experts that no image of a batch chose get no gradient.
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, find_unused_parameters=model.config["moe"] is not None)
     decay = [p for n, p in model.named_parameters() if p.dim() > 1 and "pos_embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.dim() <= 1 or "pos_embed" in n]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
