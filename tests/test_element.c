@@ -478,6 +478,8 @@ START_TEST (test_bad_models_error_at_start)
   /* Settings the model cannot take. */
   char *path = model_path ("image_k1");
   expect_start_error (path, "experts-k=9", "experts-k 9");
+  /* Until the Vulkan backend lands (issue #5), asking for it is an error. */
+  expect_start_error (path, "backend=vulkan", "vulkan backend is not built");
   g_free (path);
   expect_start_error ("", "", "no model set");
 }
