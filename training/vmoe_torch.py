@@ -295,7 +295,7 @@ def preprocess_uint8(frames, config):
     """DESIGN.md step 1 for uint8 frames [N, H, W, C] -> float32 [N, C, Ht, Wt]."""
     c = complete_config(config)
     ht, wt = c["image_size"]
-    x = torch.from_numpy(np.ascontiguousarray(frames)).float() / 255.0
+    x = torch.from_numpy(np.array(frames, dtype=np.float32)) / 255.0
     x = x.permute(0, 3, 1, 2)                          # N, C, H, W
     if x.shape[1] == 4:
         x = x[:, :3]
