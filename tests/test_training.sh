@@ -33,6 +33,23 @@ for f in confusion.png experts_block0.png experts_block1.png analysis.json; do
   [ -s "$out/analysis/$f" ] || fail "analyze wrote no $f"
 done
 
+# Users' own data: one sub-folder per class.
+/usr/bin/python3 - "$out/folder" <<'PY'
+import os, sys
+import numpy as np
+from PIL import Image
+rng = np.random.default_rng(0)
+for name, level in (("dark", 40), ("light", 200)):
+    os.makedirs(os.path.join(sys.argv[1], name))
+    for i in range(12):
+        a = np.clip(rng.normal(level, 20, (20, 24)), 0, 255).astype(np.uint8)
+        Image.fromarray(a).save(os.path.join(sys.argv[1], name, "%d.png" % i))
+PY
+$T dense --data "$out/folder" --arch "$out/arch.json" --out "$out/folder-run" \
+  --batch 4 --epochs 2 --threads 1
+"$vmoe" info "$out/folder-run/model.safetensors" | grep -q "classes:      2: dark, light" \
+  || fail "image-folder labels"
+
 # The engine loads what training exports, super-classes included.
 "$vmoe" info "$out/moe16.safetensors" | grep -q "superclass 2: " || fail "info"
 "$vmoe" info "$out/token/model.safetensors" | grep -q "token (V-MoE)" || fail "token info"

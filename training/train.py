@@ -72,9 +72,8 @@ def load_dataset(args):
         train_x, train_y, test_x, test_y = data.fashion_mnist(args.data_root)
         labels = data.FASHION_LABELS
     else:
-        size = FASHION_ARCH["image_size"][0] if not args.arch else \
-            json.load(open(args.arch))["image_size"][0]
-        channels = 1 if not args.arch else json.load(open(args.arch)).get("in_channels", 3)
+        arch = architecture(args)
+        size, channels = arch["image_size"][0], arch["in_channels"]
         x, y, labels = data.image_folder(args.data, size, channels)
         # Users' folders have no test split: hold out a second stratified slice.
         rest, test = data.stratified_split(y, per_class=max(1, len(y) // (10 * len(labels))),
@@ -212,13 +211,19 @@ def finish(args, model, dataset, history, extra=None):
 
 # ---------------------------------------------------------------- commands
 
-def base_config(args, labels):
-    """The dense configuration: FASHION_ARCH, --arch overrides, the labels."""
+def architecture(args):
+    """FASHION_ARCH with the --arch file's overrides."""
     arch = dict(FASHION_ARCH)
-    if args.arch:
+    if getattr(args, "arch", None):
         with open(args.arch) as f:
             arch.update(json.load(f))
-    return dict(arch, format="vmoe", version=1, num_classes=len(labels), labels=list(labels))
+    return arch
+
+
+def base_config(args, labels):
+    """The dense configuration: the architecture and the labels."""
+    return dict(architecture(args), format="vmoe", version=1, num_classes=len(labels),
+                labels=list(labels))
 
 
 def cmd_dense(args):
