@@ -447,20 +447,27 @@ decode_first_frame (const char *path, GError **error)
   GstElement *sink = gst_bin_get_by_name (GST_BIN (pipeline), "sink");
   g_object_set (src, "location", path, NULL);
   gst_element_set_state (pipeline, GST_STATE_PLAYING);
-  GstSample *sample = gst_app_sink_try_pull_sample (GST_APP_SINK (sink), 30 * GST_SECOND);
+  /* Wait for the first frame, or for the error or end of stream that says
+   * there will be none (an undecodable file fails at once, not at a timeout). */
+  GstBus *bus = gst_element_get_bus (pipeline);
+  GstSample *sample = NULL;
+  GstMessage *msg = NULL;
+  for (int waited = 0; !sample && !msg && waited < 300; waited++) {
+    sample = gst_app_sink_try_pull_sample (GST_APP_SINK (sink), 100 * GST_MSECOND);
+    if (!sample)
+      msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR | GST_MESSAGE_EOS);
+  }
   if (!sample) {
-    GstBus *bus = gst_element_get_bus (pipeline);
-    GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
     GError *gst_error = NULL;
-    if (msg)
+    if (msg && GST_MESSAGE_TYPE (msg) == GST_MESSAGE_ERROR)
       gst_message_parse_error (msg, &gst_error, NULL);
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_IO, "cannot decode '%s': %s", path,
-        gst_error ? gst_error->message : "no frame");
+        gst_error ? gst_error->message : "no video frame in it");
     g_clear_error (&gst_error);
-    if (msg)
-      gst_message_unref (msg);
-    gst_object_unref (bus);
   }
+  if (msg)
+    gst_message_unref (msg);
+  gst_object_unref (bus);
   gst_element_set_state (pipeline, GST_STATE_NULL);
   gst_object_unref (src);
   gst_object_unref (sink);
