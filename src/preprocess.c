@@ -109,6 +109,50 @@ image_is_valid (const VmoeImage *img)
   return TRUE;
 }
 
+gboolean
+vmoe_image_check (const VmoeImage *image, GError **error)
+{
+  if (image_is_valid (image))
+    return TRUE;
+  g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
+      "frame %dx%d of pixel format %d has missing planes or too small "
+      "strides, or is not a frame the engine takes", image->width,
+      image->height, (int) image->format);
+  return FALSE;
+}
+
+size_t
+vmoe_image_plane_bytes (const VmoeImage *img, int plane)
+{
+  static const int bytes_per_pixel[] = { 1, 3, 3, 4, 4, 4, 4, 1, 1 };
+  int planes = img->format == VMOE_PIXEL_I420 ? 3 : img->format == VMOE_PIXEL_NV12 ? 2 : 1;
+  if (plane >= planes)
+    return 0;
+  if (plane == 0)
+    return (size_t) (img->height - 1) * img->strides[0]
+        + (size_t) img->width * bytes_per_pixel[img->format];
+  size_t chroma_w = (size_t) (img->width + 1) / 2;
+  size_t row = img->format == VMOE_PIXEL_NV12 ? 2 * chroma_w : chroma_w;
+  return (size_t) ((img->height + 1) / 2 - 1) * img->strides[plane] + row;
+}
+
+void
+vmoe_resize_geometry (const VmoeConfig *c, int w0, int h0, VmoeResizeGeometry *g)
+{
+  int ht = c->image_h, wt = c->image_w;
+  int rh = ht, rw = wt, top = 0, left = 0;
+  if (h0 != ht || w0 != wt) {
+    double s = MAX ((double) ht / h0, (double) wt / w0) / c->crop_pct;
+    rh = MAX (ht, (int) floor (h0 * s + 0.5));
+    rw = MAX (wt, (int) floor (w0 * s + 0.5));
+    top = (rh - ht) / 2;
+    left = (rw - wt) / 2;
+  }
+  *g = (VmoeResizeGeometry) { .top = top, .left = left,
+    .scale_y = (float) h0 / (float) rh, .scale_x = (float) w0 / (float) rw,
+    .identity = rh == h0 && rw == w0 };
+}
+
 /* Source coordinate of destination index d under half-pixel bilinear
  * sampling, as PyTorch's interpolate(align_corners=False) computes it. */
 static inline void
@@ -131,23 +175,14 @@ vmoe_preprocess (const VmoeConfig *c, const VmoeImage *image, float *out,
 {
   int h0 = image->height, w0 = image->width;
   int ht = c->image_h, wt = c->image_w, ch_out = c->in_channels;
-  if (!image_is_valid (image)) {
-    g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
-        "frame %dx%d of pixel format %d has missing planes or too small "
-        "strides, or is not a frame the engine takes", w0, h0, (int) image->format);
+  if (!vmoe_image_check (image, error))
     return FALSE;
-  }
 
-  int rh = ht, rw = wt, top = 0, left = 0;
-  if (h0 != ht || w0 != wt) {
-    double s = MAX ((double) ht / h0, (double) wt / w0) / c->crop_pct;
-    rh = MAX (ht, (int) floor (h0 * s + 0.5));
-    rw = MAX (wt, (int) floor (w0 * s + 0.5));
-    top = (rh - ht) / 2;
-    left = (rw - wt) / 2;
-  }
-  float scale_y = (float) h0 / (float) rh, scale_x = (float) w0 / (float) rw;
-  gboolean identity = rh == h0 && rw == w0;
+  VmoeResizeGeometry g;
+  vmoe_resize_geometry (c, w0, h0, &g);
+  int top = g.top, left = g.left;
+  float scale_y = g.scale_y, scale_x = g.scale_x;
+  gboolean identity = g.identity;
   size_t plane = (size_t) ht * wt;
 
   for (int y = 0; y < ht; y++) {

@@ -2,6 +2,9 @@
  * every backend shares.  Buffers grow to the largest batch seen and are then
  * reused, so steady-state runs allocate nothing. */
 #include "cpu.h"
+#ifdef VMOE_HAVE_VULKAN
+#include "vulkan/vk-backend.h"
+#endif
 
 #include <string.h>
 
@@ -13,6 +16,9 @@ struct VmoeSession {
   VmoeRoutingParams routing;
   int n_top;
   VmoeCpu *cpu;
+#ifdef VMOE_HAVE_VULKAN
+  VmoeVulkan *vulkan;
+#endif
 
   int reserved;                    /* images the buffers hold */
   int n_last;                      /* images of the last run */
@@ -103,7 +109,8 @@ reserve (VmoeSession *s, int n)
   s->layers = g_new0 (VmoeLayerStats, MAX (n * layers, 1));
   s->results = g_new0 (VmoeImageResult, n);
   s->reserved = n;
-  vmoe_cpu_reserve (s->cpu, n);
+  if (s->cpu)
+    vmoe_cpu_reserve (s->cpu, n);
 }
 
 VmoeSession *
@@ -117,11 +124,13 @@ vmoe_session_new (VmoeModel *model, const VmoeSessionOptions *options,
     options = &defaults;
   }
   const VmoeConfig *c = &model->config;
+#ifndef VMOE_HAVE_VULKAN
   if (options->backend == VMOE_BACKEND_VULKAN) {
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_BACKEND,
         "the vulkan backend is not built into this libvmoe; use backend cpu");
     return NULL;
   }
+#endif
   if (options->top_k < 0 || options->threads < 0) {
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
         "top_k and threads must not be negative");
@@ -145,7 +154,26 @@ vmoe_session_new (VmoeModel *model, const VmoeSessionOptions *options,
   s->backend = VMOE_BACKEND_CPU;
   s->routing = routing;
   s->n_top = MIN (options->top_k > 0 ? options->top_k : DEFAULT_TOP_K, c->num_classes);
-  s->cpu = vmoe_cpu_new (model, routing, options->threads);
+#ifdef VMOE_HAVE_VULKAN
+  if (options->backend != VMOE_BACKEND_CPU) {
+    /* auto takes Vulkan only on a GPU, and falls back to the CPU quietly. */
+    gboolean automatic = options->backend == VMOE_BACKEND_AUTO;
+    GError *why = NULL;
+    s->vulkan = vmoe_vulkan_new (model, routing, options->device, automatic,
+        options->fp16, automatic ? &why : error);
+    if (s->vulkan) {
+      s->backend = VMOE_BACKEND_VULKAN;
+    } else if (!automatic) {
+      vmoe_session_free (s);
+      return NULL;
+    } else {
+      g_debug ("backend auto uses the CPU: %s", why->message);
+      g_clear_error (&why);
+    }
+  }
+#endif
+  if (s->backend == VMOE_BACKEND_CPU)
+    s->cpu = vmoe_cpu_new (model, routing, options->threads);
   reserve (s, 1);
   return s;
 }
@@ -157,6 +185,9 @@ vmoe_session_free (VmoeSession *s)
     return;
   buffers_free (s);
   vmoe_cpu_free (s->cpu);
+#ifdef VMOE_HAVE_VULKAN
+  vmoe_vulkan_free (s->vulkan);
+#endif
   vmoe_model_unref (s->model);
   g_free (s);
 }
@@ -171,6 +202,16 @@ VmoeBackend
 vmoe_session_get_backend (VmoeSession *s)
 {
   return s->backend;
+}
+
+const char *
+vmoe_session_get_device (VmoeSession *s)
+{
+#ifdef VMOE_HAVE_VULKAN
+  if (s->vulkan)
+    return vmoe_vulkan_device_name (s->vulkan);
+#endif
+  return "cpu";
 }
 
 /* Turns a backend's raw output into the public per-image results. */
@@ -234,6 +275,14 @@ vmoe_session_run_f32 (VmoeSession *s, const float *input, int n, GError **error)
   if (!check_batch (n, error))
     return FALSE;
   reserve (s, n);
+#ifdef VMOE_HAVE_VULKAN
+  if (s->vulkan) {
+    if (!vmoe_vulkan_forward_f32 (s->vulkan, input, n, &s->raw, error))
+      return FALSE;
+    fill_results (s, n);
+    return TRUE;
+  }
+#endif
   vmoe_cpu_forward (s->cpu, input, n, &s->raw);
   fill_results (s, n);
   return TRUE;
@@ -245,6 +294,15 @@ vmoe_session_run_u8 (VmoeSession *s, const VmoeImage *images, int n, GError **er
   if (!check_batch (n, error))
     return FALSE;
   reserve (s, n);
+#ifdef VMOE_HAVE_VULKAN
+  if (s->vulkan) {
+    /* The raw frames go to the GPU, which pre-processes them. */
+    if (!vmoe_vulkan_forward_u8 (s->vulkan, images, n, &s->raw, error))
+      return FALSE;
+    fill_results (s, n);
+    return TRUE;
+  }
+#endif
   const VmoeConfig *c = &s->model->config;
   size_t per_image = (size_t) c->in_channels * c->image_h * c->image_w;
   for (int i = 0; i < n; i++)

@@ -69,4 +69,20 @@ GPtrArray *vmoe_config_tensor_specs (const VmoeConfig *config,
 int vmoe_token_capacity (int top_k, int tokens, double capacity_ratio,
     int num_experts);
 
+/* Where the crop of a w0 x h0 frame lies in the virtual resized frame
+ * (DESIGN.md step 1); shared by the CPU pre-processing and the Vulkan
+ * shader's parameters. */
+typedef struct {
+  int top, left;
+  float scale_y, scale_x;     /* source pixels per resized pixel */
+  gboolean identity;          /* the resize is the identity */
+} VmoeResizeGeometry;
+
+void vmoe_resize_geometry (const VmoeConfig *c, int w0, int h0,
+    VmoeResizeGeometry *geometry);
+gboolean vmoe_image_check (const VmoeImage *image, GError **error);
+/* Bytes of plane `plane` from its first byte to its last used one (0 for a
+ * plane the format does not have); valid for a checked image. */
+size_t vmoe_image_plane_bytes (const VmoeImage *image, int plane);
+
 #endif

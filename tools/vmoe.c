@@ -203,18 +203,49 @@ cmd_info (int argc, char **argv)
 
 /* ------------------------------------------------------------------- run */
 
+/* The options every command that runs a model shares. */
+typedef struct {
+  char *backend;
+  char *device;
+  gboolean fp16;
+  int threads;
+} BackendArgs;
+
+#define BACKEND_OPTIONS(args) \
+  { "backend", 0, 0, G_OPTION_ARG_STRING, &(args).backend, "auto, cpu or vulkan", "NAME" }, \
+  { "device", 0, 0, G_OPTION_ARG_STRING, &(args).device, \
+    "Vulkan device: auto, an index, cpu (e.g. lavapipe) or part of its name " \
+    "(default: $VMOE_VULKAN_DEVICE, else auto)", "DEVICE" }, \
+  { "fp16", 0, 0, G_OPTION_ARG_NONE, &(args).fp16, \
+    "Vulkan: store the GEMM weights as fp16", NULL }, \
+  { "threads", 0, 0, G_OPTION_ARG_INT, &(args).threads, "CPU threads (default: all)", "N" }
+
+static void
+backend_args_clear (BackendArgs *args)
+{
+  g_clear_pointer (&args->backend, g_free);
+  g_clear_pointer (&args->device, g_free);
+}
+
 static gboolean
-make_session (const char *backend_name, int threads, int top_k,
-    VmoeModel *model, VmoeSession **session, GError **error)
+make_session (const BackendArgs *args, int top_k, VmoeModel *model,
+    VmoeSession **session, GError **error)
 {
   VmoeSessionOptions options;
   vmoe_session_options_init (&options);
-  if (backend_name && !vmoe_backend_from_string (backend_name, &options.backend)) {
+  if (args->backend && !vmoe_backend_from_string (args->backend, &options.backend)) {
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
-        "unknown backend '%s' (auto, cpu or vulkan)", backend_name);
+        "unknown backend '%s' (auto, cpu or vulkan)", args->backend);
     return FALSE;
   }
-  options.threads = threads;
+  if (args->threads < 0) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
+        "--threads must not be negative");
+    return FALSE;
+  }
+  options.threads = args->threads;
+  options.device = args->device;
+  options.fp16 = args->fp16;
   if (top_k > 0)
     options.top_k = top_k;
   *session = vmoe_session_new (model, &options, error);
@@ -283,15 +314,14 @@ check_input_shape (const VmoeConfig *c, const NpyArray *a, GError **error)
 static int
 cmd_run (int argc, char **argv)
 {
-  int status = 0, batch = 8, threads = 0, top_k = 5;
-  char *backend = NULL;
+  int status = 0, batch = 8, top_k = 5;
+  BackendArgs args = { 0 };
   gboolean logits = FALSE;
   GOptionEntry entries[] = {
-    { "backend", 0, 0, G_OPTION_ARG_STRING, &backend, "auto, cpu or vulkan", "NAME" },
+    BACKEND_OPTIONS (args),
     { "logits", 0, 0, G_OPTION_ARG_NONE, &logits, "Print the logits too", NULL },
     { "batch", 0, 0, G_OPTION_ARG_INT, &batch, "Images per call (default 8)", "N" },
     { "top-k", 0, 0, G_OPTION_ARG_INT, &top_k, "Classes per image (default 5)", "K" },
-    { "threads", 0, 0, G_OPTION_ARG_INT, &threads, "CPU threads (default: all)", "N" },
     { NULL }
   };
   if (!parse_options ("run", "MODEL INPUT.npy", "Classifies the images of a "
@@ -304,7 +334,7 @@ cmd_run (int argc, char **argv)
     status = fail ("run", "expects MODEL and INPUT.npy (see --help)");
     goto out;
   }
-  if (batch < 1 || top_k < 1 || threads < 0) {
+  if (batch < 1 || top_k < 1 || args.threads < 0) {
     status = fail ("run", "--batch and --top-k must be at least 1, --threads not negative");
     goto out;
   }
@@ -314,14 +344,14 @@ cmd_run (int argc, char **argv)
   NpyArray input = { 0 };
   if (!model || !npy_load (argv[2], &input, &error)
       || !check_input_shape (vmoe_model_get_config (model), &input, &error)
-      || !make_session (backend, threads, top_k, model, &session, &error)
+      || !make_session (&args, top_k, model, &session, &error)
       || !run_array (session, &input, batch, logits, &error))
     status = fail_error ("run", error);
   npy_clear (&input);
   vmoe_session_free (session);
   vmoe_model_unref (model);
 out:
-  g_free (backend);
+  backend_args_clear (&args);
   return status;
 }
 
@@ -344,15 +374,14 @@ percentile (const GArray *sorted, double q)
 static int
 cmd_bench (int argc, char **argv)
 {
-  int status = 0, batch = 1, threads = 0;
+  int status = 0, batch = 1;
   double seconds = 5.0;
-  char *backend = NULL;
+  BackendArgs args = { 0 };
   gboolean json = FALSE;
   GOptionEntry entries[] = {
+    BACKEND_OPTIONS (args),
     { "batch", 0, 0, G_OPTION_ARG_INT, &batch, "Images per call (default 1)", "N" },
-    { "backend", 0, 0, G_OPTION_ARG_STRING, &backend, "auto, cpu or vulkan", "NAME" },
     { "seconds", 0, 0, G_OPTION_ARG_DOUBLE, &seconds, "Time to measure (default 5)", "S" },
-    { "threads", 0, 0, G_OPTION_ARG_INT, &threads, "CPU threads (default: all)", "N" },
     { "json", 0, 0, G_OPTION_ARG_NONE, &json, "Print one JSON object", NULL },
     { NULL }
   };
@@ -364,14 +393,14 @@ cmd_bench (int argc, char **argv)
     status = fail ("bench", "expects one MODEL argument (see --help)");
     goto out;
   }
-  if (batch < 1 || !(seconds > 0) || threads < 0) {
+  if (batch < 1 || !(seconds > 0) || args.threads < 0) {
     status = fail ("bench", "--batch must be at least 1 and --seconds positive");
     goto out;
   }
   GError *error = NULL;
   VmoeSession *session = NULL;
   VmoeModel *model = vmoe_model_load (argv[1], &error);
-  if (!model || !make_session (backend, threads, 5, model, &session, &error)) {
+  if (!model || !make_session (&args, 5, model, &session, &error)) {
     status = fail_error ("bench", error);
     vmoe_model_unref (model);
     goto out;
@@ -405,14 +434,15 @@ cmd_bench (int argc, char **argv)
     g_array_sort (latencies, compare_double);
     const char *name = vmoe_backend_name (vmoe_session_get_backend (session));
     if (json)
-      printf ("{\"backend\": \"%s\", \"batch\": %d, \"images_per_s\": %.3f, "
+      printf ("{\"backend\": \"%s\", \"device\": \"%s\", \"batch\": %d, \"images_per_s\": %.3f, "
           "\"latency_ms\": {\"p50\": %.3f, \"p90\": %.3f, \"p99\": %.3f}, "
-          "\"gflops\": %.3f}\n", name, batch, images_per_s,
+          "\"gflops\": %.3f}\n", name, vmoe_session_get_device (session), batch, images_per_s,
           percentile (latencies, 0.5), percentile (latencies, 0.9),
           percentile (latencies, 0.99), gflops);
     else
-      printf ("backend %s, batch %d: %.2f images/s, latency per call p50 %.3f ms, "
-          "p90 %.3f ms, p99 %.3f ms, %.2f GFLOP/s (%u calls)\n", name, batch,
+      printf ("backend %s (%s), batch %d: %.2f images/s, latency per call p50 %.3f ms, "
+          "p90 %.3f ms, p99 %.3f ms, %.2f GFLOP/s (%u calls)\n", name,
+          vmoe_session_get_device (session), batch,
           images_per_s, percentile (latencies, 0.5), percentile (latencies, 0.9),
           percentile (latencies, 0.99), gflops, latencies->len);
   }
@@ -421,7 +451,7 @@ cmd_bench (int argc, char **argv)
   vmoe_session_free (session);
   vmoe_model_unref (model);
 out:
-  g_free (backend);
+  backend_args_clear (&args);
   return status;
 }
 
@@ -507,11 +537,10 @@ classify_file (VmoeSession *session, const char *path, GError **error)
 static int
 cmd_classify (int argc, char **argv)
 {
-  int status = 0, threads = 0;
-  char *backend = NULL;
+  int status = 0;
+  BackendArgs args = { 0 };
   GOptionEntry entries[] = {
-    { "backend", 0, 0, G_OPTION_ARG_STRING, &backend, "auto, cpu or vulkan", "NAME" },
-    { "threads", 0, 0, G_OPTION_ARG_INT, &threads, "CPU threads (default: all)", "N" },
+    BACKEND_OPTIONS (args),
     { NULL }
   };
   if (!parse_options ("classify", "MODEL FILE...", "Classifies image files "
@@ -527,7 +556,7 @@ cmd_classify (int argc, char **argv)
   GError *error = NULL;
   VmoeSession *session = NULL;
   VmoeModel *model = vmoe_model_load (argv[1], &error);
-  if (!model || !make_session (backend, threads, 1, model, &session, &error)) {
+  if (!model || !make_session (&args, 1, model, &session, &error)) {
     status = fail_error ("classify", error);
   } else {
     for (int i = 2; i < argc && status == 0; i++)
@@ -540,7 +569,7 @@ cmd_classify (int argc, char **argv)
   status = fail ("classify", "this vmoe was built without GStreamer (meson option gst)");
 #endif
 out:
-  g_free (backend);
+  backend_args_clear (&args);
   return status;
 }
 

@@ -83,17 +83,22 @@ def load_dataset(args):
     return (train_x[tr], train_y[tr], train_x[ho], train_y[ho], test_x, test_y, labels)
 
 
+def model_device(model):
+    return next(model.parameters()).device
+
+
 def evaluate(model, images, labels, config, batch=500):
     """Accuracy, predictions, and the image-routing experts (or None)."""
     model.eval()
+    device = model_device(model)
     preds, experts = [], []
     with torch.inference_mode():
         for i in range(0, len(images), batch):
             x = data.normalize(images[i:i + batch], config["mean"], config["std"])
-            logits, routing = model(x)
-            preds.append(logits.argmax(-1))
+            logits, routing = model(x.to(device))
+            preds.append(logits.argmax(-1).cpu())
             if "experts" in routing:
-                experts.append(routing["experts"][:, 0])
+                experts.append(routing["experts"][:, 0].cpu())
     preds = torch.cat(preds).numpy()
     acc = float((preds == labels).mean())
     return acc, preds, (torch.cat(experts).numpy() if experts else None)
@@ -120,6 +125,7 @@ def train(model, args, dataset, superclass_of=None):
     train_x, train_y, hold_x, hold_y = dataset[:4]
     rank, size = world()
     config = model.config
+    model.to(torch.device(args.device))
     net = model
     if size > 1:
         # Experts that no image of a batch chose get no gradient.
@@ -136,7 +142,8 @@ def train(model, args, dataset, superclass_of=None):
         total = min(total, args.steps)
     warmup = min(int(args.warmup_epochs * steps_per_epoch), max(1, total // 5))
     gen = torch.Generator().manual_seed(args.seed * 1000 + rank)
-    target_map = torch.tensor(superclass_of) if superclass_of is not None else None
+    device = model_device(model)
+    target_map = torch.tensor(superclass_of, device=device) if superclass_of is not None else None
     history, step, start = [], 0, time.time()
     epoch = 0
     while step < total:
@@ -148,8 +155,8 @@ def train(model, args, dataset, superclass_of=None):
                 break
             idx = order[b * args.batch + rank * per_rank:b * args.batch + (rank + 1) * per_rank]
             x = data.augment(data.normalize(train_x[idx], config["mean"], config["std"]), gen,
-                             erase=args.erase)
-            y = torch.from_numpy(train_y[idx])
+                             erase=args.erase).to(device)
+            y = torch.from_numpy(train_y[idx]).to(device)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, warmup, args.lr)
             logits, routing = net(x)
@@ -179,7 +186,8 @@ def save_checkpoint(path, model, extra):
     if world()[0] != 0:
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.save(dict(extra, config=model.config, state=model.state_dict()), path)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save(dict(extra, config=model.config, state=state), path)
 
 
 def load_checkpoint(path):
@@ -228,9 +236,15 @@ def base_config(args, labels):
 
 def cmd_dense(args):
     dataset = load_dataset(args)
-    config = base_config(args, dataset[6])
     torch.manual_seed(args.seed)
-    model = vmoe_torch.VisionMoE(config)
+    if args.init:
+        # Continuing a dense run for as many epochs as `moe` trains on top of
+        # it gives the like-for-like baseline of the comparison table.
+        model, _ = load_checkpoint(args.init)
+        if model.config.get("moe"):
+            raise SystemExit("dense --init needs a dense model, not a MoE")
+    else:
+        model = vmoe_torch.VisionMoE(base_config(args, dataset[6]))
     log("dense: %d parameters, %d training images" % (
         sum(p.numel() for p in model.parameters()), len(dataset[0])))
     history = train(model, args, dataset)
@@ -290,6 +304,38 @@ def cmd_superclasses(args):
         json.dump(result, f, indent=1)
     for s in superclasses:
         log("super-class: %s" % s["name"])
+
+
+def cmd_table(args):
+    """Mean and spread of test accuracy per kind of run (dense, dense-cont,
+    moe, ...) over the seeds found in args.runs, as a Markdown table."""
+    found = {}
+    for name in sorted(os.listdir(args.runs)):
+        path = os.path.join(args.runs, name, "summary.json")
+        kind, sep, seed = name.rpartition("-s")
+        if not sep or not seed.isdigit() or not os.path.exists(path):
+            continue
+        with open(path) as f:
+            summary = json.load(f)
+        minutes = summary["history"][-1]["minutes"] if summary["history"] else 0.0
+        found.setdefault(kind, {})[int(seed)] = (summary["test_acc"], minutes)
+    if not found:
+        raise SystemExit("no <kind>-s<seed>/summary.json under %s" % args.runs)
+    seeds = sorted({s for runs in found.values() for s in runs})
+    print("| run | " + " | ".join("seed %d" % s for s in seeds) + " | mean | std |")
+    print("| --- |" + " ---: |" * (len(seeds) + 2))
+    table = {}
+    for kind, runs in found.items():
+        accs = np.array([runs[s][0] for s in seeds if s in runs]) * 100
+        cells = ["%.2f" % (runs[s][0] * 100) if s in runs else "-" for s in seeds]
+        std = accs.std(ddof=1) if len(accs) > 1 else 0.0
+        print("| %s | %s | %.2f | %.2f |" % (kind, " | ".join(cells), accs.mean(), std))
+        table[kind] = {"seeds": {str(s): runs[s][0] for s in runs},
+                       "minutes": {str(s): runs[s][1] for s in runs},
+                       "mean": accs.mean() / 100, "std": std / 100}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(table, f, indent=1)
 
 
 def moe_config(dense_config, args, superclasses):
@@ -464,6 +510,8 @@ def add_train_options(p, epochs, lr):
     p.add_argument("--erase", type=float, default=0.25, help="random-erasing probability")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device to train on, e.g. cuda (data stays on the CPU)")
 
 
 def main(argv=None):
@@ -474,7 +522,13 @@ def main(argv=None):
 
     p = sub.add_parser("dense", help="train the dense ViT baseline")
     add_train_options(p, epochs=30, lr=2e-3)
+    p.add_argument("--init", help="dense checkpoint.pt or model file to continue from")
     p.set_defaults(func=cmd_dense, router_weight=0.0, aux_weight=0.0)
+
+    p = sub.add_parser("table", help="test accuracies of seeded runs, with means")
+    p.add_argument("runs", help="directory holding <kind>-s<seed>/summary.json runs")
+    p.add_argument("--out", help="also write the table as JSON here")
+    p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("superclasses", help="cluster the dense model's confusions")
     add_data_options(p)

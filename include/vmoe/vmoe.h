@@ -104,6 +104,11 @@ typedef struct {
   int top_k;                  /* classes reported per image; 0 means 5 */
   int experts_k;              /* 0: the model's top_k; else overrides it */
   double capacity_ratio;      /* <= 0: the model's; else overrides it */
+  /* Vulkan device: NULL for $VMOE_VULKAN_DEVICE, else "auto" (discrete,
+   * then integrated GPU), an index, "cpu" (a CPU device such as lavapipe,
+   * never chosen otherwise) or part of the device's name. */
+  const char *device;
+  gboolean fp16;              /* Vulkan: GEMM weights stored as fp16 */
 } VmoeSessionOptions;
 
 void vmoe_session_options_init (VmoeSessionOptions *options);
@@ -163,6 +168,8 @@ VmoeSession *vmoe_session_new (VmoeModel *model,
 void vmoe_session_free (VmoeSession *session);
 VmoeModel *vmoe_session_get_model (VmoeSession *session);
 VmoeBackend vmoe_session_get_backend (VmoeSession *session);
+/* The device a session runs on: "cpu", or the Vulkan device's name. */
+const char *vmoe_session_get_device (VmoeSession *session);
 
 /* Classifies n images already pre-processed: float32 [n, C, H, W]. */
 gboolean vmoe_session_run_f32 (VmoeSession *session, const float *input,

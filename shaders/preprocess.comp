@@ -1,0 +1,109 @@
+#version 450
+// Pre-processing of 8-bit frames on the GPU (DESIGN.md, Forward pass step
+// 1), the same computation as src/preprocess.c: each output pixel of the
+// crop samples the virtual resized frame bilinearly (half-pixel centres),
+// converting its four source pixels to the model's channels (YUV to 8-bit
+// RGB first, BT.601 limited range), then normalises.  The raw frame planes
+// sit in the byte buffer; per-image geometry in the integer buffer.
+#include "common.glsl"
+layout(local_size_x = 16, local_size_y = 16) in;
+
+// Pixel formats: the values of VmoePixelFormat.
+const int GRAY8 = 0, RGB = 1, BGR = 2, RGBA = 3, BGRA = 4, ARGB = 5, ABGR = 6,
+          I420 = 7, NV12 = 8;
+// Layout of one image's parameters in I (FRAME_PARAMS ints each).
+const uint P_FORMAT = 0u, P_WIDTH = 1u, P_HEIGHT = 2u, P_PLANE = 3u,
+           P_STRIDE = 6u, P_TOP = 9u, P_LEFT = 10u, P_SCALE_Y = 11u,
+           P_SCALE_X = 12u, P_IDENTITY = 13u, FRAME_PARAMS = 16u;
+
+layout(push_constant) uniform Params {
+  uint params_off, out_off, height, width, channels;
+  float mean0, mean1, mean2, std0, std1, std2;
+} p;
+
+uint frame_byte(uint offset)
+{
+  return (B[offset >> 2] >> ((offset & 3u) * 8u)) & 0xffu;
+}
+
+float clamp_round(float v)
+{
+  return v <= 0.0 ? 0.0 : v >= 255.0 ? 255.0 : floor(v + 0.5);
+}
+
+vec3 yuv_to_rgb(float y, float u, float v)
+{
+  float c = 1.164383 * (y - 16.0), d = u - 128.0, e = v - 128.0;
+  return vec3(clamp_round(c + 1.596027 * e),
+              clamp_round(c - 0.391762 * d - 0.812968 * e),
+              clamp_round(c + 2.017232 * d));
+}
+
+// The model-channel values of pixel (x, y) in [0, 1].
+vec3 pixel_values(uint prm, uint x, uint y)
+{
+  int format = I[prm + P_FORMAT];
+  uint plane0 = uint(I[prm + P_PLANE]), stride0 = uint(I[prm + P_STRIDE]);
+  uint row = plane0 + y * stride0;
+  vec3 rgb;
+  if (format == GRAY8) {
+    float g = float(frame_byte(row + x)) / 255.0;
+    return vec3(g);
+  } else if (format == RGB || format == BGR) {
+    uint o = row + 3u * x;
+    rgb = vec3(frame_byte(o), frame_byte(o + 1u), frame_byte(o + 2u));
+    if (format == BGR) rgb = rgb.bgr;
+  } else if (format >= RGBA && format <= ABGR) {
+    uint o = row + 4u * x;
+    vec4 px = vec4(frame_byte(o), frame_byte(o + 1u), frame_byte(o + 2u), frame_byte(o + 3u));
+    rgb = format == RGBA ? px.rgb : format == BGRA ? px.bgr : format == ARGB ? px.gba : px.abg;
+  } else {
+    uint plane1 = uint(I[prm + P_PLANE + 1u]), stride1 = uint(I[prm + P_STRIDE + 1u]);
+    float luma = float(frame_byte(row + x));
+    if (format == I420) {
+      uint plane2 = uint(I[prm + P_PLANE + 2u]), stride2 = uint(I[prm + P_STRIDE + 2u]);
+      rgb = yuv_to_rgb(luma, float(frame_byte(plane1 + (y / 2u) * stride1 + x / 2u)),
+                       float(frame_byte(plane2 + (y / 2u) * stride2 + x / 2u)));
+    } else {
+      uint uv = plane1 + (y / 2u) * stride1 + x / 2u * 2u;
+      rgb = yuv_to_rgb(luma, float(frame_byte(uv)), float(frame_byte(uv + 1u)));
+    }
+  }
+  if (p.channels == 1u)
+    return vec3((0.299 * rgb.r + 0.587 * rgb.g + 0.114 * rgb.b) / 255.0);
+  return rgb / 255.0;
+}
+
+void source_index(uint d, float scale, uint len, out uint i0, out uint i1, out float lambda)
+{
+  float s = max(scale * (float(d) + 0.5) - 0.5, 0.0);
+  uint i = min(uint(s), len - 1u);
+  i0 = i;
+  i1 = i < len - 1u ? i + 1u : i;
+  lambda = s - float(i);
+}
+
+void main()
+{
+  uint x = gl_GlobalInvocationID.x, y = gl_GlobalInvocationID.y, img = gl_WorkGroupID.z;
+  if (x >= p.width || y >= p.height)
+    return;
+  uint prm = p.params_off + img * FRAME_PARAMS;
+  uint top = uint(I[prm + P_TOP]), left = uint(I[prm + P_LEFT]);
+  vec3 v;
+  if (I[prm + P_IDENTITY] != 0) {
+    v = pixel_values(prm, x + left, y + top);
+  } else {
+    uint x0, x1, y0, y1;
+    float lx, ly;
+    source_index(y + top, intBitsToFloat(I[prm + P_SCALE_Y]), uint(I[prm + P_HEIGHT]), y0, y1, ly);
+    source_index(x + left, intBitsToFloat(I[prm + P_SCALE_X]), uint(I[prm + P_WIDTH]), x0, x1, lx);
+    vec3 a = pixel_values(prm, x0, y0), b = pixel_values(prm, x1, y0);
+    vec3 c = pixel_values(prm, x0, y1), d = pixel_values(prm, x1, y1);
+    v = (1.0 - ly) * ((1.0 - lx) * a + lx * b) + ly * ((1.0 - lx) * c + lx * d);
+  }
+  vec3 mean = vec3(p.mean0, p.mean1, p.mean2), std_ = vec3(p.std0, p.std1, p.std2);
+  uint plane = p.height * p.width;
+  for (uint c = 0u; c < p.channels; c++)
+    A[p.out_off + (img * p.channels + c) * plane + y * p.width + x] = (v[c] - mean[c]) / std_[c];
+}

@@ -1,0 +1,96 @@
+/* Push constants of the shaders in shaders/, field for field; the backend
+ * and the op tests fill these.  All offsets count elements (floats or ints)
+ * from the start of the buffer the shader reads them from. */
+#ifndef VMOE_VK_PUSH_H
+#define VMOE_VK_PUSH_H
+
+#include <stdint.h>
+
+#define VMOE_VK_NONE 0xffffffffu
+
+typedef enum {
+  VMOE_SHADER_GEMM,
+  VMOE_SHADER_GEMM_F16,
+  VMOE_SHADER_LAYERNORM,
+  VMOE_SHADER_ATTENTION,
+  VMOE_SHADER_EMBED,
+  VMOE_SHADER_POOL,
+  VMOE_SHADER_ROUTE,
+  VMOE_SHADER_EXPERTS,
+  VMOE_SHADER_PREPROCESS,
+  VMOE_N_SHADERS
+} VmoeShader;
+
+/* gemm.comp */
+enum { VMOE_GEMM_GELU = 1, VMOE_GEMM_GELU_TANH = 2, VMOE_GEMM_ACCUMULATE = 4,
+  VMOE_GEMM_EXPERT_LISTS = 8 };
+#define VMOE_GEMM_TILE_M 64
+#define VMOE_GEMM_TILE_N 64
+typedef struct {
+  uint32_t m, n, k;
+  uint32_t a_off, a_stride;
+  uint32_t w_off, b_off;
+  uint32_t c_off, c_stride;
+  uint32_t flags;
+  uint32_t w_expert_stride, b_expert_stride;
+  uint32_t list_off, count_off, list_cap, a_row_div;
+} VmoeGemmPush;
+
+/* layernorm.comp: one workgroup per row */
+typedef struct {
+  uint32_t rows, dim;
+  uint32_t in_off, in_stride, out_off, out_stride;
+  uint32_t w_off, b_off;
+  float eps;
+} VmoeLayerNormPush;
+
+/* attention.comp: workgroups (tokens, heads, images) */
+typedef struct {
+  uint32_t tokens, dim, heads;
+  uint32_t qkv_off, out_off;
+} VmoeAttentionPush;
+
+/* embed.comp: 256 elements per workgroup */
+enum { VMOE_EMBED_IM2COL = 0, VMOE_EMBED_ASSEMBLE = 1 };
+typedef struct {
+  uint32_t mode, images, channels, height, width, patch_size, dim, tokens, class_token;
+  uint32_t src_off, dst_off, cls_off, pos_off;
+} VmoeEmbedPush;
+
+/* pool.comp: 64 outputs per workgroup */
+typedef struct {
+  uint32_t images, tokens, first, count, dim, in_off, out_off;
+} VmoePoolPush;
+
+/* route.comp: 64 images per workgroup */
+enum { VMOE_ROUTE_IMAGE = 0, VMOE_ROUTE_TOKEN = 1 };
+typedef struct {
+  uint32_t mode, images, tokens, dim, experts, k;
+  uint32_t x_off, w_off, b_off, router_mean, normalize_gates;
+  uint32_t probs_off, entry_expert_off, entry_gate_off;
+  uint32_t out_experts_off, out_gates_off, order_off;
+  uint32_t out_counts_off, out_dropped_off;
+  uint32_t layer, layers, capacity, bpr;
+} VmoeRoutePush;
+
+/* experts.comp: 256 elements per workgroup */
+enum { VMOE_EXPERTS_LISTS = 0, VMOE_EXPERTS_COMBINE = 1 };
+typedef struct {
+  uint32_t mode, rows, k, dim;
+  uint32_t entry_expert_off, entry_gate_off;
+  uint32_t count_off, list_off, list_cap;
+  uint32_t y_off, x_off;
+} VmoeExpertsPush;
+
+/* preprocess.comp: 16x16 pixels per workgroup, z = image; per-image
+ * parameters, VMOE_FRAME_PARAMS ints each, in the integer buffer. */
+enum { VMOE_FRAME_FORMAT = 0, VMOE_FRAME_WIDTH = 1, VMOE_FRAME_HEIGHT = 2,
+  VMOE_FRAME_PLANE = 3, VMOE_FRAME_STRIDE = 6, VMOE_FRAME_TOP = 9,
+  VMOE_FRAME_LEFT = 10, VMOE_FRAME_SCALE_Y = 11, VMOE_FRAME_SCALE_X = 12,
+  VMOE_FRAME_IDENTITY = 13, VMOE_FRAME_PARAMS = 16 };
+typedef struct {
+  uint32_t params_off, out_off, height, width, channels;
+  float mean[3], std[3];
+} VmoePreprocessPush;
+
+#endif
