@@ -1,68 +1,120 @@
 #version 450
-// Multi-head self-attention for one query token of one head of one image per
-// workgroup: scores against every key, softmax over keys, weighted sum of the
-// values.  qkv rows hold q for all heads, then k, then v (DESIGN.md).
+// Multi-head self-attention for a block of QB query tokens of one head of
+// one image per workgroup: the block's queries and chunks of KC keys (then
+// values) are staged in shared memory, so each key and value is read from
+// global memory once per block rather than once per query.  Scores for the
+// block's rows stay in shared memory for the softmax over keys.  qkv rows
+// hold q for all heads, then k, then v (DESIGN.md).  The backend picks QB
+// (a specialization constant) to fit the device's shared memory.
 #include "common.glsl"
-layout(local_size_x = 64) in;
+layout(local_size_x = 128) in;
 layout(constant_id = 0) const uint MAX_TOKENS = 1024;
+layout(constant_id = 1) const uint QB = 8;
+layout(constant_id = 2) const uint HEAD_DIM = 64;
+const uint KC = 32;
+const uint OUT_PER_THREAD = (QB * HEAD_DIM + 127u) / 128u;
 
 layout(push_constant) uniform Params {
   uint tokens, dim, heads;
   uint qkv_off, out_off;
 } p;
 
-shared float scores[MAX_TOKENS];
-shared float partial[64];
+shared float qs[QB][HEAD_DIM];
+shared float kv[KC][HEAD_DIM + 1];      // +1: no bank conflicts across keys
+shared float scores[QB][MAX_TOKENS];
+shared float partial[128];
+shared float row_inv[QB];
 
 void main()
 {
-  uint t = gl_WorkGroupID.x, h = gl_WorkGroupID.y, img = gl_WorkGroupID.z;
+  uint t0 = gl_WorkGroupID.x * QB, h = gl_WorkGroupID.y, img = gl_WorkGroupID.z;
   uint lid = gl_LocalInvocationID.x;
-  uint dh = p.dim / p.heads, stride = 3u * p.dim;
-  uint base = p.qkv_off + img * p.tokens * stride + h * dh;
-  uint q = base + t * stride;
-  float scale = 1.0 / sqrt(float(dh));
+  uint stride = 3u * p.dim;
+  uint base = p.qkv_off + img * p.tokens * stride + h * HEAD_DIM;
+  float scale = 1.0 / sqrt(float(HEAD_DIM));
 
-  float local_max = -3.402823466e38;
-  for (uint j = lid; j < p.tokens; j += 64u) {
-    uint k = base + j * stride + p.dim;
-    float s = 0.0;
-    for (uint d = 0u; d < dh; d++)
-      s += A[q + d] * A[k + d];
-    s *= scale;
-    scores[j] = s;
-    local_max = max(local_max, s);
+  for (uint e = lid; e < QB * HEAD_DIM; e += 128u) {
+    uint q = e / HEAD_DIM, d = e % HEAD_DIM;
+    qs[q][d] = t0 + q < p.tokens ? A[base + (t0 + q) * stride + d] : 0.0;
   }
-  partial[lid] = local_max;
+  for (uint k0 = 0u; k0 < p.tokens; k0 += KC) {
+    barrier();
+    for (uint e = lid; e < KC * HEAD_DIM; e += 128u) {
+      uint j = e / HEAD_DIM, d = e % HEAD_DIM;
+      kv[j][d] = k0 + j < p.tokens ? A[base + (k0 + j) * stride + p.dim + d] : 0.0;
+    }
+    barrier();
+    for (uint e = lid; e < QB * KC; e += 128u) {
+      uint q = e / KC, j = e % KC;
+      if (k0 + j >= p.tokens)
+        continue;
+      float s = 0.0;
+      for (uint d = 0u; d < HEAD_DIM; d++)
+        s += qs[q][d] * kv[j][d];
+      scores[q][k0 + j] = s * scale;
+    }
+  }
   barrier();
-  for (uint s = 32u; s > 0u; s >>= 1) {
-    if (lid < s)
-      partial[lid] = max(partial[lid], partial[lid + s]);
+
+  for (uint q = 0u; q < QB; q++) {
+    float m = -3.402823466e38;
+    for (uint j = lid; j < p.tokens; j += 128u)
+      m = max(m, scores[q][j]);
+    partial[lid] = m;
+    barrier();
+    for (uint s = 64u; s > 0u; s >>= 1) {
+      if (lid < s)
+        partial[lid] = max(partial[lid], partial[lid + s]);
+      barrier();
+    }
+    float row_max = partial[0];
+    barrier();
+    float sum = 0.0;
+    for (uint j = lid; j < p.tokens; j += 128u) {
+      float e = exp(scores[q][j] - row_max);
+      scores[q][j] = e;
+      sum += e;
+    }
+    partial[lid] = sum;
+    barrier();
+    for (uint s = 64u; s > 0u; s >>= 1) {
+      if (lid < s)
+        partial[lid] += partial[lid + s];
+      barrier();
+    }
+    if (lid == 0u)
+      row_inv[q] = 1.0 / partial[0];
     barrier();
   }
-  float row_max = partial[0];
-  barrier();
 
-  float local_sum = 0.0;
-  for (uint j = lid; j < p.tokens; j += 64u) {
-    float e = exp(scores[j] - row_max);
-    scores[j] = e;
-    local_sum += e;
-  }
-  partial[lid] = local_sum;
-  barrier();
-  for (uint s = 32u; s > 0u; s >>= 1) {
-    if (lid < s)
-      partial[lid] += partial[lid + s];
+  float acc[OUT_PER_THREAD];
+  for (uint o = 0u; o < OUT_PER_THREAD; o++)
+    acc[o] = 0.0;
+  for (uint k0 = 0u; k0 < p.tokens; k0 += KC) {
     barrier();
+    for (uint e = lid; e < KC * HEAD_DIM; e += 128u) {
+      uint j = e / HEAD_DIM, d = e % HEAD_DIM;
+      kv[j][d] = k0 + j < p.tokens ? A[base + (k0 + j) * stride + 2u * p.dim + d] : 0.0;
+    }
+    barrier();
+    uint keys = min(KC, p.tokens - k0);
+    for (uint o = 0u; o < OUT_PER_THREAD; o++) {
+      uint e = lid + 128u * o;
+      if (e >= QB * HEAD_DIM)
+        break;
+      uint q = e / HEAD_DIM, d = e % HEAD_DIM;
+      float s = acc[o];
+      for (uint j = 0u; j < keys; j++)
+        s += scores[q][k0 + j] * kv[j][d];
+      acc[o] = s;
+    }
   }
-  float inv = 1.0 / partial[0];
-
-  uint out_row = p.out_off + (img * p.tokens + t) * p.dim + h * dh;
-  for (uint d = lid; d < dh; d += 64u) {
-    float acc = 0.0;
-    for (uint j = 0u; j < p.tokens; j++)
-      acc += scores[j] * A[base + j * stride + 2u * p.dim + d];
-    A[out_row + d] = acc * inv;
+  for (uint o = 0u; o < OUT_PER_THREAD; o++) {
+    uint e = lid + 128u * o;
+    if (e >= QB * HEAD_DIM)
+      break;
+    uint q = e / HEAD_DIM, d = e % HEAD_DIM;
+    if (t0 + q < p.tokens)
+      A[p.out_off + (img * p.tokens + t0 + q) * p.dim + h * HEAD_DIM + d] = acc[o] * row_inv[q];
   }
 }

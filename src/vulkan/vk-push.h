@@ -24,8 +24,8 @@ typedef enum {
 /* gemm.comp */
 enum { VMOE_GEMM_GELU = 1, VMOE_GEMM_GELU_TANH = 2, VMOE_GEMM_ACCUMULATE = 4,
   VMOE_GEMM_EXPERT_LISTS = 8 };
-#define VMOE_GEMM_TILE_M 64
-#define VMOE_GEMM_TILE_N 64
+/* The op tests' dispatch of VMOE_SHADER_GEMM uses 64 x 64 output tiles. */
+#define VMOE_GEMM_TILE 64
 typedef struct {
   uint32_t m, n, k;
   uint32_t a_off, a_stride;
@@ -44,7 +44,7 @@ typedef struct {
   float eps;
 } VmoeLayerNormPush;
 
-/* attention.comp: workgroups (tokens, heads, images) */
+/* attention.comp: workgroups (query blocks, heads, images) */
 typedef struct {
   uint32_t tokens, dim, heads;
   uint32_t qkv_off, out_off;

@@ -204,6 +204,9 @@ struct VmoeVulkan {
   VkCommandBuffer upload_cb;
   VkFence fence;
   gboolean lost;
+  uint32_t attention_block;    /* query rows per attention workgroup */
+  /* GEMM pipelines by weight type (fp32, fp16) and tile size */
+  VkPipeline gemm_tiles[2][3];
 
   Pool weights, weights16, act, ints, frames, upload, download;
 
@@ -577,6 +580,32 @@ create_device (VmoeVulkan *vk, GError **error)
   return TRUE;
 }
 
+/* Output tiles of the GEMM: 32, 64 and 128 square (per thread 2x2, 4x4,
+ * 8x8 outputs): small layers need many workgroups to fill a GPU, large ones
+ * more work per loaded element. */
+static const uint32_t gemm_tile_sizes[3] = { 32, 64, 128 };
+
+static gboolean
+create_gemm_variants (VmoeVulkan *vk, VkShaderModule module, gboolean fp16,
+    GError **error)
+{
+  for (int v = 0; v < 3; v++) {
+    uint32_t tiles[3] = { gemm_tile_sizes[v], gemm_tile_sizes[v], 16 };
+    VkSpecializationMapEntry entries[3] = { { 0, 0, 4 }, { 1, 4, 4 }, { 2, 8, 4 } };
+    VkSpecializationInfo spec = { 3, entries, sizeof tiles, tiles };
+    VkComputePipelineCreateInfo info = {
+      .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
+      .stage = { .sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,
+        .stage = VK_SHADER_STAGE_COMPUTE_BIT, .module = module, .pName = "main",
+        .pSpecializationInfo = &spec },
+      .layout = vk->pipeline_layout };
+    if (!vk_check (vk->fn.vkCreateComputePipelines (vk->device, VK_NULL_HANDLE, 1,
+                &info, NULL, &vk->gemm_tiles[fp16][v]), "creating a GEMM pipeline", error))
+      return FALSE;
+  }
+  return TRUE;
+}
+
 static gboolean
 create_pipelines (VmoeVulkan *vk, GError **error)
 {
@@ -601,20 +630,30 @@ create_pipelines (VmoeVulkan *vk, GError **error)
               &vk->pipeline_layout), "creating the pipeline layout", error))
     return FALSE;
 
-  /* Specialization: the attention's score row holds the model's tokens; the
-   * routing arrays hold its experts and choices. */
+  /* Specialization: the attention holds a block of query rows of scores
+   * and a chunk of keys in shared memory, as many rows as fit; the routing
+   * arrays hold the model's experts and choices. */
   uint32_t tokens = (uint32_t) vmoe_config_tokens (c);
-  uint32_t attention_const[1] = { MAX (tokens, 1) };
-  uint32_t route_const[2] = { (uint32_t) MAX (c->num_experts, 1), (uint32_t) vk->k };
-  VkSpecializationMapEntry entries[2] = { { 0, 0, 4 }, { 1, 4, 4 } };
-  VkSpecializationInfo attention_spec = { 1, entries, sizeof attention_const, attention_const };
-  VkSpecializationInfo route_spec = { 2, entries, sizeof route_const, route_const };
-  if (attention_const[0] * 4 + 256 > vk->props.limits.maxComputeSharedMemorySize) {
+  uint32_t head_dim = (uint32_t) (c->embed_dim / c->num_heads);
+  uint32_t shared_limit = vk->props.limits.maxComputeSharedMemorySize;
+  uint32_t block = 16;
+  while (block > 1 && 4 * (block * head_dim + 32 * (head_dim + 1) + block * tokens
+          + 128 + block) > shared_limit)
+    block /= 2;
+  if (4 * (block * head_dim + 32 * (head_dim + 1) + block * tokens + 128 + block)
+      > shared_limit) {
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_BACKEND,
-        "vulkan: %u tokens need more shared memory than device %s has (%u bytes)",
-        tokens, vk->props.deviceName, vk->props.limits.maxComputeSharedMemorySize);
+        "vulkan: attention over %u tokens of head size %u needs more shared "
+        "memory than device %s has (%u bytes); use backend cpu", tokens, head_dim,
+        vk->props.deviceName, shared_limit);
     return FALSE;
   }
+  vk->attention_block = block;
+  uint32_t attention_const[3] = { MAX (tokens, 1), block, head_dim };
+  uint32_t route_const[2] = { (uint32_t) MAX (c->num_experts, 1), (uint32_t) vk->k };
+  VkSpecializationMapEntry entries[3] = { { 0, 0, 4 }, { 1, 4, 4 }, { 2, 8, 4 } };
+  VkSpecializationInfo attention_spec = { 3, entries, sizeof attention_const, attention_const };
+  VkSpecializationInfo route_spec = { 2, entries, sizeof route_const, route_const };
 
   for (int s = 0; s < VMOE_N_SHADERS; s++) {
     if (s == VMOE_SHADER_GEMM_F16 && !vk->fp16)
@@ -626,6 +665,14 @@ create_pipelines (VmoeVulkan *vk, GError **error)
     if (!vk_check (vk->fn.vkCreateShaderModule (vk->device, &module_info, NULL, &module),
             "loading a shader", error))
       return FALSE;
+    if (s == VMOE_SHADER_GEMM || s == VMOE_SHADER_GEMM_F16) {
+      gboolean ok = create_gemm_variants (vk, module, s == VMOE_SHADER_GEMM_F16, error);
+      vk->fn.vkDestroyShaderModule (vk->device, module, NULL);
+      if (!ok)
+        return FALSE;
+      vk->pipelines[s] = vk->gemm_tiles[s == VMOE_SHADER_GEMM_F16][1];
+      continue;
+    }
     VkComputePipelineCreateInfo info = {
       .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
       .stage = { .sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,
@@ -866,10 +913,19 @@ reserve (VmoeVulkan *vk, int n, GError **error)
 static void
 gemm (VmoeVulkan *vk, VkCommandBuffer cb, VmoeGemmPush p, int experts)
 {
-  VmoeShader shader = vk->fp16 ? VMOE_SHADER_GEMM_F16 : VMOE_SHADER_GEMM;
-  dispatch (vk, cb, shader, &p, sizeof p,
-      (p.n + VMOE_GEMM_TILE_N - 1) / VMOE_GEMM_TILE_N,
-      (p.m + VMOE_GEMM_TILE_M - 1) / VMOE_GEMM_TILE_M, (uint32_t) experts);
+  /* Rows per expert are known only on the GPU; m / experts is their mean. */
+  guint64 rows = MAX (p.m / (uint32_t) experts, 1);
+  int v = 1;
+  if (((rows + 127) / 128) * ((p.n + 127) / 128) >= 256)
+    v = 2;
+  else if (((rows + 63) / 64) * ((p.n + 63) / 64) < 128)
+    v = 0;
+  uint32_t tile = gemm_tile_sizes[v];
+  vk->fn.vkCmdBindPipeline (cb, VK_PIPELINE_BIND_POINT_COMPUTE, vk->gemm_tiles[vk->fp16][v]);
+  vk->fn.vkCmdPushConstants (cb, vk->pipeline_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0,
+      sizeof p, &p);
+  vk->fn.vkCmdDispatch (cb, (p.n + tile - 1) / tile, (p.m + tile - 1) / tile,
+      (uint32_t) experts);
   full_barrier (vk, cb);
 }
 
@@ -1000,7 +1056,8 @@ record_forward (VmoeVulkan *vk, VkCommandBuffer cb, int n, gboolean frames)
     layernorm (vk, cb, rows, vk->a.x, d, vk->a.z, o->norm1_w, o->norm1_b);
     linear (vk, cb, o->qkv, rows, d, 3 * d, vk->a.z, vk->a.qkv, 0);
     VmoeAttentionPush at = { t, d, (uint32_t) c->num_heads, vk->a.qkv, vk->a.attn };
-    dispatch (vk, cb, VMOE_SHADER_ATTENTION, &at, sizeof at, t, (uint32_t) c->num_heads,
+    dispatch (vk, cb, VMOE_SHADER_ATTENTION, &at, sizeof at,
+        (t + vk->attention_block - 1) / vk->attention_block, (uint32_t) c->num_heads,
         (uint32_t) n);
     full_barrier (vk, cb);
     linear (vk, cb, o->proj, rows, d, d, vk->a.attn, vk->a.x, VMOE_GEMM_ACCUMULATE);
@@ -1216,8 +1273,12 @@ vmoe_vulkan_free (VmoeVulkan *vk)
     if (vk->descriptor_pool)
       vk->fn.vkDestroyDescriptorPool (vk->device, vk->descriptor_pool, NULL);
     for (int s = 0; s < VMOE_N_SHADERS; s++)
-      if (vk->pipelines[s])
+      if (vk->pipelines[s] && s != VMOE_SHADER_GEMM && s != VMOE_SHADER_GEMM_F16)
         vk->fn.vkDestroyPipeline (vk->device, vk->pipelines[s], NULL);
+    for (int w = 0; w < 2; w++)
+      for (int v = 0; v < 3; v++)
+        if (vk->gemm_tiles[w][v])
+          vk->fn.vkDestroyPipeline (vk->device, vk->gemm_tiles[w][v], NULL);
     if (vk->pipeline_layout)
       vk->fn.vkDestroyPipelineLayout (vk->device, vk->pipeline_layout, NULL);
     if (vk->set_layout)
