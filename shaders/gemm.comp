@@ -34,8 +34,8 @@ layout(push_constant) uniform Params {
   uint list_off, count_off, list_cap, a_row_div;
 } p;
 
-shared float As[TK][TM];
-shared float Ws[TK][TN];
+shared float As[TK][TM + 1];   // +1: stores along k hit distinct banks
+shared float Ws[TK][TN + 1];
 shared uint a_rows[TM];
 shared uint c_rows[TM];
 

@@ -17,6 +17,7 @@
 #include "vk-backend.h"
 
 #include <dlfcn.h>
+#include <stdlib.h>
 #include <math.h>
 #include <string.h>
 
@@ -92,7 +93,9 @@ static const struct {
   X (vkCmdBindPipeline) X (vkCmdBindDescriptorSets) X (vkCmdPushConstants) \
   X (vkCmdDispatch) X (vkCmdPipelineBarrier) X (vkCmdCopyBuffer) \
   X (vkCmdFillBuffer) X (vkQueueSubmit) X (vkCreateFence) X (vkDestroyFence) \
-  X (vkWaitForFences) X (vkResetFences) X (vkDeviceWaitIdle)
+  X (vkWaitForFences) X (vkResetFences) X (vkDeviceWaitIdle) \
+  X (vkCreateQueryPool) X (vkDestroyQueryPool) X (vkCmdResetQueryPool) \
+  X (vkCmdWriteTimestamp) X (vkGetQueryPoolResults)
 
 typedef struct {
 #define DECLARE(name) PFN_##name name;
@@ -205,6 +208,13 @@ struct VmoeVulkan {
   VkFence fence;
   gboolean lost;
   uint32_t attention_block;    /* query rows per attention workgroup */
+  int forced_tile;             /* $VMOE_VULKAN_GEMM_TILE: 0, or a variant + 1 */
+  /* $VMOE_VULKAN_PROFILE: GPU time per shader, printed after each call */
+  VkQueryPool queries;
+  uint32_t n_queries;
+  VmoeShader *query_shader;    /* shader of timestamp pair q */
+  double profile_ms[VMOE_N_SHADERS];
+  int profile_calls;
   /* GEMM pipelines by weight type (fp32, fp16) and tile size */
   VkPipeline gemm_tiles[2][3];
 
@@ -314,15 +324,67 @@ full_barrier (VmoeVulkan *vk, VkCommandBuffer cb)
           | VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &b, 0, NULL, 0, NULL);
 }
 
+#define MAX_PROFILED 4096
+
+static void
+dispatch_pipeline (VmoeVulkan *vk, VkCommandBuffer cb, VmoeShader shader,
+    VkPipeline pipeline, const void *push, size_t size, uint32_t gx, uint32_t gy,
+    uint32_t gz)
+{
+  gboolean timed = vk->queries && vk->n_queries < MAX_PROFILED;
+  if (timed) {
+    vk->query_shader[vk->n_queries] = shader;
+    vk->fn.vkCmdWriteTimestamp (cb, VK_PIPELINE_STAGE_TOP_OF_PIPE_BIT, vk->queries,
+        2 * vk->n_queries);
+  }
+  vk->fn.vkCmdBindPipeline (cb, VK_PIPELINE_BIND_POINT_COMPUTE, pipeline);
+  vk->fn.vkCmdPushConstants (cb, vk->pipeline_layout, VK_SHADER_STAGE_COMPUTE_BIT,
+      0, (uint32_t) size, push);
+  vk->fn.vkCmdDispatch (cb, gx, gy, gz);
+  if (timed)
+    vk->fn.vkCmdWriteTimestamp (cb, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, vk->queries,
+        2 * vk->n_queries++ + 1);
+}
+
 static void
 dispatch (VmoeVulkan *vk, VkCommandBuffer cb, VmoeShader shader,
     const void *push, size_t size, uint32_t gx, uint32_t gy, uint32_t gz)
 {
-  vk->fn.vkCmdBindPipeline (cb, VK_PIPELINE_BIND_POINT_COMPUTE, vk->pipelines[shader]);
-  vk->fn.vkCmdPushConstants (cb, vk->pipeline_layout, VK_SHADER_STAGE_COMPUTE_BIT,
-      0, (uint32_t) size, push);
-  vk->fn.vkCmdDispatch (cb, gx, gy, gz);
+  dispatch_pipeline (vk, cb, shader, vk->pipelines[shader], push, size, gx, gy, gz);
 }
+
+/* Adds the last call's GPU time per shader (profiling only) and prints the
+ * running means to stderr. */
+static void
+profile_report (VmoeVulkan *vk, int n)
+{
+  if (!vk->queries || !vk->n_queries)
+    return;
+  guint64 *stamps = g_new (guint64, 2 * vk->n_queries);
+  if (vk->fn.vkGetQueryPoolResults (vk->device, vk->queries, 0, 2 * vk->n_queries,
+          2 * vk->n_queries * sizeof (guint64), stamps, sizeof (guint64),
+          VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT) == VK_SUCCESS) {
+    static const char *names[VMOE_N_SHADERS] = { "gemm", "gemm", "layernorm",
+      "attention", "embed", "pool", "route", "experts", "preprocess" };
+    double total = 0;
+    vk->profile_calls++;
+    for (uint32_t q = 0; q < vk->n_queries; q++)
+      vk->profile_ms[vk->query_shader[q]] += (stamps[2 * q + 1] - stamps[2 * q])
+          * (double) vk->props.limits.timestampPeriod / 1e6;
+    for (int s = 0; s < VMOE_N_SHADERS; s++)
+      total += vk->profile_ms[s];
+    GString *line = g_string_new (NULL);
+    for (int s = 0; s < VMOE_N_SHADERS; s++)
+      if (vk->profile_ms[s] > 0)
+        g_string_append_printf (line, " %s %.3f ms (%.0f%%)", names[s],
+            vk->profile_ms[s] / vk->profile_calls, 100 * vk->profile_ms[s] / total);
+    g_printerr ("vmoe vulkan profile, batch %d, mean of %d calls: dispatches %.3f ms:%s\n",
+        n, vk->profile_calls, total / vk->profile_calls, line->str);
+    g_string_free (line, TRUE);
+  }
+  g_free (stamps);
+}
+
 
 /* Dispatches `items` over workgroups of `per_group`, spilling past 65535
  * workgroups into y (the shaders' flat_group_id). */
@@ -920,12 +982,11 @@ gemm (VmoeVulkan *vk, VkCommandBuffer cb, VmoeGemmPush p, int experts)
     v = 2;
   else if (((rows + 63) / 64) * ((p.n + 63) / 64) < 128)
     v = 0;
+  if (vk->forced_tile)
+    v = vk->forced_tile - 1;
   uint32_t tile = gemm_tile_sizes[v];
-  vk->fn.vkCmdBindPipeline (cb, VK_PIPELINE_BIND_POINT_COMPUTE, vk->gemm_tiles[vk->fp16][v]);
-  vk->fn.vkCmdPushConstants (cb, vk->pipeline_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0,
-      sizeof p, &p);
-  vk->fn.vkCmdDispatch (cb, (p.n + tile - 1) / tile, (p.m + tile - 1) / tile,
-      (uint32_t) experts);
+  dispatch_pipeline (vk, cb, VMOE_SHADER_GEMM, vk->gemm_tiles[vk->fp16][v], &p, sizeof p,
+      (p.n + tile - 1) / tile, (p.m + tile - 1) / tile, (uint32_t) experts);
   full_barrier (vk, cb);
 }
 
@@ -1122,6 +1183,13 @@ forward_commands (VmoeVulkan *vk, int n, gboolean frames, GError **error)
     vk->fn.vkFreeCommandBuffers (vk->device, vk->command_pool, 1, &cb);
     return VK_NULL_HANDLE;
   }
+  if (vk->queries) {
+    /* Profiling times the latest recorded batch shape only. */
+    vk->n_queries = 0;
+    memset (vk->profile_ms, 0, sizeof vk->profile_ms);
+    vk->profile_calls = 0;
+    vk->fn.vkCmdResetQueryPool (cb, vk->queries, 0, 2 * MAX_PROFILED);
+  }
   record_forward (vk, cb, n, frames);
   if (!vk_check (vk->fn.vkEndCommandBuffer (cb), "recording the forward pass", error)) {
     vk->fn.vkFreeCommandBuffers (vk->device, vk->command_pool, 1, &cb);
@@ -1152,6 +1220,7 @@ run (VmoeVulkan *vk, int n, gboolean frames, const VkBufferCopy *copies,
   if (!vk_check (vk->fn.vkEndCommandBuffer (cb), "recording the upload", error)
       || !submit_and_wait (vk, cbs, 2, error))
     return FALSE;
+  profile_report (vk, n);
 
   const VmoeConfig *c = &vk->model->config;
   const float *floats = vk->download.mapped;
@@ -1268,6 +1337,8 @@ vmoe_vulkan_free (VmoeVulkan *vk)
       pool_free (vk, pools[j]);
     if (vk->fence)
       vk->fn.vkDestroyFence (vk->device, vk->fence, NULL);
+    if (vk->queries)
+      vk->fn.vkDestroyQueryPool (vk->device, vk->queries, NULL);
     if (vk->command_pool)
       vk->fn.vkDestroyCommandPool (vk->device, vk->command_pool, NULL);
     if (vk->descriptor_pool)
@@ -1290,6 +1361,7 @@ vmoe_vulkan_free (VmoeVulkan *vk)
   if (vk->recorded)
     g_array_free (vk->recorded, TRUE);
   g_free (vk->blocks);
+  g_free (vk->query_shader);
   vmoe_model_unref (vk->model);
   g_free (vk);
 }
@@ -1345,7 +1417,21 @@ vmoe_vulkan_new (VmoeModel *model, VmoeRoutingParams routing, const char *device
       || !create_pipelines (vk, error) || !upload_weights (vk, error)
       || !reserve (vk, 1, error))
     goto fail;
+  /* Tuning and diagnosis knobs, off by default. */
+  const char *tile = g_getenv ("VMOE_VULKAN_GEMM_TILE");
+  for (int v = 0; tile && v < 3; v++)
+    if ((uint32_t) atoi (tile) == gemm_tile_sizes[v])
+      vk->forced_tile = v + 1;
+  if (g_getenv ("VMOE_VULKAN_PROFILE") && vk->props.limits.timestampComputeAndGraphics) {
+    VkQueryPoolCreateInfo qinfo = { .sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO,
+      .queryType = VK_QUERY_TYPE_TIMESTAMP, .queryCount = 2 * MAX_PROFILED };
+    if (vk->fn.vkCreateQueryPool (vk->device, &qinfo, NULL, &vk->queries) == VK_SUCCESS)
+      vk->query_shader = g_new0 (VmoeShader, MAX_PROFILED);
+    else
+      vk->queries = VK_NULL_HANDLE;
+  }
   return vk;
+
 
 fail:
   vmoe_vulkan_free (vk);
