@@ -13,6 +13,7 @@ layout(constant_id = 1) const uint QB = 8;
 layout(constant_id = 2) const uint HEAD_DIM = 64;
 const uint KC = 32;
 const uint OUT_PER_THREAD = (QB * HEAD_DIM + 127u) / 128u;
+const uint ROW_THREADS = 128u / QB;       // QB is a power of two <= 128
 
 layout(push_constant) uniform Params {
   uint tokens, dim, heads;
@@ -56,34 +57,34 @@ void main()
   }
   barrier();
 
-  for (uint q = 0u; q < QB; q++) {
+  // Softmax: ROW_THREADS threads per query row, each over every
+  // ROW_THREADS-th key, then a pass over the row's partials: two barriers
+  // per phase whatever the block size.
+  {
+    uint q = lid / ROW_THREADS, sub = lid % ROW_THREADS;
     float m = -3.402823466e38;
-    for (uint j = lid; j < p.tokens; j += 128u)
+    for (uint j = sub; j < p.tokens; j += ROW_THREADS)
       m = max(m, scores[q][j]);
     partial[lid] = m;
     barrier();
-    for (uint s = 64u; s > 0u; s >>= 1) {
-      if (lid < s)
-        partial[lid] = max(partial[lid], partial[lid + s]);
-      barrier();
-    }
-    float row_max = partial[0];
+    float row_max = partial[q * ROW_THREADS];
+    for (uint i = 1u; i < ROW_THREADS; i++)
+      row_max = max(row_max, partial[q * ROW_THREADS + i]);
     barrier();
     float sum = 0.0;
-    for (uint j = lid; j < p.tokens; j += 128u) {
+    for (uint j = sub; j < p.tokens; j += ROW_THREADS) {
       float e = exp(scores[q][j] - row_max);
       scores[q][j] = e;
       sum += e;
     }
     partial[lid] = sum;
     barrier();
-    for (uint s = 64u; s > 0u; s >>= 1) {
-      if (lid < s)
-        partial[lid] += partial[lid + s];
-      barrier();
+    if (sub == 0u) {
+      float total = 0.0;
+      for (uint i = 0u; i < ROW_THREADS; i++)
+        total += partial[q * ROW_THREADS + i];
+      row_inv[q] = 1.0 / total;
     }
-    if (lid == 0u)
-      row_inv[q] = 1.0 / partial[0];
     barrier();
   }
 

@@ -698,7 +698,12 @@ create_pipelines (VmoeVulkan *vk, GError **error)
   uint32_t tokens = (uint32_t) vmoe_config_tokens (c);
   uint32_t head_dim = (uint32_t) (c->embed_dim / c->num_heads);
   uint32_t shared_limit = vk->props.limits.maxComputeSharedMemorySize;
-  uint32_t block = 16;
+  /* VMOE_VULKAN_ATTENTION_BLOCK (1 to 16, a power of two) overrides the
+   * query rows per workgroup, for tuning. */
+  const char *forced_block = g_getenv ("VMOE_VULKAN_ATTENTION_BLOCK");
+  uint32_t block = forced_block ? (uint32_t) CLAMP (atoi (forced_block), 1, 16) : 16;
+  while (block & (block - 1))
+    block &= block - 1;
   while (block > 1 && 4 * (block * head_dim + 32 * (head_dim + 1) + block * tokens
           + 128 + block) > shared_limit)
     block /= 2;
@@ -975,13 +980,10 @@ reserve (VmoeVulkan *vk, int n, GError **error)
 static void
 gemm (VmoeVulkan *vk, VkCommandBuffer cb, VmoeGemmPush p, int experts)
 {
-  /* Rows per expert are known only on the GPU; m / experts is their mean. */
-  guint64 rows = MAX (p.m / (uint32_t) experts, 1);
-  int v = 1;
-  if (((rows + 127) / 128) * ((p.n + 127) / 128) >= 256)
-    v = 2;
-  else if (((rows + 63) / 64) * ((p.n + 63) / 64) < 128)
-    v = 0;
+  /* 32 x 32 tiles: measured fastest on an H100 at batch 1, 8 and 64
+   * (bench/RESULTS.md); the larger ones stay for other devices, selected
+   * with VMOE_VULKAN_GEMM_TILE. */
+  int v = 0;
   if (vk->forced_tile)
     v = vk->forced_tile - 1;
   uint32_t tile = gemm_tile_sizes[v];
