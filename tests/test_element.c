@@ -13,6 +13,10 @@
 #include "vmoe/vmoe.h"
 
 static const char *parity_dir;
+/* "vulkan" mode: every harness runs backend=vulkan; results must match the
+ * CPU engine within score_tolerance. */
+static const char *backend = "cpu";
+static double score_tolerance = 1e-6;
 
 /* GstCheck bundles a Check without the floating-point assertions. */
 #define assert_near(a, b, tol) \
@@ -127,7 +131,10 @@ engine_expect (const char *model_name, const guint8 *pixels, gboolean gray, int 
   char *path = model_path (model_name);
   VmoeModel *model = vmoe_model_load (path, NULL);
   ck_assert (model);
-  VmoeSession *session = vmoe_session_new (model, NULL, NULL);
+  VmoeSessionOptions cpu;
+  vmoe_session_options_init (&cpu);
+  cpu.backend = VMOE_BACKEND_CPU;
+  VmoeSession *session = vmoe_session_new (model, &cpu, NULL);
   VmoeImage img;
   vmoe_image_init_packed (&img, pixels, w, h, gray ? 1 : 3, (size_t) w * (gray ? 1 : 3));
   ck_assert (vmoe_session_run_u8 (session, &img, 1, NULL));
@@ -148,6 +155,7 @@ harness_for (const char *model_name, const char *props, GstVideoFormat format,
   GstElement *element = gst_element_factory_make ("vmoeclassify", NULL);
   ck_assert (element != NULL);
   g_object_set (element, "model", path, NULL);
+  gst_util_set_object_arg (G_OBJECT (element), "backend", backend);
   char **assignments = g_strsplit (props ? props : "", " ", -1);
   for (char **a = assignments; *a; a++) {
     char **kv = g_strsplit (*a, "=", 2);
@@ -209,7 +217,7 @@ START_TEST (test_formats_match_engine)
       gst_video_format_to_string (format), meta->class_id, class_id);
   ck_assert_uint_eq (meta->n_top, 3);
   for (int i = 0; i < 3; i++)
-    assert_near (meta->top_scores[i], scores[i], 1e-6);
+    assert_near (meta->top_scores[i], scores[i], score_tolerance);
   ck_assert_int_eq (meta->n_experts, 1);
   ck_assert_int_eq (meta->experts[0], expert);
   ck_assert (meta->fresh);
@@ -239,7 +247,7 @@ START_TEST (test_gray_model_takes_luma)
   GstBuffer *out = push_frame (hs, in, 0);
   GstVmoeMeta *meta = gst_buffer_get_vmoe_meta (out);
   ck_assert_int_eq (meta->class_id, class_id);
-  assert_near (meta->score, scores[0], 1e-6);
+  assert_near (meta->score, scores[0], score_tolerance);
   ck_assert_int_eq (meta->n_experts, 0);
   gst_buffer_unref (out);
   gst_harness_teardown (hs);
@@ -478,8 +486,19 @@ START_TEST (test_bad_models_error_at_start)
   /* Settings the model cannot take. */
   char *path = model_path ("image_k1");
   expect_start_error (path, "experts-k=9", "experts-k 9");
-  /* Until the Vulkan backend lands (issue #5), asking for it is an error. */
+#ifdef VMOE_HAVE_VULKAN
+  /* A Vulkan device that is not there. */
+  char *saved = g_strdup (g_getenv ("VMOE_VULKAN_DEVICE"));
+  g_setenv ("VMOE_VULKAN_DEVICE", "no-such-gpu", TRUE);
+  expect_start_error (path, "backend=vulkan", "no matching device");
+  if (saved)
+    g_setenv ("VMOE_VULKAN_DEVICE", saved, TRUE);
+  else
+    g_unsetenv ("VMOE_VULKAN_DEVICE");
+  g_free (saved);
+#else
   expect_start_error (path, "backend=vulkan", "vulkan backend is not built");
+#endif
   g_free (path);
   expect_start_error ("", "", "no model set");
 }
@@ -507,7 +526,7 @@ START_TEST (test_caps_change_mid_stream)
     engine_expect ("image_k1", rgb, gray, steps[i].w, steps[i].h, &class_id, scores, &expert);
     GstVmoeMeta *meta = gst_buffer_get_vmoe_meta (out);
     ck_assert_int_eq (meta->class_id, class_id);
-    assert_near (meta->score, scores[0], 1e-6);
+    assert_near (meta->score, scores[0], score_tolerance);
     gst_buffer_unref (out);
     g_free (rgb);
   }
@@ -683,12 +702,56 @@ element_suite (void)
   return s;
 }
 
+/* The element on the Vulkan backend: the tests whose results are checked
+ * against the CPU engine, with Vulkan's tolerance. */
+static Suite *
+vulkan_suite (void)
+{
+  Suite *s = suite_create ("vmoeclassify-vulkan");
+  TCase *tc = tcase_create ("element");
+  tcase_set_timeout (tc, 300);
+  tcase_add_loop_test (tc, test_formats_match_engine, 0, G_N_ELEMENTS (all_formats));
+  tcase_add_test (tc, test_gray_model_takes_luma);
+  tcase_add_test (tc, test_messages);
+  tcase_add_test (tc, test_inference_interval);
+  tcase_add_test (tc, test_caps_change_mid_stream);
+  tcase_add_test (tc, test_routing_knobs);
+  suite_add_tcase (s, tc);
+  return s;
+}
+
+/* Whether a Vulkan session opens (VMOE_VULKAN_DEVICE picks the device). */
+static gboolean
+vulkan_opens (void)
+{
+  char *path = model_path ("image_k1");
+  VmoeModel *model = vmoe_model_load (path, NULL);
+  VmoeSessionOptions options;
+  vmoe_session_options_init (&options);
+  options.backend = VMOE_BACKEND_VULKAN;
+  GError *error = NULL;
+  VmoeSession *session = model ? vmoe_session_new (model, &options, &error) : NULL;
+  if (!session)
+    g_print ("test_element: skipped, no Vulkan session: %s\n",
+        error ? error->message : "no model");
+  gboolean ok = session != NULL;
+  g_clear_error (&error);
+  vmoe_session_free (session);
+  vmoe_model_unref (model);
+  g_free (path);
+  return ok;
+}
+
 int
 main (int argc, char **argv)
 {
-  if (argc != 3) {
-    g_printerr ("usage: test_element PARITY_DIR PLUGIN.so\n");
+  if (argc != 3 && !(argc == 4 && strcmp (argv[3], "vulkan") == 0)) {
+    g_printerr ("usage: test_element PARITY_DIR PLUGIN.so [vulkan]\n");
     return 1;
+  }
+  if (argc == 4) {
+    backend = "vulkan";
+    score_tolerance = 1e-4;
   }
   parity_dir = argv[1];
   gst_check_init (NULL, NULL);
@@ -699,7 +762,10 @@ main (int argc, char **argv)
     return 1;
   }
   gst_object_unref (plugin);
-  SRunner *runner = srunner_create (element_suite ());
+  parity_dir = argv[1];
+  if (argc == 4 && !vulkan_opens ())
+    return 77;
+  SRunner *runner = srunner_create (argc == 4 ? vulkan_suite () : element_suite ());
   srunner_run_all (runner, CK_NORMAL);
   int failed = srunner_ntests_failed (runner);
   srunner_free (runner);

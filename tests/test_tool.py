@@ -15,8 +15,9 @@ VMOE = PARITY = None
 COMMANDS = ["info", "run", "classify", "bench", "random-model"]
 
 
-def vmoe(*args):
-    return subprocess.run([VMOE, *args], capture_output=True, text=True, timeout=120)
+def vmoe(*args, env=None):
+    return subprocess.run([VMOE, *args], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, **(env or {})))
 
 
 class ToolTest(unittest.TestCase):
@@ -92,6 +93,34 @@ class ToolTest(unittest.TestCase):
             vmoe("run", model, os.path.join(PARITY, "dense.f32.npy"), "--backend", "tpu"),
             "unknown backend")
 
+    def test_vulkan_choice_and_errors(self):
+        model = os.path.join(PARITY, "image_k1.safetensors")
+        data = os.path.join(PARITY, "image_k1.f32.npy")
+        bench = ("bench", model, "--seconds", "0.1", "--json")
+        # No loader: backend vulkan is a one-line error, auto runs on the CPU.
+        no_loader = {"VMOE_VULKAN_LOADER": "/nonexistent/libvulkan.so.1"}
+        self.assert_one_line_error(vmoe("run", model, data, "--backend", "vulkan",
+                                        env=no_loader), "no Vulkan loader")
+        auto = vmoe(*bench, env=no_loader)
+        self.assertEqual(auto.returncode, 0, auto.stderr)
+        self.assertEqual(json.loads(auto.stdout)["backend"], "cpu")
+        probe = vmoe(*bench, "--backend", "vulkan", "--device", "cpu")
+        if probe.returncode != 0:
+            self.assertIn("vulkan", probe.stderr)
+            self.skipTest("no Vulkan device: " + probe.stderr.strip())
+        self.assertEqual(json.loads(probe.stdout)["backend"], "vulkan")
+        self.assert_one_line_error(vmoe("run", model, data, "--backend", "vulkan",
+                                        "--device", "no-such-gpu"), "no matching device")
+        # auto never takes a CPU device, even when it is the one named.
+        auto = vmoe(*bench, env={"VMOE_VULKAN_DEVICE": "cpu"})
+        self.assertEqual(json.loads(auto.stdout)["backend"], "cpu")
+        # The same classes from both backends through the tool.
+        cpu = vmoe("run", model, data, "--backend", "cpu")
+        gpu = vmoe("run", model, data, "--backend", "vulkan", "--device", "cpu")
+        self.assertEqual(gpu.returncode, 0, gpu.stderr)
+        top = lambda out: [json.loads(l)["top"][0]["class"] for l in out.splitlines()]
+        self.assertEqual(top(cpu.stdout), top(gpu.stdout))
+
     def test_classify_matches_run(self):
         """classify decodes through GStreamer; the scores equal `run` on the
         same pixels given as a uint8 array."""
@@ -153,11 +182,12 @@ class ToolTest(unittest.TestCase):
             bench = vmoe("bench", out, "--batch", "2", "--seconds", "0.2", "--json")
             self.assertEqual(bench.returncode, 0, bench.stderr)
             obj = json.loads(bench.stdout)
-            self.assertEqual(set(obj), {"backend", "batch", "images_per_s", "latency_ms",
-                                        "gflops"})
+            self.assertEqual(set(obj), {"backend", "device", "batch", "images_per_s",
+                                        "latency_ms", "gflops"})
             self.assertEqual(set(obj["latency_ms"]), {"p50", "p90", "p99"})
             self.assertEqual(obj["batch"], 2)
             self.assertEqual(obj["backend"], "cpu")
+            self.assertEqual(obj["device"], "cpu")
             self.assertGreater(obj["images_per_s"], 0)
             # Same seed, same bytes; another seed, other bytes.
             again = os.path.join(tmp, "again.safetensors")
