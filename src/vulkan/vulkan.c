@@ -980,10 +980,12 @@ reserve (VmoeVulkan *vk, int n, GError **error)
 static void
 gemm (VmoeVulkan *vk, VkCommandBuffer cb, VmoeGemmPush p, int experts)
 {
-  /* 32 x 32 tiles: measured fastest on an H100 at batch 1, 8 and 64
-   * (bench/RESULTS.md); the larger ones stay for other devices, selected
-   * with VMOE_VULKAN_GEMM_TILE. */
-  int v = 0;
+  /* 64 x 64 tiles, or 32 x 32 when that leaves too few workgroups to fill
+   * a GPU: measured on an H100 (bench/RESULTS.md), 64 beat 32 by 1.5x and
+   * 128 by 11x at batch 64 (the 8x8 register tile spills); 128 stays for
+   * other devices, through VMOE_VULKAN_GEMM_TILE. */
+  guint64 rows = MAX (p.m / (uint32_t) experts, 1);   /* mean rows per expert */
+  int v = ((rows + 63) / 64) * ((p.n + 63) / 64) < 128 ? 0 : 1;
   if (vk->forced_tile)
     v = vk->forced_tile - 1;
   uint32_t tile = gemm_tile_sizes[v];
