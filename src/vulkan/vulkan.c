@@ -74,7 +74,7 @@ static const struct {
 /* ------------------------------------------------------------ loader */
 
 #define INSTANCE_FUNCS(X) \
-  X (vkDestroyInstance) X (vkEnumeratePhysicalDevices) \
+  X (vkEnumeratePhysicalDevices) \
   X (vkGetPhysicalDeviceProperties) X (vkGetPhysicalDeviceFeatures2) \
   X (vkGetPhysicalDeviceQueueFamilyProperties) \
   X (vkGetPhysicalDeviceMemoryProperties) X (vkCreateDevice) \
@@ -1360,14 +1360,40 @@ vmoe_vulkan_free (VmoeVulkan *vk)
       vk->fn.vkDestroyDescriptorSetLayout (vk->device, vk->set_layout, NULL);
     vk->fn.vkDestroyDevice (vk->device, NULL);
   }
-  if (vk->instance)
-    vk->fn.vkDestroyInstance (vk->instance, NULL);
   if (vk->recorded)
     g_array_free (vk->recorded, TRUE);
   g_free (vk->blocks);
   g_free (vk->query_shader);
   vmoe_model_unref (vk->model);
   g_free (vk);
+}
+
+/* One Vulkan instance for the process, made on first use and kept: each
+ * session makes its own device from it.  Keeping it keeps the drivers
+ * loaded, so that probing for a GPU (backend auto) costs one instance per
+ * process, and so that LeakSanitizer can still name a driver's one-time
+ * allocations at exit (tests/lsan.supp). */
+static VkInstance
+shared_instance (PFN_vkGetInstanceProcAddr get_proc, GError **error)
+{
+  static gsize once = 0;
+  static VkInstance instance = VK_NULL_HANDLE;
+  static VkResult result = VK_ERROR_INITIALIZATION_FAILED;
+  if (g_once_init_enter (&once)) {
+    PFN_vkCreateInstance create_instance =
+        (PFN_vkCreateInstance) get_proc (NULL, "vkCreateInstance");
+    VkApplicationInfo app = { .sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
+      .pApplicationName = "vmoe", .pEngineName = "libvmoe",
+      .apiVersion = VK_API_VERSION_1_1 };
+    VkInstanceCreateInfo info = { .sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO,
+      .pApplicationInfo = &app };
+    if (create_instance)
+      result = create_instance (&info, NULL, &instance);
+    g_once_init_leave (&once, 1);
+  }
+  if (!vk_check (result, "creating a Vulkan 1.1 instance", error))
+    return VK_NULL_HANDLE;
+  return instance;
 }
 
 static gboolean
@@ -1397,14 +1423,8 @@ vmoe_vulkan_new (VmoeModel *model, VmoeRoutingParams routing, const char *device
   vk->fp16 = fp16;
   vk->recorded = g_array_new (FALSE, FALSE, sizeof (Recorded));
 
-  PFN_vkCreateInstance create_instance =
-      (PFN_vkCreateInstance) get_proc (NULL, "vkCreateInstance");
-  VkApplicationInfo app = { .sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
-    .pApplicationName = "vmoe", .pEngineName = "libvmoe", .apiVersion = VK_API_VERSION_1_1 };
-  VkInstanceCreateInfo info = { .sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO,
-    .pApplicationInfo = &app };
-  if (!create_instance || !vk_check (create_instance (&info, NULL, &vk->instance),
-          "creating a Vulkan 1.1 instance", error))
+  vk->instance = shared_instance (get_proc, error);
+  if (!vk->instance)
     goto fail;
 #define LOAD(name) \
   vk->fn.name = (PFN_##name) get_proc (vk->instance, #name); \
