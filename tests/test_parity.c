@@ -215,6 +215,10 @@ main (int argc, char **argv)
   tcase_add_loop_test (tc, test_case, 0, n_cases);
   suite_add_tcase (s, tc);
   SRunner *runner = srunner_create (s);
+  /* A Vulkan instance (made by the probe above, kept for the process) does
+   * not survive fork(): run the Vulkan modes in this process. */
+  if (options.backend == VMOE_BACKEND_VULKAN)
+    srunner_set_fork_status (runner, CK_NOFORK);
   srunner_run_all (runner, CK_VERBOSE);
   int failed = srunner_ntests_failed (runner);
   srunner_free (runner);

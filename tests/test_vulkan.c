@@ -10,6 +10,8 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 
 #define TOL 1e-5
@@ -451,6 +453,17 @@ START_TEST (test_errors)
       error ? error->message : "");
   g_free (input), g_free (out.logits), g_free (out.experts), g_free (out.gates);
   vmoe_vulkan_free (other);
+
+  /* A child forked after Vulkan was set up gets an error, not a hang. */
+  pid_t pid = fork ();
+  if (pid == 0) {
+    GError *child_error = NULL;
+    VmoeVulkan *child = vmoe_vulkan_new (model, routing, NULL, FALSE, FALSE, &child_error);
+    _exit (!child && child_error && strstr (child_error->message, "forked") ? 0 : 1);
+  }
+  int status = 0;
+  ck_assert_int_eq (waitpid (pid, &status, 0), pid);
+  ck_assert (WIFEXITED (status) && WEXITSTATUS (status) == 0);
 }
 END_TEST
 

@@ -17,6 +17,7 @@
 #include "vk-backend.h"
 
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <math.h>
 #include <string.h>
@@ -1373,13 +1374,29 @@ vmoe_vulkan_free (VmoeVulkan *vk)
  * loaded, so that probing for a GPU (backend auto) costs one instance per
  * process, and so that LeakSanitizer can still name a driver's one-time
  * allocations at exit (tests/lsan.supp). */
+static volatile gboolean forked_after_init;
+
+static void
+mark_forked_child (void)
+{
+  forked_after_init = TRUE;
+}
+
 static VkInstance
 shared_instance (PFN_vkGetInstanceProcAddr get_proc, GError **error)
 {
   static gsize once = 0;
   static VkInstance instance = VK_NULL_HANDLE;
   static VkResult result = VK_ERROR_INITIALIZATION_FAILED;
+  if (forked_after_init) {
+    /* The driver's threads and device state did not come along. */
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_BACKEND,
+        "vulkan: this process was forked after Vulkan was set up in its "
+        "parent; Vulkan sessions must be made before forking or in a fresh process");
+    return VK_NULL_HANDLE;
+  }
   if (g_once_init_enter (&once)) {
+    pthread_atfork (NULL, NULL, mark_forked_child);
     PFN_vkCreateInstance create_instance =
         (PFN_vkCreateInstance) get_proc (NULL, "vkCreateInstance");
     VkApplicationInfo app = { .sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
