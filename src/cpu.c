@@ -20,7 +20,8 @@ struct VmoeCpu {
   float *attn;                /* [N, T, D] */
   float *hidden;              /* [N*T*k, M] MLP hidden */
   float *scores;              /* [T, T] */
-  float *patches;             /* [N*Np, C*P*P] */
+  float *patches;             /* [N*Np, C*P*P]: shares hidden's memory (the
+                                 embedding is done before any MLP runs) */
   float *gather_in, *gather_out;  /* [N*T*k, D] rows of one expert */
   float *router_probs;        /* [N*T, E] (image routing: [N, E]) */
   float *router_input;        /* [N, D] */
@@ -445,8 +446,9 @@ vmoe_cpu_forward (VmoeCpu *cpu, const float *input, int n, VmoeRawOutput *out)
 static void
 workspace_free (VmoeCpu *cpu)
 {
+  cpu->patches = NULL;
   float **floats[] = { &cpu->x, &cpu->z, &cpu->qkv, &cpu->attn, &cpu->hidden,
-    &cpu->scores, &cpu->patches, &cpu->gather_in, &cpu->gather_out,
+    &cpu->scores, &cpu->gather_in, &cpu->gather_out,
     &cpu->router_probs, &cpu->router_input, &cpu->pooled, &cpu->row_weights,
     &cpu->choice_p };
   for (guint i = 0; i < G_N_ELEMENTS (floats); i++)
@@ -475,9 +477,10 @@ vmoe_cpu_reserve (VmoeCpu *cpu, int n)
   cpu->z = g_new (float, MAX (rows * d, (size_t) n * vmoe_config_patches (c) * d));
   cpu->qkv = g_new (float, rows * 3 * d);
   cpu->attn = g_new (float, rows * d);
-  cpu->hidden = g_new (float, expert_rows * cpu->hidden_dim);
+  size_t patches_len = (size_t) n * vmoe_config_patches (c) * patch_len;
+  cpu->hidden = g_new (float, MAX (expert_rows * cpu->hidden_dim, patches_len));
+  cpu->patches = cpu->hidden;
   cpu->scores = g_new (float, t * t);
-  cpu->patches = g_new (float, (size_t) n * vmoe_config_patches (c) * patch_len);
   cpu->gather_in = g_new (float, expert_rows * d);
   cpu->gather_out = g_new (float, expert_rows * d);
   cpu->router_probs = g_new (float, rows * MAX (c->num_experts, 1));

@@ -22,7 +22,9 @@ struct VmoeSession {
 
   int reserved;                    /* images the buffers hold */
   int n_last;                      /* images of the last run */
-  float *input;                    /* [N, C, H, W] for the 8-bit path */
+  float *input;                    /* [N, C, H, W] for the 8-bit path on
+                                      the CPU; made on its first use */
+  int input_images;                /* images `input` holds */
   VmoeRawOutput raw;
   float *probs;                    /* [N, K] */
   int *top_classes;                /* [N, n_top] */
@@ -73,6 +75,7 @@ static void
 buffers_free (VmoeSession *s)
 {
   g_clear_pointer (&s->input, g_free);
+  s->input_images = 0;
   g_clear_pointer (&s->raw.logits, g_free);
   g_clear_pointer (&s->raw.experts, g_free);
   g_clear_pointer (&s->raw.gates, g_free);
@@ -95,7 +98,6 @@ reserve (VmoeSession *s, int n)
   const VmoeConfig *c = &s->model->config;
   buffers_free (s);
   size_t k = s->routing.top_k, layers = c->n_moe_layers, e = c->num_experts;
-  s->input = g_new (float, (size_t) n * c->in_channels * c->image_h * c->image_w);
   s->raw.logits = g_new (float, (size_t) n * c->num_classes);
   s->raw.experts = g_new0 (int, MAX (n * k, 1));
   s->raw.gates = g_new0 (float, MAX (n * k, 1));
@@ -305,6 +307,11 @@ vmoe_session_run_u8 (VmoeSession *s, const VmoeImage *images, int n, GError **er
 #endif
   const VmoeConfig *c = &s->model->config;
   size_t per_image = (size_t) c->in_channels * c->image_h * c->image_w;
+  if (s->input_images < n) {
+    g_free (s->input);
+    s->input = g_new (float, per_image * n);
+    s->input_images = n;
+  }
   for (int i = 0; i < n; i++)
     if (!vmoe_preprocess (c, &images[i], s->input + i * per_image, error))
       return FALSE;

@@ -374,13 +374,15 @@ percentile (const GArray *sorted, double q)
 static int
 cmd_bench (int argc, char **argv)
 {
-  int status = 0, batch = 1;
+  int status = 0, batch = 1, n_sessions = 1;
   double seconds = 5.0;
   BackendArgs args = { 0 };
   gboolean json = FALSE;
   GOptionEntry entries[] = {
     BACKEND_OPTIONS (args),
     { "batch", 0, 0, G_OPTION_ARG_INT, &batch, "Images per call (default 1)", "N" },
+    { "sessions", 0, 0, G_OPTION_ARG_INT, &n_sessions,
+      "Sessions sharing the model, called in turn (default 1)", "N" },
     { "seconds", 0, 0, G_OPTION_ARG_DOUBLE, &seconds, "Time to measure (default 5)", "S" },
     { "json", 0, 0, G_OPTION_ARG_NONE, &json, "Print one JSON object", NULL },
     { NULL }
@@ -393,18 +395,24 @@ cmd_bench (int argc, char **argv)
     status = fail ("bench", "expects one MODEL argument (see --help)");
     goto out;
   }
-  if (batch < 1 || !(seconds > 0) || args.threads < 0) {
-    status = fail ("bench", "--batch must be at least 1 and --seconds positive");
+  if (batch < 1 || !(seconds > 0) || args.threads < 0 || n_sessions < 1 || n_sessions > 64) {
+    status = fail ("bench", "--batch must be at least 1, --seconds positive, --sessions 1 to 64");
     goto out;
   }
   GError *error = NULL;
-  VmoeSession *session = NULL;
+  VmoeSession *sessions[64] = { NULL };
   VmoeModel *model = vmoe_model_load (argv[1], &error);
-  if (!model || !make_session (&args, 5, model, &session, &error)) {
+  gboolean made = model != NULL;
+  for (int i = 0; made && i < n_sessions; i++)
+    made = make_session (&args, 5, model, &sessions[i], &error);
+  if (!made) {
     status = fail_error ("bench", error);
+    for (int i = 0; i < n_sessions; i++)
+      vmoe_session_free (sessions[i]);
     vmoe_model_unref (model);
     goto out;
   }
+  VmoeSession *session = sessions[0];
   const VmoeConfig *c = vmoe_model_get_config (model);
   size_t count = (size_t) batch * c->in_channels * c->image_h * c->image_w;
   float *input = g_new (float, count);
@@ -413,14 +421,16 @@ cmd_bench (int argc, char **argv)
     input[i] = (float) g_rand_double_range (rand, -2, 2);
   g_rand_free (rand);
 
-  /* One untimed call sizes every buffer and warms caches. */
-  gboolean ok = vmoe_session_run_f32 (session, input, batch, &error);
+  /* One untimed call per session sizes every buffer and warms caches. */
+  gboolean ok = TRUE;
+  for (int i = 0; ok && i < n_sessions; i++)
+    ok = vmoe_session_run_f32 (sessions[i], input, batch, &error);
   GArray *latencies = g_array_new (FALSE, FALSE, sizeof (double));
   gint64 start = g_get_monotonic_time ();
   double elapsed = 0;
   while (ok && (elapsed < seconds || latencies->len < 3)) {
     gint64 t0 = g_get_monotonic_time ();
-    ok = vmoe_session_run_f32 (session, input, batch, &error);
+    ok = vmoe_session_run_f32 (sessions[latencies->len % n_sessions], input, batch, &error);
     gint64 t1 = g_get_monotonic_time ();
     double ms = (t1 - t0) / 1000.0;
     g_array_append_val (latencies, ms);
@@ -448,7 +458,8 @@ cmd_bench (int argc, char **argv)
   }
   g_array_free (latencies, TRUE);
   g_free (input);
-  vmoe_session_free (session);
+  for (int i = 0; i < n_sessions; i++)
+    vmoe_session_free (sessions[i]);
   vmoe_model_unref (model);
 out:
   backend_args_clear (&args);
