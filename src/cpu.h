@@ -32,6 +32,10 @@ void vmoe_cpu_forward (VmoeCpu *cpu, const float *input, int n, VmoeRawOutput *o
 void vmoe_layernorm_forward (float *out, const float *inp, const float *weight,
     const float *bias, int rows, int dim, float eps);
 void vmoe_gelu_forward (float *x, size_t n, VmoeActivation act);
+/* The erf that the erf GELU uses (a rational approximation). */
+float vmoe_erf (float x);
+/* The exp that softmax uses, for x <= 0 (a polynomial). */
+float vmoe_exp_nonpositive (float x);
 void vmoe_softmax_rows (float *x, int rows, int cols);
 void vmoe_topk (const float *values, int n, int k, int *index, float *top);
 void vmoe_attention_forward (float *out, const float *qkv, float *scores,

@@ -47,6 +47,29 @@ START_TEST (test_gelu)
 }
 END_TEST
 
+START_TEST (test_erf_matches_libm)
+{
+  /* The GELU's vectorisable erf against the C library's double erf. */
+  double worst = 0;
+  for (double x = -8; x <= 8; x += 1e-3)
+    worst = MAX (worst, fabs (vmoe_erf ((float) x) - erf (x)));
+  ck_assert_msg (worst < 5e-7, "worst |erf error| %g", worst);
+}
+END_TEST
+
+START_TEST (test_exp_matches_libm)
+{
+  /* softmax's exp on its domain (x <= 0) against the C library's double exp. */
+  double worst = 0;
+  for (double x = -87; x <= 0; x += 1e-3) {
+    float xf = (float) x;       /* the reference at the float the op sees */
+    worst = MAX (worst, fabs (vmoe_exp_nonpositive (xf) - exp (xf)) / exp (xf));
+  }
+  ck_assert_msg (worst < 3e-7, "worst relative exp error %g", worst);
+  ck_assert_float_eq (vmoe_exp_nonpositive (0.0f), 1.0f);
+}
+END_TEST
+
 START_TEST (test_softmax)
 {
   /* exp(log k) = k: the row normalises to k / 6. */
@@ -379,6 +402,8 @@ ops_suite (void)
   TCase *tc = tcase_create ("ops");
   tcase_add_test (tc, test_layernorm);
   tcase_add_test (tc, test_gelu);
+  tcase_add_test (tc, test_erf_matches_libm);
+  tcase_add_test (tc, test_exp_matches_libm);
   tcase_add_test (tc, test_softmax);
   tcase_add_test (tc, test_topk_ties_go_to_lower_index);
   tcase_add_test (tc, test_attention);
