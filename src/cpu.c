@@ -205,23 +205,29 @@ vmoe_topk (const float *values, int n, int k, int *index, float *top)
   }
 }
 
-/* out (rows, lin->out) = inp (rows, lin->in) W^T + b, or += with accumulate. */
+/* out (rows, lin->out) = inp (rows, lin->in) W^T + b, or += with accumulate.
+ * The bias goes in before the product, so that sgemm runs with beta = 1:
+ * with beta = 0 OpenBLAS first clears the output in a pass of its own, and
+ * the bias would then need another. */
 static void
 linear_forward (float *out, const float *inp, const VmoeLinear *lin, int rows,
     gboolean accumulate)
 {
   if (rows == 0)
     return;
-  cblas_sgemm (CblasRowMajor, CblasNoTrans, CblasTrans, rows, lin->out, lin->in,
-      1.0f, inp, lin->in, lin->weight, lin->in, accumulate ? 1.0f : 0.0f,
-      out, lin->out);
-  if (!lin->bias)
-    return;
-  for (int r = 0; r < rows; r++) {
-    float *y = out + (size_t) r * lin->out;
-    for (int i = 0; i < lin->out; i++)
-      y[i] += lin->bias[i];
+  if (lin->bias) {
+    for (int r = 0; r < rows; r++) {
+      float *y = out + (size_t) r * lin->out;
+      if (accumulate)
+        for (int i = 0; i < lin->out; i++)
+          y[i] += lin->bias[i];
+      else
+        memcpy (y, lin->bias, lin->out * sizeof (float));
+    }
   }
+  cblas_sgemm (CblasRowMajor, CblasNoTrans, CblasTrans, rows, lin->out, lin->in,
+      1.0f, inp, lin->in, lin->weight, lin->in,
+      accumulate || lin->bias ? 1.0f : 0.0f, out, lin->out);
 }
 
 /* qkv is (N, T, 3D) with q, k, v each split into heads of D/H columns;
