@@ -33,6 +33,23 @@ for f in confusion.png experts_block0.png experts_block1.png analysis.json; do
   [ -s "$out/analysis/$f" ] || fail "analyze wrote no $f"
 done
 
+# The like-for-like baseline (dense continued from a checkpoint) and the
+# seed table: seeds.sh runs dense -> superclasses -> moe and dense-cont.
+DENSE_EPOCHS=1 MOE_EPOCHS=1 THREADS=1 EXTRA="--arch $out/arch.json --steps 15" \
+  sh "$src/training/seeds.sh" "$out/seeds" 0 > "$out/seeds.txt"
+for run in dense-s0 dense-cont-s0 moe-s0; do
+  [ -s "$out/seeds/$run/summary.json" ] || fail "seeds.sh wrote no $run"
+done
+grep -q "^| moe | " "$out/seeds.txt" || fail "table lacks the moe row"
+/usr/bin/python3 - "$out/seeds/table.json" <<'PY' || fail "table.json"
+import json, sys
+t = json.load(open(sys.argv[1]))
+assert set(t) == {"dense", "dense-cont", "moe"}, t
+assert all(0 <= r["mean"] <= 1 for r in t.values()), t
+PY
+$T dense --init "$out/moe/checkpoint.pt" --out "$out/bad" --steps 1 2>/dev/null \
+  && fail "dense --init accepted a MoE checkpoint"
+
 # Users' own data: one sub-folder per class.
 /usr/bin/python3 - "$out/folder" <<'PY'
 import os, sys

@@ -76,7 +76,8 @@ static const struct {
 
 #define INSTANCE_FUNCS(X) \
   X (vkEnumeratePhysicalDevices) \
-  X (vkGetPhysicalDeviceProperties) X (vkGetPhysicalDeviceFeatures2) \
+  X (vkGetPhysicalDeviceProperties) X (vkGetPhysicalDeviceProperties2) \
+  X (vkGetPhysicalDeviceFeatures2) \
   X (vkGetPhysicalDeviceQueueFamilyProperties) \
   X (vkGetPhysicalDeviceMemoryProperties) X (vkCreateDevice) \
   X (vkDestroyDevice) X (vkGetDeviceQueue) X (vkCreateBuffer) \
@@ -194,6 +195,7 @@ struct VmoeVulkan {
   VkInstance instance;
   VkPhysicalDevice physical;
   VkPhysicalDeviceProperties props;
+  VkDeviceSize max_allocation; /* maxMemoryAllocationSize */
   VkDevice device;
   VkQueue queue;
   uint32_t queue_family;
@@ -273,6 +275,13 @@ pool_new (VmoeVulkan *vk, Pool *pool, guint64 bytes, gboolean host,
         "vulkan: the %s need %" G_GUINT64_FORMAT " bytes, more than this "
         "device's maxStorageBufferRange (%u); use a smaller batch or backend cpu",
         what, bytes, vk->props.limits.maxStorageBufferRange);
+    return FALSE;
+  }
+  if (vk->max_allocation && bytes > vk->max_allocation) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_BACKEND,
+        "vulkan: the %s need %" G_GUINT64_FORMAT " bytes, more than this "
+        "device's maxMemoryAllocationSize (%" G_GUINT64_FORMAT "); use a smaller "
+        "batch or backend cpu", what, bytes, (guint64) vk->max_allocation);
     return FALSE;
   }
   VkBufferCreateInfo info = { .sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
@@ -575,7 +584,13 @@ choose_device (VmoeVulkan *vk, const char *request, gboolean gpu_only, GError **
   }
   if (best >= 0) {
     vk->physical = devices[best];
-    vk->fn.vkGetPhysicalDeviceProperties (vk->physical, &vk->props);
+    VkPhysicalDeviceMaintenance3Properties maintenance3 = {
+      .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES };
+    VkPhysicalDeviceProperties2 props2 = {
+      .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &maintenance3 };
+    vk->fn.vkGetPhysicalDeviceProperties2 (vk->physical, &props2);
+    vk->props = props2.properties;
+    vk->max_allocation = maintenance3.maxMemoryAllocationSize;
     if (gpu_only && is_cpu_device (&vk->props))
       best = -1;
   }
