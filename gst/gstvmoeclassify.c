@@ -25,6 +25,8 @@ enum {
   PROP_0,
   PROP_MODEL,
   PROP_BACKEND,
+  PROP_DEVICE,
+  PROP_FP16,
   PROP_TOP_K,
   PROP_INFERENCE_INTERVAL,
   PROP_THREADS,
@@ -45,6 +47,8 @@ struct _GstVmoeClassify {
   /* Properties, under the object lock. */
   gchar *model_path;
   VmoeBackend backend;
+  gchar *device;
+  gboolean fp16;
   guint top_k;
   guint interval;
   gint threads;
@@ -99,12 +103,19 @@ new_session (GstVmoeClassify *self, VmoeModel *model, GError **error)
   vmoe_session_options_init (&options);
   GST_OBJECT_LOCK (self);
   options.backend = self->backend;
+  /* A copy: the session is made outside the lock, which may take long
+   * (a Vulkan device and its weight upload). */
+  gchar *device = g_strdup (self->device);
+  options.device = device;
+  options.fp16 = self->fp16;
   options.threads = self->threads;
   options.top_k = (int) self->top_k;
   options.experts_k = self->experts_k;
   options.capacity_ratio = self->capacity_ratio;
   GST_OBJECT_UNLOCK (self);
-  return vmoe_session_new (model, &options, error);
+  VmoeSession *session = vmoe_session_new (model, &options, error);
+  g_free (device);
+  return session;
 }
 
 static VmoeSession *
@@ -545,6 +556,13 @@ gst_vmoe_classify_set_property (GObject *object, guint prop_id,
     case PROP_BACKEND:
       self->backend = g_value_get_enum (value);
       break;
+    case PROP_DEVICE:
+      g_free (self->device);
+      self->device = g_value_dup_string (value);
+      break;
+    case PROP_FP16:
+      self->fp16 = g_value_get_boolean (value);
+      break;
     case PROP_TOP_K:
       self->top_k = g_value_get_uint (value);
       self->options_changed = TRUE;
@@ -593,6 +611,12 @@ gst_vmoe_classify_get_property (GObject *object, guint prop_id, GValue *value,
     case PROP_BACKEND:
       g_value_set_enum (value, self->backend);
       break;
+    case PROP_DEVICE:
+      g_value_set_string (value, self->device);
+      break;
+    case PROP_FP16:
+      g_value_set_boolean (value, self->fp16);
+      break;
     case PROP_TOP_K:
       g_value_set_uint (value, self->top_k);
       break;
@@ -630,6 +654,7 @@ gst_vmoe_classify_finalize (GObject *object)
   vmoe_session_free (self->session);
   gst_clear_buffer (&self->last);
   g_free (self->model_path);
+  g_free (self->device);
   g_mutex_clear (&self->swap_lock);
   G_OBJECT_CLASS (parent_class)->finalize (object);
 }
@@ -654,6 +679,15 @@ gst_vmoe_classify_class_init (GstVmoeClassifyClass *klass)
   g_object_class_install_property (gobject_class, PROP_BACKEND,
       g_param_spec_enum ("backend", "Backend", "Inference backend",
           GST_TYPE_VMOE_BACKEND, VMOE_BACKEND_AUTO, rw | GST_PARAM_MUTABLE_READY));
+  g_object_class_install_property (gobject_class, PROP_DEVICE,
+      g_param_spec_string ("device", "Vulkan device", "Vulkan device for "
+          "backend vulkan or auto: auto, an index, cpu (e.g. lavapipe) or part "
+          "of the device name (NULL: $VMOE_VULKAN_DEVICE, else auto)", NULL,
+          rw | GST_PARAM_MUTABLE_READY));
+  g_object_class_install_property (gobject_class, PROP_FP16,
+      g_param_spec_boolean ("fp16", "fp16 weights", "Vulkan: keep the GEMM "
+          "weights as half floats (logits within 1e-2 relative)", FALSE,
+          rw | GST_PARAM_MUTABLE_READY));
   g_object_class_install_property (gobject_class, PROP_TOP_K,
       g_param_spec_uint ("top-k", "Top k", "Classes reported per frame in the "
           "meta and messages", 1, 1000, DEFAULT_TOP_K, rw | GST_PARAM_MUTABLE_PLAYING));

@@ -491,6 +491,10 @@ START_TEST (test_bad_models_error_at_start)
   char *saved = g_strdup (g_getenv ("VMOE_VULKAN_DEVICE"));
   g_setenv ("VMOE_VULKAN_DEVICE", "no-such-gpu", TRUE);
   expect_start_error (path, "backend=vulkan", "no matching device");
+  /* The element's own device property wins over the environment. */
+  g_unsetenv ("VMOE_VULKAN_DEVICE");
+  expect_start_error (path, "backend=vulkan device=another-missing-gpu",
+      "another-missing-gpu");
   if (saved)
     g_setenv ("VMOE_VULKAN_DEVICE", saved, TRUE);
   else
@@ -702,6 +706,33 @@ element_suite (void)
   return s;
 }
 
+/* The device and fp16 properties reach the engine: fp16 weights give the
+ * CPU engine's class with scores within the fp16 tolerance. */
+START_TEST (test_vulkan_device_and_fp16)
+{
+  const int w = 40, h = 30;
+  guint8 *rgb = g_malloc (w * h * 3);
+  gboolean gray;
+  GstBuffer *in = make_frame (GST_VIDEO_FORMAT_RGB, w, h, 3, rgb, &gray);
+  int class_id, expert;
+  float scores[5];
+  engine_expect ("image_k1", rgb, gray, w, h, &class_id, scores, &expert);
+  const char *device = g_getenv ("VMOE_VULKAN_DEVICE");
+  char *props = g_strdup_printf ("fp16=true device=%s", device ? device : "auto");
+  GstHarness *hs = harness_for ("image_k1", props, GST_VIDEO_FORMAT_RGB, w, h);
+  GstBuffer *out = push_frame (hs, in, 0);
+  GstVmoeMeta *meta = gst_buffer_get_vmoe_meta (out);
+  ck_assert (meta != NULL);
+  ck_assert_int_eq (meta->class_id, class_id);
+  assert_near (meta->score, scores[0], 1e-2);
+  ck_assert_int_eq (meta->experts[0], expert);
+  gst_buffer_unref (out);
+  gst_harness_teardown (hs);
+  g_free (props);
+  g_free (rgb);
+}
+END_TEST
+
 /* The element on the Vulkan backend: the tests whose results are checked
  * against the CPU engine, with Vulkan's tolerance. */
 static Suite *
@@ -716,6 +747,7 @@ vulkan_suite (void)
   tcase_add_test (tc, test_inference_interval);
   tcase_add_test (tc, test_caps_change_mid_stream);
   tcase_add_test (tc, test_routing_knobs);
+  tcase_add_test (tc, test_vulkan_device_and_fp16);
   suite_add_tcase (s, tc);
   return s;
 }
