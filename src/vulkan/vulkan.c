@@ -818,6 +818,23 @@ append_mlp (GArray *host, const VmoeMlp *mlp)
   return (MlpOffsets) { append_linear (host, &mlp->fc1), append_linear (host, &mlp->fc2) };
 }
 
+/* One tensor of every expert, one after another; returns expert 0's offset
+ * (expert e's is that plus e times the tensor's size). */
+static uint32_t
+append_stacked (GArray *host, const VmoeMlp *experts, int count, gboolean fc2,
+    gboolean bias)
+{
+  uint32_t first = host->len;
+  for (int e = 0; e < count; e++) {
+    const VmoeLinear *lin = fc2 ? &experts[e].fc2 : &experts[e].fc1;
+    if (bias)
+      append (host, lin->bias, lin->out);
+    else
+      append (host, lin->weight, (size_t) lin->in * lin->out);
+  }
+  return first;
+}
+
 static uint16_t
 half_from_float (float f)
 {
@@ -872,26 +889,10 @@ upload_weights (VmoeVulkan *vk, GError **error)
     /* Stacked: all fc1 weights, all fc1 biases, all fc2 weights, all fc2
      * biases (the biases are required for experts). */
     int me = c->expert_mlp_dim;
-    for (int e = 0; e < c->num_experts; e++) {
-      uint32_t at = append (host, blk->experts[e].fc1.weight, (size_t) me * d);
-      if (e == 0)
-        o->experts.fc1.w = at;
-    }
-    for (int e = 0; e < c->num_experts; e++) {
-      uint32_t at = append (host, blk->experts[e].fc1.bias, me);
-      if (e == 0)
-        o->experts.fc1.b = at;
-    }
-    for (int e = 0; e < c->num_experts; e++) {
-      uint32_t at = append (host, blk->experts[e].fc2.weight, (size_t) d * me);
-      if (e == 0)
-        o->experts.fc2.w = at;
-    }
-    for (int e = 0; e < c->num_experts; e++) {
-      uint32_t at = append (host, blk->experts[e].fc2.bias, d);
-      if (e == 0)
-        o->experts.fc2.b = at;
-    }
+    o->experts.fc1.w = append_stacked (host, blk->experts, c->num_experts, FALSE, FALSE);
+    o->experts.fc1.b = append_stacked (host, blk->experts, c->num_experts, FALSE, TRUE);
+    o->experts.fc2.w = append_stacked (host, blk->experts, c->num_experts, TRUE, FALSE);
+    o->experts.fc2.b = append_stacked (host, blk->experts, c->num_experts, TRUE, TRUE);
     o->fc1_w_stride = (uint32_t) me * d;
     o->fc1_b_stride = (uint32_t) me;
     o->fc2_w_stride = (uint32_t) d * me;
