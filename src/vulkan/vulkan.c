@@ -1289,7 +1289,7 @@ vmoe_vulkan_forward_u8 (VmoeVulkan *vk, const VmoeImage *images, int n,
     for (int p = 0; p < 3; p++)
       frame_bytes += (vmoe_image_plane_bytes (&images[j], p) + 3) & ~(guint64) 3;
   }
-  if (frame_bytes >= G_MAXUINT32) {
+  if (frame_bytes >= G_MAXINT32) {      /* plane offsets are int32 in the shader */
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
         "vulkan: %d frames of %" G_GUINT64_FORMAT " bytes are too large for one call",
         n, frame_bytes);
