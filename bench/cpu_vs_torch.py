@@ -74,7 +74,13 @@ def main():
             [vmoe, "info", path], capture_output=True, text=True,
             check=True).stdout.splitlines() if line.startswith("GFLOPs/image")))
         results["gflop_per_image"] = gflop
-        sgemm_cmd = [sgemm, str(8 * 197), "768", "192", str(min(args.seconds, 2.0))]
+        # The model's largest GEMM at batch 8: (8 * tokens) x D by D x MLP.
+        h, w = config["image_size"]
+        tokens = (h // config["patch_size"]) * (w // config["patch_size"]) \
+            + (1 if config.get("class_token", True) else 0)
+        shape = (8 * tokens, config["mlp_dim"], config["embed_dim"])
+        results["sgemm_shape"] = shape
+        sgemm_cmd = [sgemm, *map(str, shape), str(min(args.seconds, 2.0))]
         sgemm_rates = []
         for batch in [int(b) for b in args.batches.split(",")]:
             ours, theirs, shares = [], [], []
@@ -105,9 +111,10 @@ def main():
         print("%5d  %10.2f  %11.2f  %5.2f  %12.2f  %13.0f%%  %11.2f" % (
             b["batch"], b["vmoe_images_per_s"], b["torch_images_per_s"], b["ratio"],
             b["vmoe_gflops"], 100 * b["share_of_sgemm"], b["vmoe_p50_ms"]))
-    print("sgemm 1576x192 by 192x768: %.2f GFLOP/s (median; share = median of the "
+    m, n, k = results["sgemm_shape"]
+    print("sgemm %dx%d by %dx%d: %.2f GFLOP/s (median; share = median of the "
           "per-round ratios, each against the sgemm run right after it)"
-          % results["sgemm"]["gflops"])
+          % (m, k, k, n, results["sgemm"]["gflops"]))
 
 
 if __name__ == "__main__":

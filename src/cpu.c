@@ -261,19 +261,8 @@ static void
 mlp_forward (float *out, const float *inp, const VmoeMlp *mlp, int rows,
     float *hidden, VmoeActivation act, gboolean accumulate)
 {
-  const VmoeLinear *fc1 = &mlp->fc1;
-  if (rows == 0)
-    return;
-  cblas_sgemm (CblasRowMajor, CblasNoTrans, CblasTrans, rows, fc1->out, fc1->in,
-      1.0f, inp, fc1->in, fc1->weight, fc1->in, 0.0f, hidden, fc1->out);
-  /* Bias and activation in one pass over each row, while it is in cache. */
-  for (int r = 0; r < rows; r++) {
-    float *h = hidden + (size_t) r * fc1->out;
-    if (fc1->bias)
-      for (int i = 0; i < fc1->out; i++)
-        h[i] += fc1->bias[i];
-    vmoe_gelu_forward (h, fc1->out, act);
-  }
+  linear_forward (hidden, inp, &mlp->fc1, rows, FALSE);
+  vmoe_gelu_forward (hidden, (size_t) rows * mlp->fc1.out, act);
   linear_forward (out, hidden, &mlp->fc2, rows, accumulate);
 }
 

@@ -94,7 +94,8 @@ START_TEST (test_gemm)
     VmoeGemmPush p = { .m = m, .n = n, .k = k, .a_off = 0, .a_stride = k, .w_off = 0,
       .b_off = f == 0 ? VMOE_VK_NONE : 10000, .c_off = 50000, .c_stride = n,
       .flags = flags[f] };
-    run_shader (VMOE_SHADER_GEMM, &p, sizeof p, (n + 63) / 64, (m + 63) / 64, 1);
+    run_shader (VMOE_SHADER_GEMM, &p, sizeof p, (n + VMOE_GEMM_TILE - 1) / VMOE_GEMM_TILE,
+        (m + VMOE_GEMM_TILE - 1) / VMOE_GEMM_TILE, 1);
     read_back (VMOE_VK_ACTIVATIONS, 50000, got, (size_t) m * n);
     for (int i = 0; i < m; i++)
       for (int j = 0; j < n; j++) {
@@ -145,7 +146,8 @@ START_TEST (test_gemm_expert_lists)
     .flags = VMOE_GEMM_EXPERT_LISTS | VMOE_GEMM_GELU,
     .w_expert_stride = n * k, .b_expert_stride = n, .list_off = 100, .count_off = 0,
     .list_cap = entries, .a_row_div = div };
-  run_shader (VMOE_SHADER_GEMM, &p, sizeof p, 1, (entries + 63) / 64, EXPERTS);
+  run_shader (VMOE_SHADER_GEMM, &p, sizeof p, 1,
+      (entries + VMOE_GEMM_TILE - 1) / VMOE_GEMM_TILE, EXPERTS);
   float *got = g_new (float, (size_t) entries * n);
   read_back (VMOE_VK_ACTIVATIONS, 10000, got, (size_t) entries * n);
   for (int e = 0; e < entries; e++) {
