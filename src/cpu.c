@@ -1,7 +1,16 @@
 /* The CPU backend.  The forward pass reads top to bottom like DESIGN.md's
- * "Forward pass"; every linear layer is one cblas_sgemm over all tokens of the
- * batch, and MoE layers gather the rows each expert owns so that each expert
- * runs one GEMM per call. */
+ * "Forward pass".  The backend runs its own threads (workers.c) and calls
+ * OpenBLAS single-threaded from each: the token rows of the batch are split
+ * into one slice per thread, and each thread runs everything that is row by
+ * row (LayerNorm, the linear layers, GELU, residuals, a whole dense MLP) on
+ * its slice without waiting for the others; they meet only where a row needs
+ * other rows (attention, routing).  MoE layers gather the rows each expert
+ * owns so that each expert runs one GEMM per slice per call.
+ *
+ * Why not OpenBLAS's own threads: they spin between calls, so anything that
+ * runs between two sgemm calls on threads of ours competed with them for the
+ * cores (attention ran at half its speed), and OpenBLAS's splitting and
+ * syncing cost more than the products at these sizes. */
 #include "cpu.h"
 
 #include <cblas.h>
@@ -13,6 +22,7 @@ struct VmoeCpu {
   VmoeModel *model;
   VmoeRoutingParams routing;
   int reserved;               /* images the workspace holds */
+  VmoeWorkers *workers;
   int tokens, dim, hidden_dim;
 
   float *x;                   /* [N, T, D] residual stream */
@@ -20,7 +30,7 @@ struct VmoeCpu {
   float *qkv;                 /* [N, T, 3D] */
   float *attn;                /* [N, T, D] */
   float *hidden;              /* [N*T*k, M] MLP hidden */
-  float *scores;              /* [T, T] */
+  float *attention_scratch;   /* vmoe_attention_scratch_len () */
   float *patches;             /* [N*Np, C*P*P]: shares hidden's memory (the
                                  embedding is done before any MLP runs) */
   float *gather_in, *gather_out;  /* [N*T*k, D] rows of one expert */
@@ -46,7 +56,7 @@ struct VmoeCpu {
 #endif
 
 #pragma GCC push_options
-#pragma GCC optimize ("finite-math-only", "no-signed-zeros")
+#pragma GCC optimize ("finite-math-only", "no-signed-zeros", "fp-contract=fast")
 
 /* out, inp are (rows, dim); weight, bias are (dim).  Mean and variance are
  * summed in 16 float lanes, which vectorise without letting the compiler
@@ -145,14 +155,14 @@ exp_nonpositive (float x)
   float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
-  float p = 1.9841269841e-4f;             /* 1/7! ... 1/2! */
-  p = p * r + 1.3888888889e-3f;
-  p = p * r + 8.3333333333e-3f;
-  p = p * r + 4.1666666667e-2f;
-  p = p * r + 1.6666666667e-1f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
+  /* Cephes' expf polynomial: exp(r) = 1 + r + r^2 P(r) on |r| <= ln2 / 2. */
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
   int32_t bits = ((int32_t) n + 127) << 23;
   float scale;
   memcpy (&scale, &bits, sizeof scale);
@@ -165,7 +175,9 @@ vmoe_exp_nonpositive (float x)
   return exp_nonpositive (x);
 }
 
-/* x is (rows, cols), softmax along each row in place. */
+/* x is (rows, cols), softmax along each row in place.  The sum is kept in
+ * 16 lanes, like LayerNorm's: summed in order it was a chain of dependent
+ * adds as long as the row, and the slowest part of attention. */
 VMOE_VECTOR_CLONES void
 vmoe_softmax_rows (float *x, int rows, int cols)
 {
@@ -174,13 +186,23 @@ vmoe_softmax_rows (float *x, int rows, int cols)
     float max = row[0];
     for (int i = 1; i < cols; i++)
       max = row[i] > max ? row[i] : max;
-    for (int i = 0; i < cols; i++)
+    float sums[16] = { 0 };
+    int i = 0;
+    for (; i + 16 <= cols; i += 16)
+      for (int l = 0; l < 16; l++) {
+        float e = exp_nonpositive (row[i + l] - max);
+        row[i + l] = e;
+        sums[l] += e;
+      }
+    float sum = 0;
+    for (int l = 0; l < 16; l++)
+      sum += sums[l];
+    for (; i < cols; i++) {
       row[i] = exp_nonpositive (row[i] - max);
-    float sum = 0;                /* in order, as the reference */
-    for (int i = 0; i < cols; i++)
       sum += row[i];
+    }
     float inv = 1.0f / sum;
-    for (int i = 0; i < cols; i++)
+    for (i = 0; i < cols; i++)
       row[i] *= inv;
   }
 }
@@ -230,29 +252,193 @@ linear_forward (float *out, const float *inp, const VmoeLinear *lin, int rows,
       accumulate || lin->bias ? 1.0f : 0.0f, out, lin->out);
 }
 
-/* qkv is (N, T, 3D) with q, k, v each split into heads of D/H columns;
- * out is (N, T, D); scores is scratch (T, T). */
-void
-vmoe_attention_forward (float *out, const float *qkv, float *scores,
-    int n_images, int tokens, int dim, int heads)
+/* ------------------------------------------------------------ attention
+ *
+ * Attention runs on the backend's own threads rather than as per-head
+ * sgemm calls: each head's products are small (T x T x D/H), and OpenBLAS
+ * spends as long splitting, packing and clearing them as multiplying, while
+ * the softmax between them ran on one core.  Work items are blocks of query
+ * rows of one head of one image; each computes its scores, their softmax and
+ * its rows of the output, all in the item's own scratch.  An item gives the
+ * same bits on whichever thread runs it. */
+
+#define ATTENTION_LANES 16
+#define ATTENTION_KEY_STEP (2 * ATTENTION_LANES)   /* score columns per tile */
+#define ATTENTION_QUERY_BLOCK 16                   /* query rows per item */
+
+typedef float Lanes __attribute__ ((vector_size (ATTENTION_LANES * sizeof (float))));
+/* The same lanes at any float address (activation rows are not aligned). */
+typedef float LanesAnywhere __attribute__ ((vector_size (ATTENTION_LANES * sizeof (float)), aligned (4)));
+
+/* Score rows are padded to whole tiles; the padding is computed against
+ * zero keys and never read. */
+static int
+attention_padded_tokens (int tokens)
 {
-  int head_dim = dim / heads;
-  float scale = 1.0f / sqrtf ((float) head_dim);
-  for (int i = 0; i < n_images; i++) {
-    /* seek to image i */
-    const float *q_img = qkv + (size_t) i * tokens * 3 * dim;
-    float *out_img = out + (size_t) i * tokens * dim;
-    for (int h = 0; h < heads; h++) {
-      const float *q = q_img + h * head_dim;
-      const float *k = q_img + dim + h * head_dim;
-      const float *v = q_img + 2 * dim + h * head_dim;
-      cblas_sgemm (CblasRowMajor, CblasNoTrans, CblasTrans, tokens, tokens,
-          head_dim, scale, q, 3 * dim, k, 3 * dim, 0.0f, scores, tokens);
-      vmoe_softmax_rows (scores, tokens, tokens);
-      cblas_sgemm (CblasRowMajor, CblasNoTrans, CblasNoTrans, tokens, head_dim,
-          tokens, 1.0f, scores, tokens, v, 3 * dim, 0.0f, out_img + h * head_dim, dim);
+  return (tokens + ATTENTION_KEY_STEP - 1) / ATTENTION_KEY_STEP * ATTENTION_KEY_STEP;
+}
+
+size_t
+vmoe_attention_scratch_len (int n_images, int tokens, int dim, int heads,
+    int threads)
+{
+  size_t padded = attention_padded_tokens (tokens);
+  return (size_t) n_images * dim * padded
+      + (size_t) MAX (threads, 1) * ATTENTION_QUERY_BLOCK * padded;
+}
+
+typedef struct {
+  float *out;
+  const float *qkv;
+  float *keys_t;       /* [N, H, D/H, padded]: each head's keys transposed */
+  float *scores;       /* [threads, QUERY_BLOCK, padded] */
+  int tokens, dim, heads, head_dim, padded, query_blocks;
+  float scale;
+} AttentionJob;
+
+#pragma GCC push_options
+#pragma GCC optimize ("finite-math-only", "no-signed-zeros", "fp-contract=fast")
+
+/* Item (image, head): keys_t (D/H, padded) = K^T, zero past the last token. */
+static void
+transpose_keys (void *data, int index, int thread)
+{
+  const AttentionJob *job = data;
+  int i = index / job->heads, h = index % job->heads;
+  /* seek to image i's keys of head h */
+  const float *k = job->qkv + (size_t) i * job->tokens * 3 * job->dim + job->dim
+      + h * job->head_dim;
+  float *kt = job->keys_t + (size_t) index * job->head_dim * job->padded;
+  for (int d = 0; d < job->head_dim; d++) {
+    float *row = kt + (size_t) d * job->padded;
+    for (int j = 0; j < job->tokens; j++)
+      row[j] = k[(size_t) j * 3 * job->dim + d];
+    for (int j = job->tokens; j < job->padded; j++)
+      row[j] = 0;
+  }
+}
+
+/* s (ROWS, padded) = scale * q (ROWS, hd) kt (hd, padded).  Each d step
+ * loads two key vectors and feeds ROWS x 2 accumulators. */
+static inline __attribute__ ((always_inline)) void
+score_rows (float *s, const float *q, int q_stride, const float *kt, int hd,
+    int padded, float scale, const int ROWS)
+{
+  for (int j = 0; j < padded; j += ATTENTION_KEY_STEP) {
+    Lanes acc[4][2] = { { { 0 } } };
+    for (int d = 0; d < hd; d++) {
+      const float *kd = kt + (size_t) d * padded + j;
+      Lanes k0 = *(const LanesAnywhere *) kd;
+      Lanes k1 = *(const LanesAnywhere *) (kd + ATTENTION_LANES);
+      for (int r = 0; r < ROWS; r++) {
+        float qd = q[(size_t) r * q_stride + d];
+        acc[r][0] += qd * k0;
+        acc[r][1] += qd * k1;
+      }
+    }
+    for (int r = 0; r < ROWS; r++) {
+      *(LanesAnywhere *) (s + (size_t) r * padded + j) = acc[r][0] * scale;
+      *(LanesAnywhere *) (s + (size_t) r * padded + j + ATTENTION_LANES) = acc[r][1] * scale;
     }
   }
+}
+
+/* o (ROWS, CHUNKS x 16) = p (ROWS, tokens) v (tokens, CHUNKS x 16), the
+ * columns starting at o and v. */
+static inline __attribute__ ((always_inline)) void
+mix_value_chunks (float *o, int o_stride, const float *p, int p_stride,
+    const float *v, int v_stride, int tokens, const int ROWS, const int CHUNKS)
+{
+  Lanes acc[4][4] = { { { 0 } } };
+  for (int j = 0; j < tokens; j++) {
+    Lanes vj[4];
+    for (int c = 0; c < CHUNKS; c++)
+      vj[c] = *(const LanesAnywhere *) (v + (size_t) j * v_stride + c * ATTENTION_LANES);
+    for (int r = 0; r < ROWS; r++) {
+      float pj = p[(size_t) r * p_stride + j];
+      for (int c = 0; c < CHUNKS; c++)
+        acc[r][c] += pj * vj[c];
+    }
+  }
+  for (int r = 0; r < ROWS; r++)
+    for (int c = 0; c < CHUNKS; c++)
+      *(LanesAnywhere *) (o + (size_t) r * o_stride + c * ATTENTION_LANES) = acc[r][c];
+}
+
+static inline __attribute__ ((always_inline)) void
+mix_values (float *o, int o_stride, const float *p, int p_stride,
+    const float *v, int v_stride, int tokens, int hd, const int ROWS)
+{
+  int c0 = 0;
+  for (; hd - c0 >= 4 * ATTENTION_LANES; c0 += 4 * ATTENTION_LANES)
+    mix_value_chunks (o + c0, o_stride, p, p_stride, v + c0, v_stride, tokens, ROWS, 4);
+  for (; hd - c0 >= ATTENTION_LANES; c0 += ATTENTION_LANES)
+    mix_value_chunks (o + c0, o_stride, p, p_stride, v + c0, v_stride, tokens, ROWS, 1);
+  for (int r = 0; r < ROWS; r++)
+    for (int c = c0; c < hd; c++) {
+      float sum = 0;
+      for (int j = 0; j < tokens; j++)
+        sum += p[(size_t) r * p_stride + j] * v[(size_t) j * v_stride + c];
+      o[(size_t) r * o_stride + c] = sum;
+    }
+}
+
+/* Item (image, head, query block). */
+static VMOE_VECTOR_CLONES void
+attend_query_block (void *data, int index, int thread)
+{
+  const AttentionJob *job = data;
+  int block = index % job->query_blocks, ih = index / job->query_blocks;
+  int i = ih / job->heads, h = ih % job->heads;
+  int first = block * ATTENTION_QUERY_BLOCK;
+  int rows = MIN (ATTENTION_QUERY_BLOCK, job->tokens - first);
+  int qkv_stride = 3 * job->dim, hd = job->head_dim, padded = job->padded;
+  /* seek to image i, head h, the block's first query */
+  const float *q = job->qkv + ((size_t) i * job->tokens + first) * qkv_stride
+      + h * hd;
+  const float *v = job->qkv + (size_t) i * job->tokens * qkv_stride
+      + 2 * job->dim + h * hd;
+  const float *kt = job->keys_t + (size_t) ih * hd * padded;
+  float *o = job->out + ((size_t) i * job->tokens + first) * job->dim + h * hd;
+  float *s = job->scores + (size_t) thread * ATTENTION_QUERY_BLOCK * padded;
+
+  int r = 0;
+  for (; r + 4 <= rows; r += 4)
+    score_rows (s + (size_t) r * padded, q + (size_t) r * qkv_stride, qkv_stride,
+        kt, hd, padded, job->scale, 4);
+  for (; r < rows; r++)
+    score_rows (s + (size_t) r * padded, q + (size_t) r * qkv_stride, qkv_stride,
+        kt, hd, padded, job->scale, 1);
+  for (r = 0; r < rows; r++)
+    vmoe_softmax_rows (s + (size_t) r * padded, 1, job->tokens);
+  r = 0;
+  for (; r + 4 <= rows; r += 4)
+    mix_values (o + (size_t) r * job->dim, job->dim, s + (size_t) r * padded,
+        padded, v, qkv_stride, job->tokens, hd, 4);
+  for (; r < rows; r++)
+    mix_values (o + (size_t) r * job->dim, job->dim, s + (size_t) r * padded,
+        padded, v, qkv_stride, job->tokens, hd, 1);
+}
+#pragma GCC pop_options
+
+/* qkv is (N, T, 3D) with q, k, v each split into heads of D/H columns;
+ * out is (N, T, D); scratch holds vmoe_attention_scratch_len() floats for
+ * the workers' thread count. */
+void
+vmoe_attention_forward (float *out, const float *qkv, float *scratch,
+    VmoeWorkers *workers, int n_images, int tokens, int dim, int heads)
+{
+  AttentionJob job = {
+    .out = out, .qkv = qkv, .tokens = tokens, .dim = dim, .heads = heads,
+    .head_dim = dim / heads, .padded = attention_padded_tokens (tokens),
+    .query_blocks = (tokens + ATTENTION_QUERY_BLOCK - 1) / ATTENTION_QUERY_BLOCK,
+    .scale = 1.0f / sqrtf ((float) (dim / heads)),
+  };
+  job.keys_t = scratch;
+  job.scores = scratch + (size_t) n_images * dim * job.padded;
+  vmoe_workers_run (workers, n_images * heads, transpose_keys, &job);
+  vmoe_workers_run (workers, n_images * heads * job.query_blocks,
+      attend_query_block, &job);
 }
 
 /* out (rows, D) = fc2(act(fc1(inp))), or += with accumulate; hidden is
@@ -306,26 +492,117 @@ vmoe_assign_tokens (const int *choice, const float *choice_p, int tokens,
   return dropped;
 }
 
+/* ---------------------------------------------------------------- rows */
+
+/* Work on the token rows [first, first + count); arg is what the phase
+ * needs besides the backend. */
+typedef void (*RowsFunc) (VmoeCpu *cpu, const void *arg, int first, int count);
+
+typedef struct {
+  VmoeCpu *cpu;
+  const void *arg;
+  RowsFunc func;
+  int rows, slices;
+} RowsJob;
+
+/* Below this a slice's GEMMs cost more in packing than they gain. */
+#define MIN_SLICE_ROWS 32
+
+static void
+rows_slice (void *data, int index, int thread)
+{
+  const RowsJob *job = data;
+  int first = (int) ((gint64) job->rows * index / job->slices);
+  int end = (int) ((gint64) job->rows * (index + 1) / job->slices);
+  job->func (job->cpu, job->arg, first, end - first);
+}
+
+/* Runs func on one slice of [0, rows) per thread and returns when all are
+ * done. */
+static void
+run_on_rows (VmoeCpu *cpu, int rows, RowsFunc func, const void *arg)
+{
+  int slices = MIN (vmoe_workers_threads (cpu->workers),
+      (rows + MIN_SLICE_ROWS - 1) / MIN_SLICE_ROWS);
+  if (slices <= 1) {
+    func (cpu, arg, 0, rows);
+    return;
+  }
+  RowsJob job = { cpu, arg, func, rows, slices };
+  vmoe_workers_run (cpu->workers, slices, rows_slice, &job);
+}
+
+/* z = LN1(x); qkv = z Wqkv^T + b. */
+static void
+attention_input_rows (VmoeCpu *cpu, const void *arg, int first, int count)
+{
+  const VmoeBlock *block = arg;
+  size_t d = cpu->dim;
+  vmoe_layernorm_forward (cpu->z + first * d, cpu->x + first * d,
+      block->norm1_weight, block->norm1_bias, count, d,
+      (float) cpu->model->config.norm_eps);
+  linear_forward (cpu->qkv + first * 3 * d, cpu->z + first * d, &block->qkv,
+      count, FALSE);
+}
+
+/* x += attn Wproj^T + b; z = LN2(x); and for a dense block x += MLP(z). */
+static void
+attention_output_rows (VmoeCpu *cpu, const void *arg, int first, int count)
+{
+  const VmoeBlock *block = arg;
+  const VmoeConfig *c = &cpu->model->config;
+  size_t d = cpu->dim;
+  linear_forward (cpu->x + first * d, cpu->attn + first * d, &block->proj,
+      count, TRUE);
+  vmoe_layernorm_forward (cpu->z + first * d, cpu->x + first * d,
+      block->norm2_weight, block->norm2_bias, count, d, (float) c->norm_eps);
+  if (!block->is_moe)
+    mlp_forward (cpu->x + first * d, cpu->z + first * d, &block->mlp, count,
+        cpu->hidden + (size_t) first * cpu->hidden_dim, c->act, TRUE);
+}
+
+/* ViMoE's shared expert: x += MLP(z). */
+static void
+shared_expert_rows (VmoeCpu *cpu, const void *arg, int first, int count)
+{
+  const VmoeBlock *block = arg;
+  size_t d = cpu->dim;
+  mlp_forward (cpu->x + first * d, cpu->z + first * d, &block->shared, count,
+      cpu->hidden + (size_t) first * cpu->hidden_dim,
+      cpu->model->config.act, TRUE);
+}
+
+/* z (N*Np, D) = patches W^T + b. */
+static void
+patch_embed_rows (VmoeCpu *cpu, const void *arg, int first, int count)
+{
+  const VmoeLinear *lin = arg;
+  linear_forward (cpu->z + (size_t) first * lin->out,
+      cpu->patches + (size_t) first * lin->in, lin, count, FALSE);
+}
+
 /* ---------------------------------------------------------------- MoE */
 
-/* Runs expert `mlp` on the listed rows of z and adds weight x result into
- * the same rows of x. */
+/* Rows [first, first + count) of one expert's list: gathers the rows of z
+ * listed in cpu->rows, runs the expert on them and adds weight x result
+ * into the same rows of x.  An expert's list holds a row at most once, so
+ * slices never write the same row. */
 static void
-expert_forward (VmoeCpu *cpu, const VmoeMlp *mlp, int n_rows)
+expert_rows (VmoeCpu *cpu, const void *arg, int first, int count)
 {
-  const VmoeConfig *c = &cpu->model->config;
-  int d = cpu->dim;
-  if (n_rows == 0)
-    return;
-  for (int r = 0; r < n_rows; r++)
-    memcpy (cpu->gather_in + (size_t) r * d, cpu->z + (size_t) cpu->rows[r] * d,
+  const VmoeMlp *mlp = arg;
+  size_t d = cpu->dim;
+  float *in = cpu->gather_in + first * d, *out = cpu->gather_out + first * d;
+  for (int r = 0; r < count; r++)
+    memcpy (in + r * d, cpu->z + (size_t) cpu->rows[first + r] * d,
         d * sizeof (float));
-  mlp_forward (cpu->gather_out, cpu->gather_in, mlp, n_rows, cpu->hidden, c->act, FALSE);
-  for (int r = 0; r < n_rows; r++) {
-    float *x = cpu->x + (size_t) cpu->rows[r] * d;
-    const float *y = cpu->gather_out + (size_t) r * d;
-    float w = cpu->row_weights[r];
-    for (int i = 0; i < d; i++)
+  mlp_forward (out, in, mlp, count, cpu->hidden + (size_t) first * cpu->hidden_dim,
+      cpu->model->config.act, FALSE);
+  for (int r = 0; r < count; r++) {
+    float *x = cpu->x + (size_t) cpu->rows[first + r] * d;
+    const float *y = out + r * d;
+    float w = cpu->row_weights[first + r];
+    for (size_t i = 0; i < d; i++)
       x[i] += w * y[i];
   }
 }
@@ -386,7 +663,7 @@ moe_image_routed (VmoeCpu *cpu, const VmoeBlock *block, int n,
         }
       }
     }
-    expert_forward (cpu, &block->experts[e], n_rows);
+    run_on_rows (cpu, n_rows, expert_rows, &block->experts[e]);
   }
 }
 
@@ -419,7 +696,7 @@ moe_token_routed (VmoeCpu *cpu, const VmoeBlock *block, int layer, int n,
       cpu->rows[n_rows] = a / k;
       cpu->row_weights[n_rows++] = cpu->choice_p[a];
     }
-    expert_forward (cpu, &block->experts[e], n_rows);
+    run_on_rows (cpu, n_rows, expert_rows, &block->experts[e]);
   }
 }
 
@@ -455,7 +732,7 @@ embed (VmoeCpu *cpu, const float *input, int n)
   int d = cpu->dim, n_patches = vmoe_config_patches (c);
   int first_patch = c->class_token ? 1 : 0;
   im2col (cpu->patches, input, n, c);
-  linear_forward (cpu->z, cpu->patches, &m->patch_embed, n * n_patches, FALSE);
+  run_on_rows (cpu, n * n_patches, patch_embed_rows, &m->patch_embed);
   for (int i = 0; i < n; i++) {
     float *x = cpu->x + (size_t) i * cpu->tokens * d;
     if (c->class_token)
@@ -504,7 +781,6 @@ vmoe_cpu_forward (VmoeCpu *cpu, const float *input, int n, VmoeRawOutput *out)
   const VmoeModel *m = cpu->model;
   const VmoeConfig *c = &m->config;
   int d = cpu->dim, rows = n * cpu->tokens;
-  float eps = (float) c->norm_eps;
   vmoe_cpu_reserve (cpu, n);
 
   embed (cpu, input, n);
@@ -512,23 +788,17 @@ vmoe_cpu_forward (VmoeCpu *cpu, const float *input, int n, VmoeRawOutput *out)
   for (int b = 0; b < c->depth; b++) {
     const VmoeBlock *block = &m->blocks[b];
     /* x = x + Attn(LN1(x)) */
-    vmoe_layernorm_forward (cpu->z, cpu->x, block->norm1_weight, block->norm1_bias,
-        rows, d, eps);
-    linear_forward (cpu->qkv, cpu->z, &block->qkv, rows, FALSE);
-    vmoe_attention_forward (cpu->attn, cpu->qkv, cpu->scores, n, cpu->tokens, d,
-        c->num_heads);
-    linear_forward (cpu->x, cpu->attn, &block->proj, rows, TRUE);
-    /* x = x + FFN(LN2(x)) */
-    if (block->is_moe && c->routing == VMOE_ROUTING_IMAGE && layer == 0)
-      route_images (cpu, n, out);
-    vmoe_layernorm_forward (cpu->z, cpu->x, block->norm2_weight, block->norm2_bias,
-        rows, d, eps);
-    if (!block->is_moe) {
-      mlp_forward (cpu->x, cpu->z, &block->mlp, rows, cpu->hidden, c->act, TRUE);
+    run_on_rows (cpu, rows, attention_input_rows, block);
+    vmoe_attention_forward (cpu->attn, cpu->qkv, cpu->attention_scratch,
+        cpu->workers, n, cpu->tokens, d, c->num_heads);
+    /* x = x + FFN(LN2(x)); the image router reads x before the FFN. */
+    run_on_rows (cpu, rows, attention_output_rows, block);
+    if (!block->is_moe)
       continue;
-    }
+    if (c->routing == VMOE_ROUTING_IMAGE && layer == 0)
+      route_images (cpu, n, out);
     if (block->has_shared)
-      mlp_forward (cpu->x, cpu->z, &block->shared, rows, cpu->hidden, c->act, TRUE);
+      run_on_rows (cpu, rows, shared_expert_rows, block);
     if (c->routing == VMOE_ROUTING_IMAGE)
       moe_image_routed (cpu, block, n, out);
     else
@@ -545,7 +815,7 @@ workspace_free (VmoeCpu *cpu)
 {
   cpu->patches = NULL;
   float **floats[] = { &cpu->x, &cpu->z, &cpu->qkv, &cpu->attn, &cpu->hidden,
-    &cpu->scores, &cpu->gather_in, &cpu->gather_out,
+    &cpu->gather_in, &cpu->gather_out,
     &cpu->router_probs, &cpu->router_input, &cpu->pooled, &cpu->row_weights,
     &cpu->choice_p };
   for (guint i = 0; i < G_N_ELEMENTS (floats); i++)
@@ -554,6 +824,7 @@ workspace_free (VmoeCpu *cpu)
   g_clear_pointer (&cpu->choice, g_free);
   g_clear_pointer (&cpu->assigned, g_free);
   g_clear_pointer (&cpu->order, g_free);
+  g_clear_pointer (&cpu->attention_scratch, g_aligned_free);
 }
 
 void
@@ -577,7 +848,9 @@ vmoe_cpu_reserve (VmoeCpu *cpu, int n)
   size_t patches_len = (size_t) n * vmoe_config_patches (c) * patch_len;
   cpu->hidden = g_new (float, MAX (expert_rows * cpu->hidden_dim, patches_len));
   cpu->patches = cpu->hidden;
-  cpu->scores = g_new (float, t * t);
+  cpu->attention_scratch = g_aligned_alloc (vmoe_attention_scratch_len (n,
+          cpu->tokens, cpu->dim, c->num_heads, vmoe_workers_threads (cpu->workers)),
+      sizeof (float), 64);
   cpu->gather_in = g_new (float, expert_rows * d);
   cpu->gather_out = g_new (float, expert_rows * d);
   cpu->router_probs = g_new (float, rows * MAX (c->num_experts, 1));
@@ -602,9 +875,10 @@ vmoe_cpu_new (VmoeModel *model, VmoeRoutingParams routing, int threads)
   cpu->tokens = vmoe_config_tokens (c);
   cpu->dim = c->embed_dim;
   cpu->hidden_dim = MAX (c->mlp_dim, c->routing != VMOE_ROUTING_NONE ? c->expert_mlp_dim : 0);
-  /* OpenBLAS's thread count is process-wide; the last session to ask wins. */
-  if (threads > 0)
-    openblas_set_num_threads (threads);
+  /* OpenBLAS's thread count is process-wide: every CPU session wants it at
+   * one (see the top of this file); docs/cpu.md says so to embedders. */
+  openblas_set_num_threads (1);
+  cpu->workers = vmoe_workers_new (threads > 0 ? threads : (int) g_get_num_processors ());
   return cpu;
 }
 
@@ -614,6 +888,7 @@ vmoe_cpu_free (VmoeCpu *cpu)
   if (!cpu)
     return;
   workspace_free (cpu);
+  vmoe_workers_free (cpu->workers);
   vmoe_model_unref (cpu->model);
   g_free (cpu);
 }

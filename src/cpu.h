@@ -3,6 +3,7 @@
 #define VMOE_CPU_H
 
 #include "vmoe-private.h"
+#include "workers.h"
 
 /* What a backend computes for a batch of n images; sized by the session. */
 typedef struct {
@@ -38,8 +39,12 @@ float vmoe_erf (float x);
 float vmoe_exp_nonpositive (float x);
 void vmoe_softmax_rows (float *x, int rows, int cols);
 void vmoe_topk (const float *values, int n, int k, int *index, float *top);
-void vmoe_attention_forward (float *out, const float *qkv, float *scores,
-    int n_images, int tokens, int dim, int heads);
+/* Floats of scratch vmoe_attention_forward needs with `threads` workers. */
+size_t vmoe_attention_scratch_len (int n_images, int tokens, int dim, int heads,
+    int threads);
+/* workers may be NULL (all in the caller). */
+void vmoe_attention_forward (float *out, const float *qkv, float *scratch,
+    VmoeWorkers *workers, int n_images, int tokens, int dim, int heads);
 /* Token-routing assignment of one image (DESIGN.md, token routing). */
 int vmoe_assign_tokens (const int *choice, const float *choice_p, int tokens,
     int top_k, int num_experts, int capacity, gboolean bpr, int *order,

@@ -108,8 +108,10 @@ START_TEST (test_attention)
     1, 2, 1, 1, 10, 100,
     0, 1, 0, 3, 20, 200,
   };
-  float out[4], scores[4];
-  vmoe_attention_forward (out, qkv, scores, 1, 2, 2, 2);
+  float out[4];
+  float *scratch = g_new (float, vmoe_attention_scratch_len (1, 2, 2, 2, 1));
+  vmoe_attention_forward (out, qkv, scratch, NULL, 1, 2, 2, 2);
+  g_free (scratch);
   double a = exp (1) / (exp (1) + 1);
   ck_assert_double_eq_tol (out[0], a * 10 + (1 - a) * 20, 1e-4);
   ck_assert_double_eq_tol (out[2], 15, 1e-4);
@@ -117,6 +119,80 @@ START_TEST (test_attention)
   ck_assert_double_eq_tol (out[1], b * 100 + (1 - b) * 200, 1e-3);
   double c = exp (1) / (exp (1) + exp (3));
   ck_assert_double_eq_tol (out[3], c * 100 + (1 - c) * 200, 1e-3);
+}
+END_TEST
+
+/* softmax(q k^T / sqrt(hd)) v for one head of one image in double, the
+ * definition written out; q, k, v rows are qkv_stride apart. */
+static void
+attention_head_in_double (double *out, const float *q, const float *k,
+    const float *v, int qkv_stride, int tokens, int hd)
+{
+  double *w = g_new (double, tokens);
+  for (int i = 0; i < tokens; i++) {
+    double max = -INFINITY, sum = 0;
+    for (int j = 0; j < tokens; j++) {
+      double dot = 0;
+      for (int d = 0; d < hd; d++)
+        dot += (double) q[i * qkv_stride + d] * k[j * qkv_stride + d];
+      w[j] = dot / sqrt (hd);
+      max = MAX (max, w[j]);
+    }
+    for (int j = 0; j < tokens; j++)
+      sum += w[j] = exp (w[j] - max);
+    for (int d = 0; d < hd; d++) {
+      double o = 0;
+      for (int j = 0; j < tokens; j++)
+        o += w[j] / sum * v[j * qkv_stride + d];
+      out[i * hd + d] = o;
+    }
+  }
+  g_free (w);
+}
+
+/* The vector tiles have edges: tokens not a whole tile of keys (37, 197),
+ * query blocks with a short last block, head widths of whole 64-column
+ * chunks, 16-column chunks and a scalar tail (64, 48, 20, 3).  Every shape
+ * is checked against the definition in double, and the pool's result must
+ * be the same bits whatever the number of threads. */
+START_TEST (test_attention_tiles_against_double)
+{
+  const struct { int tokens, dim, heads; } shapes[] = {
+    { 37, 192, 3 }, { 197, 96, 2 }, { 21, 40, 2 }, { 5, 6, 2 }, { 1, 16, 1 },
+  };
+  const int n = 2;
+  for (guint s = 0; s < G_N_ELEMENTS (shapes); s++) {
+    int t = shapes[s].tokens, dim = shapes[s].dim, heads = shapes[s].heads;
+    int hd = dim / heads, stride = 3 * dim;
+    GRand *rand = g_rand_new_with_seed (s + 1);
+    float *qkv = g_new (float, (size_t) n * t * stride);
+    for (int i = 0; i < n * t * stride; i++)
+      qkv[i] = (float) g_rand_double_range (rand, -2, 2);
+    float *one = g_new (float, (size_t) n * t * dim);
+    float *three = g_new (float, (size_t) n * t * dim);
+    float *scratch = g_new (float, vmoe_attention_scratch_len (n, t, dim, heads, 3));
+    vmoe_attention_forward (one, qkv, scratch, NULL, n, t, dim, heads);
+    VmoeWorkers *workers = vmoe_workers_new (3);
+    vmoe_attention_forward (three, qkv, scratch, workers, n, t, dim, heads);
+    vmoe_workers_free (workers);
+    ck_assert_mem_eq (one, three, (size_t) n * t * dim * sizeof (float));
+
+    double *want = g_new (double, (size_t) t * hd);
+    double worst = 0;
+    for (int i = 0; i < n; i++)
+      for (int h = 0; h < heads; h++) {
+        /* seek to image i, head h */
+        const float *q = qkv + (size_t) i * t * stride + h * hd;
+        attention_head_in_double (want, q, q + dim, q + 2 * dim, stride, t, hd);
+        for (int r = 0; r < t; r++)
+          for (int d = 0; d < hd; d++)
+            worst = MAX (worst, fabs (one[((size_t) i * t + r) * dim + h * hd + d]
+                    - want[r * hd + d]));
+      }
+    ck_assert_msg (worst < 1e-5, "shape %u: attention off by %g", s, worst);
+    g_free (want), g_free (scratch), g_free (three), g_free (one), g_free (qkv);
+    g_rand_free (rand);
+  }
 }
 END_TEST
 
@@ -407,6 +483,7 @@ ops_suite (void)
   tcase_add_test (tc, test_softmax);
   tcase_add_test (tc, test_topk_ties_go_to_lower_index);
   tcase_add_test (tc, test_attention);
+  tcase_add_test (tc, test_attention_tiles_against_double);
   tcase_add_test (tc, test_capacity);
   tcase_add_test (tc, test_assign_bpr_and_token_order);
   tcase_add_test (tc, test_assign_choices_before_second_choices);

@@ -1,0 +1,133 @@
+/* Workers wait on a generation counter; a run bumps it, everyone (the caller
+ * included) takes item indices from one atomic counter until none are left,
+ * and the caller waits until the workers have let go of the run.  Items are
+ * taken dynamically because their costs differ (the last block of query rows
+ * is short). */
+#include "workers.h"
+
+struct VmoeWorkers {
+  int threads;                 /* including the caller */
+  GThread **thread;            /* threads - 1 */
+  GMutex lock;
+  GCond start, finish;
+  guint64 generation;
+  gboolean quit;
+  int busy;                    /* workers still inside the current run */
+
+  VmoeWorkFunc func;
+  void *data;
+  int n_items;
+  gint next_item;
+};
+
+typedef struct {
+  VmoeWorkers *pool;
+  int slot;
+} WorkerArg;
+
+static void
+take_items (VmoeWorkers *w, int slot)
+{
+  for (;;) {
+    int index = g_atomic_int_add (&w->next_item, 1);
+    if (index >= w->n_items)
+      return;
+    w->func (w->data, index, slot);
+  }
+}
+
+static gpointer
+worker_main (gpointer arg_ptr)
+{
+  WorkerArg *arg = arg_ptr;
+  VmoeWorkers *w = arg->pool;
+  int slot = arg->slot;
+  g_free (arg);
+  guint64 seen = 0;
+  for (;;) {
+    g_mutex_lock (&w->lock);
+    while (w->generation == seen && !w->quit)
+      g_cond_wait (&w->start, &w->lock);
+    if (w->quit) {
+      g_mutex_unlock (&w->lock);
+      return NULL;
+    }
+    seen = w->generation;
+    g_mutex_unlock (&w->lock);
+
+    take_items (w, slot);
+
+    g_mutex_lock (&w->lock);
+    if (--w->busy == 0)
+      g_cond_signal (&w->finish);
+    g_mutex_unlock (&w->lock);
+  }
+}
+
+VmoeWorkers *
+vmoe_workers_new (int threads)
+{
+  VmoeWorkers *w = g_new0 (VmoeWorkers, 1);
+  w->threads = MAX (threads, 1);
+  g_mutex_init (&w->lock);
+  g_cond_init (&w->start);
+  g_cond_init (&w->finish);
+  w->thread = g_new0 (GThread *, w->threads);
+  for (int i = 1; i < w->threads; i++) {
+    WorkerArg *arg = g_new (WorkerArg, 1);
+    arg->pool = w;
+    arg->slot = i;
+    w->thread[i - 1] = g_thread_new ("vmoe-worker", worker_main, arg);
+  }
+  return w;
+}
+
+void
+vmoe_workers_free (VmoeWorkers *w)
+{
+  if (!w)
+    return;
+  g_mutex_lock (&w->lock);
+  w->quit = TRUE;
+  g_cond_broadcast (&w->start);
+  g_mutex_unlock (&w->lock);
+  for (int i = 0; i < w->threads - 1; i++)
+    g_thread_join (w->thread[i]);
+  g_free (w->thread);
+  g_mutex_clear (&w->lock);
+  g_cond_clear (&w->start);
+  g_cond_clear (&w->finish);
+  g_free (w);
+}
+
+int
+vmoe_workers_threads (const VmoeWorkers *w)
+{
+  return w ? w->threads : 1;
+}
+
+void
+vmoe_workers_run (VmoeWorkers *w, int n_items, VmoeWorkFunc func, void *data)
+{
+  if (!w || w->threads == 1 || n_items <= 1) {
+    for (int i = 0; i < n_items; i++)
+      func (data, i, 0);
+    return;
+  }
+  g_mutex_lock (&w->lock);
+  w->func = func;
+  w->data = data;
+  w->n_items = n_items;
+  g_atomic_int_set (&w->next_item, 0);
+  w->busy = w->threads - 1;
+  w->generation++;
+  g_cond_broadcast (&w->start);
+  g_mutex_unlock (&w->lock);
+
+  take_items (w, 0);
+
+  g_mutex_lock (&w->lock);
+  while (w->busy > 0)
+    g_cond_wait (&w->finish, &w->lock);
+  g_mutex_unlock (&w->lock);
+}
