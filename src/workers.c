@@ -5,8 +5,21 @@
  * is short). */
 #include "workers.h"
 
+#include <pthread.h>
+
+/* A child forked from a process with a pool has none of the pool's threads:
+ * its runs go serial instead of waiting forever for workers. */
+static volatile gint forks_seen;
+
+static void
+count_fork_in_child (void)
+{
+  forks_seen++;
+}
+
 struct VmoeWorkers {
   int threads;                 /* including the caller */
+  gint born_after_forks;       /* forks_seen when the threads started */
   GThread **thread;            /* threads - 1 */
   GMutex lock;
   GCond start, finish;
@@ -67,8 +80,14 @@ worker_main (gpointer arg_ptr)
 VmoeWorkers *
 vmoe_workers_new (int threads)
 {
+  static gsize fork_handler_set = 0;
+  if (g_once_init_enter (&fork_handler_set)) {
+    pthread_atfork (NULL, NULL, count_fork_in_child);
+    g_once_init_leave (&fork_handler_set, 1);
+  }
   VmoeWorkers *w = g_new0 (VmoeWorkers, 1);
   w->threads = MAX (threads, 1);
+  w->born_after_forks = forks_seen;
   g_mutex_init (&w->lock);
   g_cond_init (&w->start);
   g_cond_init (&w->finish);
@@ -87,12 +106,16 @@ vmoe_workers_free (VmoeWorkers *w)
 {
   if (!w)
     return;
-  g_mutex_lock (&w->lock);
-  w->quit = TRUE;
-  g_cond_broadcast (&w->start);
-  g_mutex_unlock (&w->lock);
-  for (int i = 0; i < w->threads - 1; i++)
-    g_thread_join (w->thread[i]);
+  if (w->born_after_forks == forks_seen) {
+    g_mutex_lock (&w->lock);
+    w->quit = TRUE;
+    g_cond_broadcast (&w->start);
+    g_mutex_unlock (&w->lock);
+    for (int i = 0; i < w->threads - 1; i++)
+      g_thread_join (w->thread[i]);
+  }
+  /* else a forked child: its copies of the threads never ran, and their
+   * handles cannot be joined or unreferenced there. */
   g_free (w->thread);
   g_mutex_clear (&w->lock);
   g_cond_clear (&w->start);
@@ -109,7 +132,7 @@ vmoe_workers_threads (const VmoeWorkers *w)
 void
 vmoe_workers_run (VmoeWorkers *w, int n_items, VmoeWorkFunc func, void *data)
 {
-  if (!w || w->threads == 1 || n_items <= 1) {
+  if (!w || w->threads == 1 || n_items <= 1 || w->born_after_forks != forks_seen) {
     for (int i = 0; i < n_items; i++)
       func (data, i, 0);
     return;

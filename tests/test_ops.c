@@ -7,6 +7,8 @@
 #include <glib/gstdio.h>
 #include <malloc.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "testutil.h"
 
@@ -435,6 +437,163 @@ END_TEST
  * memory (counted by glibc; ASan builds do not count, so there the property
  * holds trivially).  The 8-bit path's float buffer is made on its first use
  * so that float-only sessions do not carry it. */
+static void
+count_item (void *data, int index, int thread)
+{
+  gint *counts = data;
+  /* slot in the upper half, so a wrong slot cannot look like a count */
+  g_atomic_int_add (&counts[index], 1 + 1000 * thread);
+}
+
+/* Every item runs exactly once on a valid slot, run after run, for pools
+ * of 1 to 4 threads and any number of items (more or fewer than threads). */
+START_TEST (test_workers_run_each_item_once)
+{
+  for (int threads = 1; threads <= 4; threads++) {
+    VmoeWorkers *workers = vmoe_workers_new (threads);
+    ck_assert_int_eq (vmoe_workers_threads (workers), threads);
+    for (int n = 0; n <= 40; n += 3) {
+      gint counts[40] = { 0 };
+      vmoe_workers_run (workers, n, count_item, counts);
+      for (int i = 0; i < n; i++) {
+        ck_assert_int_eq (counts[i] % 1000, 1);
+        ck_assert_int_lt (counts[i] / 1000, threads);
+      }
+    }
+    vmoe_workers_free (workers);
+  }
+}
+END_TEST
+
+/* A child forked from a process whose pool has threads has none of them:
+ * its runs must still run every item (in the caller), not wait forever. */
+START_TEST (test_workers_in_forked_child)
+{
+  VmoeWorkers *workers = vmoe_workers_new (3);
+  pid_t pid = fork ();
+  ck_assert_int_ge (pid, 0);
+  if (pid == 0) {
+    gint counts[20] = { 0 };
+    vmoe_workers_run (workers, 20, count_item, counts);
+    gboolean ok = TRUE;
+    for (int i = 0; i < 20; i++)
+      ok &= counts[i] == 1;     /* slot 0: the child itself */
+    vmoe_workers_free (workers);
+    _exit (ok ? 0 : 1);
+  }
+  int status = 0;
+  ck_assert_int_eq (waitpid (pid, &status, 0), pid);
+  ck_assert (WIFEXITED (status) && WEXITSTATUS (status) == 0);
+  vmoe_workers_free (workers);
+}
+END_TEST
+
+/* 65 tokens per image, so a batch of 4 splits into row slices and experts
+ * see enough rows to split too; all three kinds of MoE layer. */
+static const char *const threaded_moes[] = { NULL,
+  "{\"layers\": [1], \"num_experts\": 2, \"top_k\": 1}",
+  "{\"layers\": [0, 1], \"num_experts\": 2, \"top_k\": 2, \"routing\": \"token\", "
+  "\"capacity_ratio\": 0.75, \"shared_expert\": true}",
+};
+
+static VmoeSession *
+threaded_session (const char *moe_json, int threads, char **path_out)
+{
+  char *config = g_strdup_printf ("{\"format\": \"vmoe\", \"version\": 1, "
+      "\"image_size\": [32, 32], \"patch_size\": 4, \"in_channels\": 3, "
+      "\"embed_dim\": 48, \"depth\": 2, \"num_heads\": 3, \"mlp_dim\": 64, "
+      "\"num_classes\": 5%s%s}", moe_json ? ", \"moe\": " : "",
+      moe_json ? moe_json : "");
+  *path_out = test_write_random_model (config);
+  g_free (config);
+  VmoeModel *model = vmoe_model_load (*path_out, NULL);
+  VmoeSessionOptions options;
+  vmoe_session_options_init (&options);
+  options.backend = VMOE_BACKEND_CPU;
+  options.threads = threads;
+  VmoeSession *session = vmoe_session_new (model, &options, NULL);
+  vmoe_model_unref (model);
+  return session;
+}
+
+static void
+assert_same_results (VmoeSession *a, VmoeSession *b, int n, int classes)
+{
+  for (int i = 0; i < n; i++) {
+    const VmoeImageResult *ra = vmoe_session_get_result (a, i);
+    const VmoeImageResult *rb = vmoe_session_get_result (b, i);
+    for (int c = 0; c < classes; c++)
+      ck_assert_double_eq_tol (ra->logits[c], rb->logits[c],
+          1e-5 * (1 + fabs (ra->logits[c])));
+    ck_assert_int_eq (ra->n_experts, rb->n_experts);
+    for (int e = 0; e < ra->n_experts; e++)
+      ck_assert_int_eq (ra->experts[e], rb->experts[e]);
+    ck_assert_int_eq (ra->n_layers, rb->n_layers);
+    for (int l = 0; l < ra->n_layers; l++) {
+      ck_assert_int_eq (ra->layers[l].dropped, rb->layers[l].dropped);
+      ck_assert_mem_eq (ra->layers[l].tokens_per_expert,
+          rb->layers[l].tokens_per_expert, 2 * sizeof (int));
+    }
+  }
+}
+
+/* One thread and three threads (row slices, expert slices, attention items
+ * on three threads) compute the same pass: the same routing, and logits
+ * equal up to the summation order inside sgemm. */
+START_TEST (test_threads_agree)
+{
+  float *input = g_new (float, 4 * 3 * 32 * 32);
+  for (int i = 0; i < 4 * 3 * 32 * 32; i++)
+    input[i] = sinf ((float) i * 0.37f) * (1 + i / 3072);
+  for (guint m = 0; m < G_N_ELEMENTS (threaded_moes); m++) {
+    char *path_one, *path_three;
+    VmoeSession *one = threaded_session (threaded_moes[m], 1, &path_one);
+    VmoeSession *three = threaded_session (threaded_moes[m], 3, &path_three);
+    ck_assert (vmoe_session_run_f32 (one, input, 4, NULL));
+    ck_assert (vmoe_session_run_f32 (three, input, 4, NULL));
+    assert_same_results (one, three, 4, 5);
+    vmoe_session_free (one);
+    vmoe_session_free (three);
+    g_unlink (path_one), g_unlink (path_three);
+    g_free (path_one), g_free (path_three);
+  }
+  g_free (input);
+}
+END_TEST
+
+/* A session made before fork() still classifies in the child (serially). */
+START_TEST (test_session_in_forked_child)
+{
+  float *input = g_new (float, 4 * 3 * 32 * 32);
+  for (int i = 0; i < 4 * 3 * 32 * 32; i++)
+    input[i] = cosf ((float) i * 0.11f);
+  char *path;
+  VmoeSession *session = threaded_session (threaded_moes[1], 2, &path);
+  ck_assert (vmoe_session_run_f32 (session, input, 4, NULL));
+  float want[4][5];
+  for (int i = 0; i < 4; i++)
+    memcpy (want[i], vmoe_session_get_result (session, i)->logits, sizeof want[i]);
+  pid_t pid = fork ();
+  ck_assert_int_ge (pid, 0);
+  if (pid == 0) {
+    gboolean ok = vmoe_session_run_f32 (session, input, 4, NULL);
+    for (int i = 0; ok && i < 4; i++)
+      for (int c = 0; c < 5; c++)
+        ok &= fabs (vmoe_session_get_result (session, i)->logits[c] - want[i][c])
+            <= 1e-5 * (1 + fabs (want[i][c]));
+    vmoe_session_free (session);
+    _exit (ok ? 0 : 1);
+  }
+  int status = 0;
+  ck_assert_int_eq (waitpid (pid, &status, 0), pid);
+  ck_assert (WIFEXITED (status) && WEXITSTATUS (status) == 0);
+  vmoe_session_free (session);
+  g_unlink (path);
+  g_free (path);
+  g_free (input);
+}
+END_TEST
+
 START_TEST (test_no_allocation_per_call)
 {
   const char *moes[] = { NULL,
@@ -495,6 +654,10 @@ ops_suite (void)
   tcase_add_test (tc, test_preprocess_crop_pct_resize);
   tcase_add_test (tc, test_preprocess_rejects_bad_frames);
   tcase_add_test (tc, test_no_allocation_per_call);
+  tcase_add_test (tc, test_workers_run_each_item_once);
+  tcase_add_test (tc, test_workers_in_forked_child);
+  tcase_add_test (tc, test_threads_agree);
+  tcase_add_test (tc, test_session_in_forked_child);
   suite_add_tcase (s, tc);
   return s;
 }
