@@ -436,6 +436,9 @@ vmoe_attention_forward (float *out, const float *qkv, float *scratch,
   };
   job.keys_t = scratch;
   job.scores = scratch + (size_t) n_images * dim * job.padded;
+  /* As for row slices: threads only for work worth waking them for. */
+  if (2.0 * n_images * tokens * tokens * dim < 2 * VMOE_CPU_MIN_SLICE_FMAS)
+    workers = NULL;
   vmoe_workers_run (workers, n_images * heads, transpose_keys, &job);
   vmoe_workers_run (workers, n_images * heads * job.query_blocks,
       attend_query_block, &job);
@@ -505,8 +508,6 @@ typedef struct {
   int rows, slices;
 } RowsJob;
 
-/* Below this a slice's GEMMs cost more in packing than they gain. */
-#define MIN_SLICE_ROWS 32
 
 static void
 rows_slice (void *data, int index, int thread)
@@ -518,18 +519,25 @@ rows_slice (void *data, int index, int thread)
 }
 
 /* Runs func on one slice of [0, rows) per thread and returns when all are
- * done. */
+ * done; fmas_per_row is what the phase costs a row. */
 static void
-run_on_rows (VmoeCpu *cpu, int rows, RowsFunc func, const void *arg)
+run_on_rows (VmoeCpu *cpu, int rows, double fmas_per_row, RowsFunc func,
+    const void *arg)
 {
-  int slices = MIN (vmoe_workers_threads (cpu->workers),
-      (rows + MIN_SLICE_ROWS - 1) / MIN_SLICE_ROWS);
+  int slices = (int) MIN (vmoe_workers_threads (cpu->workers),
+      rows * fmas_per_row / VMOE_CPU_MIN_SLICE_FMAS);
   if (slices <= 1) {
     func (cpu, arg, 0, rows);
     return;
   }
   RowsJob job = { cpu, arg, func, rows, slices };
   vmoe_workers_run (cpu->workers, slices, rows_slice, &job);
+}
+
+static double
+mlp_fmas_per_row (const VmoeMlp *mlp)
+{
+  return (double) mlp->fc1.in * mlp->fc1.out + (double) mlp->fc2.in * mlp->fc2.out;
 }
 
 /* z = LN1(x); qkv = z Wqkv^T + b. */
@@ -663,7 +671,8 @@ moe_image_routed (VmoeCpu *cpu, const VmoeBlock *block, int n,
         }
       }
     }
-    run_on_rows (cpu, n_rows, expert_rows, &block->experts[e]);
+    run_on_rows (cpu, n_rows, mlp_fmas_per_row (&block->experts[e]), expert_rows,
+        &block->experts[e]);
   }
 }
 
@@ -696,7 +705,8 @@ moe_token_routed (VmoeCpu *cpu, const VmoeBlock *block, int layer, int n,
       cpu->rows[n_rows] = a / k;
       cpu->row_weights[n_rows++] = cpu->choice_p[a];
     }
-    run_on_rows (cpu, n_rows, expert_rows, &block->experts[e]);
+    run_on_rows (cpu, n_rows, mlp_fmas_per_row (&block->experts[e]), expert_rows,
+        &block->experts[e]);
   }
 }
 
@@ -732,7 +742,8 @@ embed (VmoeCpu *cpu, const float *input, int n)
   int d = cpu->dim, n_patches = vmoe_config_patches (c);
   int first_patch = c->class_token ? 1 : 0;
   im2col (cpu->patches, input, n, c);
-  run_on_rows (cpu, n * n_patches, patch_embed_rows, &m->patch_embed);
+  run_on_rows (cpu, n * n_patches, (double) m->patch_embed.in * d,
+      patch_embed_rows, &m->patch_embed);
   for (int i = 0; i < n; i++) {
     float *x = cpu->x + (size_t) i * cpu->tokens * d;
     if (c->class_token)
@@ -788,17 +799,19 @@ vmoe_cpu_forward (VmoeCpu *cpu, const float *input, int n, VmoeRawOutput *out)
   for (int b = 0; b < c->depth; b++) {
     const VmoeBlock *block = &m->blocks[b];
     /* x = x + Attn(LN1(x)) */
-    run_on_rows (cpu, rows, attention_input_rows, block);
+    run_on_rows (cpu, rows, (double) d * block->qkv.out, attention_input_rows, block);
     vmoe_attention_forward (cpu->attn, cpu->qkv, cpu->attention_scratch,
         cpu->workers, n, cpu->tokens, d, c->num_heads);
     /* x = x + FFN(LN2(x)); the image router reads x before the FFN. */
-    run_on_rows (cpu, rows, attention_output_rows, block);
+    run_on_rows (cpu, rows, (double) d * d + (block->is_moe ? 0 : mlp_fmas_per_row
+            (&block->mlp)), attention_output_rows, block);
     if (!block->is_moe)
       continue;
     if (c->routing == VMOE_ROUTING_IMAGE && layer == 0)
       route_images (cpu, n, out);
     if (block->has_shared)
-      run_on_rows (cpu, rows, shared_expert_rows, block);
+      run_on_rows (cpu, rows, mlp_fmas_per_row (&block->shared), shared_expert_rows,
+          block);
     if (c->routing == VMOE_ROUTING_IMAGE)
       moe_image_routed (cpu, block, n, out);
     else

@@ -488,8 +488,13 @@ START_TEST (test_workers_in_forked_child)
 }
 END_TEST
 
-/* 65 tokens per image, so a batch of 4 splits into row slices and experts
- * see enough rows to split too; all three kinds of MoE layer. */
+/* 145 tokens of width 128 per image, so that a batch of 4 is split three
+ * ways everywhere (test_threads_agree checks the sizes against the
+ * threshold); all three kinds of MoE layer. */
+#define THREADED_SIDE 48
+#define THREADED_TOKENS ((THREADED_SIDE / 4) * (THREADED_SIDE / 4) + 1)
+#define THREADED_DIM 128
+#define THREADED_MLP 512
 static const char *const threaded_moes[] = { NULL,
   "{\"layers\": [1], \"num_experts\": 2, \"top_k\": 1}",
   "{\"layers\": [0, 1], \"num_experts\": 2, \"top_k\": 2, \"routing\": \"token\", "
@@ -500,10 +505,10 @@ static VmoeSession *
 threaded_session (const char *moe_json, int threads, char **path_out)
 {
   char *config = g_strdup_printf ("{\"format\": \"vmoe\", \"version\": 1, "
-      "\"image_size\": [32, 32], \"patch_size\": 4, \"in_channels\": 3, "
-      "\"embed_dim\": 48, \"depth\": 2, \"num_heads\": 3, \"mlp_dim\": 64, "
-      "\"num_classes\": 5%s%s}", moe_json ? ", \"moe\": " : "",
-      moe_json ? moe_json : "");
+      "\"image_size\": [%d, %d], \"patch_size\": 4, \"in_channels\": 3, "
+      "\"embed_dim\": %d, \"depth\": 2, \"num_heads\": 4, \"mlp_dim\": %d, "
+      "\"num_classes\": 5%s%s}", THREADED_SIDE, THREADED_SIDE, THREADED_DIM,
+      THREADED_MLP, moe_json ? ", \"moe\": " : "", moe_json ? moe_json : "");
   *path_out = test_write_random_model (config);
   g_free (config);
   VmoeModel *model = vmoe_model_load (*path_out, NULL);
@@ -542,16 +547,25 @@ assert_same_results (VmoeSession *a, VmoeSession *b, int n, int classes)
  * equal up to the summation order inside sgemm. */
 START_TEST (test_threads_agree)
 {
-  float *input = g_new (float, 4 * 3 * 32 * 32);
-  for (int i = 0; i < 4 * 3 * 32 * 32; i++)
-    input[i] = sinf ((float) i * 0.37f) * (1 + i / 3072);
+  const int n = 4, pixels = 3 * THREADED_SIDE * THREADED_SIDE;
+  /* Every phase has work for three slices: the smallest row phase (the
+   * qkv projection), an expert given a third of the rows, and attention,
+   * which splits from twice the threshold. */
+  double rows = n * THREADED_TOKENS;
+  ck_assert (rows * THREADED_DIM * 3 * THREADED_DIM >= 3 * VMOE_CPU_MIN_SLICE_FMAS);
+  ck_assert (rows / 3 * 2 * THREADED_DIM * THREADED_MLP >= 3 * VMOE_CPU_MIN_SLICE_FMAS);
+  ck_assert (2.0 * n * THREADED_TOKENS * THREADED_TOKENS * THREADED_DIM
+      >= 2 * VMOE_CPU_MIN_SLICE_FMAS);
+  float *input = g_new (float, n * pixels);
+  for (int i = 0; i < n * pixels; i++)
+    input[i] = sinf ((float) i * 0.37f) * (1 + i / pixels);
   for (guint m = 0; m < G_N_ELEMENTS (threaded_moes); m++) {
     char *path_one, *path_three;
     VmoeSession *one = threaded_session (threaded_moes[m], 1, &path_one);
     VmoeSession *three = threaded_session (threaded_moes[m], 3, &path_three);
-    ck_assert (vmoe_session_run_f32 (one, input, 4, NULL));
-    ck_assert (vmoe_session_run_f32 (three, input, 4, NULL));
-    assert_same_results (one, three, 4, 5);
+    ck_assert (vmoe_session_run_f32 (one, input, n, NULL));
+    ck_assert (vmoe_session_run_f32 (three, input, n, NULL));
+    assert_same_results (one, three, n, 5);
     vmoe_session_free (one);
     vmoe_session_free (three);
     g_unlink (path_one), g_unlink (path_three);
@@ -564,8 +578,8 @@ END_TEST
 /* A session made before fork() still classifies in the child (serially). */
 START_TEST (test_session_in_forked_child)
 {
-  float *input = g_new (float, 4 * 3 * 32 * 32);
-  for (int i = 0; i < 4 * 3 * 32 * 32; i++)
+  float *input = g_new (float, 4 * 3 * THREADED_SIDE * THREADED_SIDE);
+  for (int i = 0; i < 4 * 3 * THREADED_SIDE * THREADED_SIDE; i++)
     input[i] = cosf ((float) i * 0.11f);
   char *path;
   VmoeSession *session = threaded_session (threaded_moes[1], 2, &path);
