@@ -733,6 +733,46 @@ START_TEST (test_vulkan_device_and_fp16)
 }
 END_TEST
 
+/* A device lost while playing is an element error that says so; the frames
+ * before it were classified. */
+START_TEST (test_vulkan_device_lost)
+{
+  const int w = 32, h = 32;
+  guint8 rgb[32 * 32 * 3];
+  gboolean gray;
+  /* Read when the session is made: two more submissions, then lost. */
+  g_setenv ("VMOE_VULKAN_LOSE_DEVICE_AFTER", "2", TRUE);
+  GstHarness *hs = harness_for ("image_k1", NULL, GST_VIDEO_FORMAT_RGB, w, h);
+  g_unsetenv ("VMOE_VULKAN_LOSE_DEVICE_AFTER");
+  GstBus *bus = gst_bus_new ();
+  gst_element_set_bus (hs->element, bus);
+  GstFlowReturn flow = GST_FLOW_OK;
+  int pushed = 0;
+  for (; pushed < 5 && flow == GST_FLOW_OK; pushed++) {
+    flow = gst_harness_push (hs, make_frame (GST_VIDEO_FORMAT_RGB, w, h, pushed, rgb, &gray));
+    if (flow == GST_FLOW_OK) {
+      GstBuffer *out = gst_harness_pull (hs);
+      ck_assert (gst_buffer_get_vmoe_meta (out) != NULL);
+      gst_buffer_unref (out);
+    }
+  }
+  ck_assert_int_eq (flow, GST_FLOW_ERROR);
+  ck_assert_int_ge (pushed, 2);
+  GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
+  ck_assert (msg != NULL);
+  GError *err = NULL;
+  gchar *debug = NULL;
+  gst_message_parse_error (msg, &err, &debug);
+  ck_assert_msg (strstr (debug, "the device was lost") != NULL, "%s", debug);
+  g_error_free (err);
+  g_free (debug);
+  gst_message_unref (msg);
+  gst_element_set_bus (hs->element, NULL);
+  gst_object_unref (bus);
+  gst_harness_teardown (hs);
+}
+END_TEST
+
 /* The element on the Vulkan backend: the tests whose results are checked
  * against the CPU engine, with Vulkan's tolerance. */
 static Suite *
@@ -748,6 +788,7 @@ vulkan_suite (void)
   tcase_add_test (tc, test_caps_change_mid_stream);
   tcase_add_test (tc, test_routing_knobs);
   tcase_add_test (tc, test_vulkan_device_and_fp16);
+  tcase_add_test (tc, test_vulkan_device_lost);
   suite_add_tcase (s, tc);
   return s;
 }

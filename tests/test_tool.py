@@ -130,6 +130,10 @@ class ToolTest(unittest.TestCase):
         self.assertEqual(gpu.returncode, 0, gpu.stderr)
         top = lambda out: [json.loads(l)["top"][0]["class"] for l in out.splitlines()]
         self.assertEqual(top(cpu.stdout), top(gpu.stdout))
+        # A device lost mid-run is a one-line error, not a crash or a hang.
+        self.assert_one_line_error(vmoe_vulkan(
+            "run", model, data, "--backend", "vulkan", "--device", "cpu",
+            env={"VMOE_VULKAN_LOSE_DEVICE_AFTER": "0"}), "the device was lost")
 
     def test_classify_matches_run(self):
         """classify decodes through GStreamer; the scores equal `run` on the

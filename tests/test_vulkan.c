@@ -469,6 +469,36 @@ START_TEST (test_errors)
 }
 END_TEST
 
+/* A lost device fails the call that meets it and every later call, each
+ * with a GError that says so, and the session still frees cleanly.  The
+ * loss is injected where the driver would report it (the submission). */
+START_TEST (test_device_lost)
+{
+  GError *error = NULL;
+  VmoeRoutingParams routing = { TOP_K, 1.0 };
+  VmoeVulkan *other = vmoe_vulkan_new (model, routing, NULL, FALSE, FALSE, &error);
+  ck_assert_msg (other != NULL, "%s", error ? error->message : "");
+  const VmoeConfig *c = vmoe_model_get_config (model);
+  float *input = random_floats ((size_t) c->in_channels * c->image_h * c->image_w, 9);
+  VmoeRawOutput out = { 0 };
+  out.logits = g_new (float, c->num_classes);
+  out.experts = g_new (int, TOP_K);
+  out.gates = g_new (float, TOP_K);
+  vmoe_vulkan_test_lose_device_after (other, 1);
+  ck_assert_msg (vmoe_vulkan_forward_f32 (other, input, 1, &out, &error), "%s",
+      error ? error->message : "");
+  ck_assert (!vmoe_vulkan_forward_f32 (other, input, 1, &out, &error));
+  ck_assert_msg (strstr (error->message, "the device was lost"), "%s", error->message);
+  g_clear_error (&error);
+  ck_assert (!vmoe_vulkan_forward_f32 (other, input, 1, &out, &error));
+  ck_assert_msg (strstr (error->message, "lost earlier; create a new session"), "%s",
+      error->message);
+  g_clear_error (&error);
+  g_free (input), g_free (out.logits), g_free (out.experts), g_free (out.gates);
+  vmoe_vulkan_free (other);
+}
+END_TEST
+
 int
 main (void)
 {
@@ -514,6 +544,7 @@ main (void)
   tcase_add_test (tc, test_route_tokens);
   tcase_add_test (tc, test_lists_and_combine);
   tcase_add_test (tc, test_errors);
+  tcase_add_test (tc, test_device_lost);
   suite_add_tcase (s, tc);
   SRunner *runner = srunner_create (s);
   /* One process: the Vulkan device is not fork-safe. */

@@ -34,5 +34,9 @@ gboolean vmoe_vulkan_test_read (VmoeVulkan *vk, VmoeVkBuffer buffer,
 gboolean vmoe_vulkan_test_dispatch (VmoeVulkan *vk, VmoeShader shader,
     const void *push, size_t push_size, uint32_t gx, uint32_t gy, uint32_t gz,
     GError **error);
+/* From now on, the device reports itself lost after `submissions` more
+ * queue submissions, as a real loss would (what
+ * $VMOE_VULKAN_LOSE_DEVICE_AFTER does for a new session). */
+void vmoe_vulkan_test_lose_device_after (VmoeVulkan *vk, gint64 submissions);
 
 #endif

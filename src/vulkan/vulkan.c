@@ -210,6 +210,9 @@ struct VmoeVulkan {
   VkCommandBuffer upload_cb;
   VkFence fence;
   gboolean lost;
+  /* $VMOE_VULKAN_LOSE_DEVICE_AFTER: submissions left before the device
+   * reports itself lost (fault injection for tests); -1: never */
+  gint64 submits_before_loss;
   uint32_t attention_block;    /* query rows per attention workgroup */
   int forced_tile;             /* $VMOE_VULKAN_GEMM_TILE: 0, or a variant + 1 */
   /* $VMOE_VULKAN_PROFILE: GPU time per shader, printed after each call */
@@ -431,7 +434,12 @@ submit_and_wait (VmoeVulkan *vk, const VkCommandBuffer *cbs, uint32_t count,
   }
   VkSubmitInfo info = { .sType = VK_STRUCTURE_TYPE_SUBMIT_INFO,
     .commandBufferCount = count, .pCommandBuffers = cbs };
-  VkResult r = vk->fn.vkQueueSubmit (vk->queue, 1, &info, vk->fence);
+  VkResult r = VK_ERROR_DEVICE_LOST;
+  if (vk->submits_before_loss != 0) {
+    if (vk->submits_before_loss > 0)
+      vk->submits_before_loss--;
+    r = vk->fn.vkQueueSubmit (vk->queue, 1, &info, vk->fence);
+  }
   if (r == VK_SUCCESS)
     r = vk->fn.vkWaitForFences (vk->device, 1, &vk->fence, VK_TRUE, FENCE_TIMEOUT_NS);
   if (r == VK_SUCCESS)
@@ -1455,6 +1463,7 @@ vmoe_vulkan_new (VmoeModel *model, VmoeRoutingParams routing, const char *device
   vk->k = MAX (routing.top_k, 1);
   vk->fp16 = fp16;
   vk->recorded = g_array_new (FALSE, FALSE, sizeof (Recorded));
+  vk->submits_before_loss = -1;
 
   vk->instance = shared_instance (get_proc, error);
   if (!vk->instance)
@@ -1474,7 +1483,10 @@ vmoe_vulkan_new (VmoeModel *model, VmoeRoutingParams routing, const char *device
       || !create_pipelines (vk, error) || !upload_weights (vk, error)
       || !reserve (vk, 1, error))
     goto fail;
-  /* Tuning and diagnosis knobs, off by default. */
+  /* Tuning, diagnosis and fault-injection knobs, off by default. */
+  const char *lose_after = g_getenv ("VMOE_VULKAN_LOSE_DEVICE_AFTER");
+  if (lose_after && *lose_after)
+    vk->submits_before_loss = MAX (g_ascii_strtoll (lose_after, NULL, 10), 0);
   const char *tile = g_getenv ("VMOE_VULKAN_GEMM_TILE");
   for (int v = 0; tile && v < 3; v++)
     if ((uint32_t) atoi (tile) == gemm_tile_sizes[v])
@@ -1559,4 +1571,10 @@ vmoe_vulkan_test_dispatch (VmoeVulkan *vk, VmoeShader shader, const void *push,
   }
   vk->fn.vkFreeCommandBuffers (vk->device, vk->command_pool, 1, &cb);
   return ok;
+}
+
+void
+vmoe_vulkan_test_lose_device_after (VmoeVulkan *vk, gint64 submissions)
+{
+  vk->submits_before_loss = submissions;
 }
