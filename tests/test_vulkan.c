@@ -210,6 +210,31 @@ START_TEST (test_attention)
 }
 END_TEST
 
+/* The online-softmax kernel against the CPU op: the model's 26 tokens (one
+ * partial chunk of keys, one partial workgroup of queries) and 75 tokens
+ * (three chunks, the last partial; this kernel has no token limit). */
+START_TEST (test_attention_online)
+{
+  const int n = 2;
+  const int token_counts[] = { TOKENS, 75 };
+  for (guint c = 0; c < G_N_ELEMENTS (token_counts); c++) {
+    int t = token_counts[c];
+    size_t qkv_len = (size_t) n * t * 3 * DIM, out_len = (size_t) n * t * DIM;
+    float *qkv = random_floats (qkv_len, 3 + c);
+    write_floats (VMOE_VK_ACTIVATIONS, 0, qkv, qkv_len);
+    VmoeAttentionPush p = { t, DIM, HEADS, 0, 100000 };
+    run_shader (VMOE_SHADER_ATTENTION_ONLINE, &p, sizeof p,
+        (t + VMOE_ATTENTION_ONLINE_ROWS - 1) / VMOE_ATTENTION_ONLINE_ROWS, HEADS, n);
+    float *got = g_new (float, out_len), *want = g_new (float, out_len);
+    float *scratch = g_new (float, vmoe_attention_scratch_len (n, t, DIM, HEADS, 1));
+    read_back (VMOE_VK_ACTIVATIONS, 100000, got, out_len);
+    vmoe_attention_forward (want, qkv, scratch, NULL, n, t, DIM, HEADS);
+    assert_close (got, want, out_len, 1e-5, "online attention");
+    g_free (qkv), g_free (got), g_free (want), g_free (scratch);
+  }
+}
+END_TEST
+
 START_TEST (test_embed)
 {
   /* im2col of 2 images of 3 x 20 x 20 in 4x4 patches, then the assembly of
@@ -538,6 +563,7 @@ main (void)
   tcase_add_test (tc, test_gemm_expert_lists);
   tcase_add_test (tc, test_layernorm);
   tcase_add_test (tc, test_attention);
+  tcase_add_test (tc, test_attention_online);
   tcase_add_test (tc, test_embed);
   tcase_add_test (tc, test_pool);
   tcase_add_test (tc, test_route_image);

@@ -13,6 +13,7 @@ typedef enum {
   VMOE_SHADER_GEMM_F16,
   VMOE_SHADER_LAYERNORM,
   VMOE_SHADER_ATTENTION,
+  VMOE_SHADER_ATTENTION_ONLINE,
   VMOE_SHADER_EMBED,
   VMOE_SHADER_POOL,
   VMOE_SHADER_ROUTE,
@@ -45,6 +46,10 @@ typedef struct {
 } VmoeLayerNormPush;
 
 /* attention.comp: workgroups (query blocks, heads, images) */
+/* attention.comp (a block of queries per workgroup) and
+ * attention_online.comp (VMOE_ATTENTION_ONLINE_ROWS queries per workgroup
+ * in the op tests) */
+#define VMOE_ATTENTION_ONLINE_ROWS 64
 typedef struct {
   uint32_t tokens, dim, heads;
   uint32_t qkv_off, out_off;

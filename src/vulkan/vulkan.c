@@ -41,6 +41,9 @@ static const uint32_t layernorm_spv[] =
 static const uint32_t attention_spv[] =
 #include "attention.spv.h"
     ;
+static const uint32_t attention_online_spv[] =
+#include "attention_online.spv.h"
+    ;
 static const uint32_t embed_spv[] =
 #include "embed.spv.h"
     ;
@@ -65,6 +68,7 @@ static const struct {
   [VMOE_SHADER_GEMM_F16] = { gemm_f16_spv, sizeof gemm_f16_spv },
   [VMOE_SHADER_LAYERNORM] = { layernorm_spv, sizeof layernorm_spv },
   [VMOE_SHADER_ATTENTION] = { attention_spv, sizeof attention_spv },
+  [VMOE_SHADER_ATTENTION_ONLINE] = { attention_online_spv, sizeof attention_online_spv },
   [VMOE_SHADER_EMBED] = { embed_spv, sizeof embed_spv },
   [VMOE_SHADER_POOL] = { pool_spv, sizeof pool_spv },
   [VMOE_SHADER_ROUTE] = { route_spv, sizeof route_spv },
@@ -214,6 +218,8 @@ struct VmoeVulkan {
    * reports itself lost (fault injection for tests); -1: never */
   gint64 submits_before_loss;
   uint32_t attention_block;    /* query rows per attention workgroup */
+  /* $VMOE_VULKAN_ATTENTION=online: attention_online.comp instead */
+  gboolean attention_online;
   int forced_tile;             /* $VMOE_VULKAN_GEMM_TILE: 0, or a variant + 1 */
   /* $VMOE_VULKAN_PROFILE: GPU time per shader, printed after each call */
   VkQueryPool queries;
@@ -378,7 +384,8 @@ profile_report (VmoeVulkan *vk, int n)
           2 * vk->n_queries * sizeof (guint64), stamps, sizeof (guint64),
           VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT) == VK_SUCCESS) {
     static const char *names[VMOE_N_SHADERS] = { "gemm", "gemm", "layernorm",
-      "attention", "embed", "pool", "route", "experts", "preprocess" };
+      "attention", "attention-online", "embed", "pool", "route", "experts",
+      "preprocess" };
     double total = 0;
     vk->profile_calls++;
     for (uint32_t q = 0; q < vk->n_queries; q++)
@@ -740,14 +747,22 @@ create_pipelines (VmoeVulkan *vk, GError **error)
     return FALSE;
   }
   vk->attention_block = block;
-  uint32_t attention_const[3] = { MAX (tokens, 1), block, head_dim };
-  uint32_t route_const[2] = { (uint32_t) MAX (c->num_experts, 1), (uint32_t) vk->k };
   VkSpecializationMapEntry entries[3] = { { 0, 0, 4 }, { 1, 4, 4 }, { 2, 8, 4 } };
+  uint32_t attention_const[3] = { MAX (tokens, 1), block, head_dim };
+  /* The online kernel holds a query row and an output row per thread in
+   * vec4 registers: head sizes that are multiples of 4, up to 64. */
+  gboolean online_fits = head_dim % 4 == 0 && head_dim <= 64;
+  const char *attention_kind = g_getenv ("VMOE_VULKAN_ATTENTION");
+  vk->attention_online = online_fits && g_strcmp0 (attention_kind, "online") == 0;
+  uint32_t online_const[2] = { VMOE_ATTENTION_ONLINE_ROWS, head_dim };
+  VkSpecializationInfo online_spec = { 2, entries, sizeof online_const, online_const };
+  uint32_t route_const[2] = { (uint32_t) MAX (c->num_experts, 1), (uint32_t) vk->k };
   VkSpecializationInfo attention_spec = { 3, entries, sizeof attention_const, attention_const };
   VkSpecializationInfo route_spec = { 2, entries, sizeof route_const, route_const };
 
   for (int s = 0; s < VMOE_N_SHADERS; s++) {
-    if (s == VMOE_SHADER_GEMM_F16 && !vk->fp16)
+    if ((s == VMOE_SHADER_GEMM_F16 && !vk->fp16)
+        || (s == VMOE_SHADER_ATTENTION_ONLINE && !online_fits))
       continue;
     VkShaderModuleCreateInfo module_info = {
       .sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
@@ -769,6 +784,7 @@ create_pipelines (VmoeVulkan *vk, GError **error)
       .stage = { .sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,
         .stage = VK_SHADER_STAGE_COMPUTE_BIT, .module = module, .pName = "main",
         .pSpecializationInfo = s == VMOE_SHADER_ATTENTION ? &attention_spec
+            : s == VMOE_SHADER_ATTENTION_ONLINE ? &online_spec
             : s == VMOE_SHADER_ROUTE ? &route_spec : NULL },
       .layout = vk->pipeline_layout };
     VkResult r = vk->fn.vkCreateComputePipelines (vk->device, VK_NULL_HANDLE, 1, &info,
@@ -1146,9 +1162,14 @@ record_forward (VmoeVulkan *vk, VkCommandBuffer cb, int n, gboolean frames)
     layernorm (vk, cb, rows, vk->a.x, d, vk->a.z, o->norm1_w, o->norm1_b);
     linear (vk, cb, o->qkv, rows, d, 3 * d, vk->a.z, vk->a.qkv, 0);
     VmoeAttentionPush at = { t, d, (uint32_t) c->num_heads, vk->a.qkv, vk->a.attn };
-    dispatch (vk, cb, VMOE_SHADER_ATTENTION, &at, sizeof at,
-        (t + vk->attention_block - 1) / vk->attention_block, (uint32_t) c->num_heads,
-        (uint32_t) n);
+    if (vk->attention_online)
+      dispatch (vk, cb, VMOE_SHADER_ATTENTION_ONLINE, &at, sizeof at,
+          (t + VMOE_ATTENTION_ONLINE_ROWS - 1) / VMOE_ATTENTION_ONLINE_ROWS,
+          (uint32_t) c->num_heads, (uint32_t) n);
+    else
+      dispatch (vk, cb, VMOE_SHADER_ATTENTION, &at, sizeof at,
+          (t + vk->attention_block - 1) / vk->attention_block, (uint32_t) c->num_heads,
+          (uint32_t) n);
     full_barrier (vk, cb);
     linear (vk, cb, o->proj, rows, d, d, vk->a.attn, vk->a.x, VMOE_GEMM_ACCUMULATE);
     if (blk->is_moe && c->routing == VMOE_ROUTING_IMAGE && layer == 0) {
