@@ -29,8 +29,9 @@ sys.path.insert(0, os.path.join(HERE, "..", "training"))
 import vmoe_torch  # noqa: E402
 
 
-def run_json(cmd):
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+def run_json(cmd, env=None):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                         env=dict(os.environ, **(env or {}))).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

@@ -3,8 +3,9 @@
 The model is #2's bench config (bench/vit_tiny_mobile_vmoe.json, random
 weights from `vmoe random-model`), loaded into training/vmoe_torch.py for
 PyTorch.  For each batch size it alternates `vmoe bench --backend vulkan`
-(fp32, then fp16 weights) with PyTorch eager under torch.inference_mode on
-CUDA, several rounds, and prints batch-1 latency and batch-64 throughput with
+(fp32, fp16 weights, and fp32 with the older query-block attention kernel
+of VMOE_VULKAN_ATTENTION=blocks) with PyTorch eager under torch.inference_mode
+on CUDA, several rounds, and prints batch-1 latency and batch-64 throughput with
 the ratios.  Run it on a machine with a GPU and its Vulkan driver:
 
     python3 bench/gpu_vs_torch.py [--build build-gpu] [--seconds 4] [--rounds 3] [--json]
@@ -72,12 +73,15 @@ def main():
         subprocess.run([vmoe, "random-model", "--config", args.config, "-o", path], check=True)
         model = vmoe_torch.load_model(path).eval().cuda()
         for batch in [int(b) for b in args.batches.split(",")]:
-            runs = {"vulkan": [], "vulkan_fp16": [], "torch_cuda": []}
+            variants = (("vulkan", [], {}), ("vulkan_fp16", ["--fp16"], {}),
+                        ("vulkan_blocks", [], {"VMOE_VULKAN_ATTENTION": "blocks"}))
+            runs = {name: [] for name, _, _ in variants}
+            runs["torch_cuda"] = []
             for _ in range(args.rounds):
-                for name, extra in (("vulkan", []), ("vulkan_fp16", ["--fp16"])):
+                for name, extra, env in variants:
                     runs[name].append(run_json([vmoe, "bench", path, "--backend", "vulkan",
                                                 "--batch", str(batch), "--seconds",
-                                                str(args.seconds), "--json"] + extra))
+                                                str(args.seconds), "--json"] + extra, env))
                 runs["torch_cuda"].append(torch_cuda(model, batch, args.seconds, config))
             row = {"batch": batch}
             for name, rs in runs.items():
@@ -86,7 +90,7 @@ def main():
                 if name != "torch_cuda":
                     row["device"] = rs[0]["device"]
             t = row["torch_cuda"]
-            for name in ("vulkan", "vulkan_fp16"):
+            for name, _, _ in variants:
                 row[name]["latency_vs_torch"] = row[name]["latency_p50_ms"] / t["latency_p50_ms"]
                 row[name]["throughput_vs_torch"] = row[name]["images_per_s"] / t["images_per_s"]
             results["batches"].append(row)

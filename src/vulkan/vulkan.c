@@ -218,7 +218,8 @@ struct VmoeVulkan {
    * reports itself lost (fault injection for tests); -1: never */
   gint64 submits_before_loss;
   uint32_t attention_block;    /* query rows per attention workgroup */
-  /* $VMOE_VULKAN_ATTENTION=online: attention_online.comp instead */
+  /* attention_online.comp where the head size fits it, unless
+   * $VMOE_VULKAN_ATTENTION=blocks asks for attention.comp */
   gboolean attention_online;
   int forced_tile;             /* $VMOE_VULKAN_GEMM_TILE: 0, or a variant + 1 */
   /* $VMOE_VULKAN_PROFILE: GPU time per shader, printed after each call */
@@ -753,7 +754,7 @@ create_pipelines (VmoeVulkan *vk, GError **error)
    * vec4 registers: head sizes that are multiples of 4, up to 64. */
   gboolean online_fits = head_dim % 4 == 0 && head_dim <= 64;
   const char *attention_kind = g_getenv ("VMOE_VULKAN_ATTENTION");
-  vk->attention_online = online_fits && g_strcmp0 (attention_kind, "online") == 0;
+  vk->attention_online = online_fits && g_strcmp0 (attention_kind, "blocks") != 0;
   uint32_t online_const[2] = { VMOE_ATTENTION_ONLINE_ROWS, head_dim };
   VkSpecializationInfo online_spec = { 2, entries, sizeof online_const, online_const };
   uint32_t route_const[2] = { (uint32_t) MAX (c->num_experts, 1), (uint32_t) vk->k };
