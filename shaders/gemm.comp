@@ -2,7 +2,10 @@
 // C[m, n] = act(A[m, :] . W[n, :] + b[n]) (or C += that): every linear layer.
 // W is [N, K] row-major as PyTorch stores it.  Tiles of TM x TN outputs per
 // workgroup, TK-deep slices of A and W staged in shared memory, fp32
-// accumulation.  With FLAG_EXPERT_LISTS the rows come from per-expert lists
+// accumulation.  Each thread owns RM adjacent rows and RN adjacent columns
+// of its tile, so that its operands for one k are adjacent in shared memory
+// and are read as vec4s (one load per four values: with 4 x 4 outputs, two
+// loads feed 16 FMAs).  With FLAG_EXPERT_LISTS the rows come from per-expert lists
 // that the routing kernels built on the GPU: workgroup z is expert e, its
 // rows are entries list[e][..count[e]], row entry reads A row entry/a_row_div
 // and writes C row entry, and W, b are expert e's.
@@ -20,6 +23,9 @@ layout(constant_id = 1) const uint TN = 64;
 layout(constant_id = 2) const uint TK = 16;
 layout(local_size_x = 16, local_size_y = 16) in;
 const uint RM = TM / 16, RN = TN / 16;    // outputs per thread along m, n
+// Rows of the staged slices, in vec4s: 4 floats of padding keep a thread's
+// operands 16-byte aligned and spread the k-major stores over banks.
+const uint AS4 = TM / 4u + 1u, WS4 = TN / 4u + 1u;
 
 const uint FLAG_GELU = 1u, FLAG_GELU_TANH = 2u, FLAG_ACCUMULATE = 4u,
            FLAG_EXPERT_LISTS = 8u;
@@ -34,8 +40,8 @@ layout(push_constant) uniform Params {
   uint list_off, count_off, list_cap, a_row_div;
 } p;
 
-shared float As[TK][TM + 1];   // +1: stores along k hit distinct banks
-shared float Ws[TK][TN + 1];
+shared vec4 As[TK][AS4];
+shared vec4 Ws[TK][WS4];
 shared uint a_rows[TM];
 shared uint c_rows[TM];
 
@@ -86,17 +92,17 @@ void main()
   for (uint k0 = 0u; k0 < p.K; k0 += TK) {
     for (uint e = tid; e < TK * TM; e += 256u) {
       uint r = e / TK, kk = e % TK, k = k0 + kk;
-      As[kk][r] = (c_rows[r] != NONE && k < p.K) ? A[p.a_off + a_rows[r] * p.a_stride + k] : 0.0;
+      As[kk][r >> 2][r & 3u] = (c_rows[r] != NONE && k < p.K) ? A[p.a_off + a_rows[r] * p.a_stride + k] : 0.0;
     }
     for (uint e = tid; e < TK * TN; e += 256u) {
       uint c = e / TK, kk = e % TK, k = k0 + kk, n = col0 + c;
-      Ws[kk][c] = (n < p.N && k < p.K) ? WEIGHT(w_base + n * p.K + k) : 0.0;
+      Ws[kk][c >> 2][c & 3u] = (n < p.N && k < p.K) ? WEIGHT(w_base + n * p.K + k) : 0.0;
     }
     barrier();
     for (uint kk = 0u; kk < TK; kk++) {
       float a[RM], w[RN];
-      for (uint i = 0u; i < RM; i++) a[i] = As[kk][ly + 16u * i];
-      for (uint j = 0u; j < RN; j++) w[j] = Ws[kk][lx + 16u * j];
+      for (uint i = 0u; i < RM; i++) a[i] = As[kk][(ly * RM + i) >> 2][(ly * RM + i) & 3u];
+      for (uint j = 0u; j < RN; j++) w[j] = Ws[kk][(lx * RN + j) >> 2][(lx * RN + j) & 3u];
       for (uint i = 0u; i < RM; i++)
         for (uint j = 0u; j < RN; j++)
           acc[i][j] += a[i] * w[j];
@@ -105,11 +111,11 @@ void main()
   }
 
   for (uint i = 0u; i < RM; i++) {
-    uint c_row = c_rows[ly + 16u * i];
+    uint c_row = c_rows[ly * RM + i];
     if (c_row == NONE)
       continue;
     for (uint j = 0u; j < RN; j++) {
-      uint n = col0 + lx + 16u * j;
+      uint n = col0 + lx * RN + j;
       if (n >= p.N)
         continue;
       float v = acc[i][j];
