@@ -465,6 +465,15 @@ START_TEST (test_workers_run_each_item_once)
 }
 END_TEST
 
+/* Waits for a forked child, which exits 0 when its checks held. */
+static void
+expect_child_success (pid_t pid)
+{
+  int status = 0;
+  ck_assert_int_eq (waitpid (pid, &status, 0), pid);
+  ck_assert (WIFEXITED (status) && WEXITSTATUS (status) == 0);
+}
+
 /* A child forked from a process whose pool has threads has none of them:
  * its runs must still run every item (in the caller), not wait forever. */
 START_TEST (test_workers_in_forked_child)
@@ -481,9 +490,7 @@ START_TEST (test_workers_in_forked_child)
     vmoe_workers_free (workers);
     _exit (ok ? 0 : 1);
   }
-  int status = 0;
-  ck_assert_int_eq (waitpid (pid, &status, 0), pid);
-  ck_assert (WIFEXITED (status) && WEXITSTATUS (status) == 0);
+  expect_child_success (pid);
   vmoe_workers_free (workers);
 }
 END_TEST
@@ -598,9 +605,7 @@ START_TEST (test_session_in_forked_child)
     vmoe_session_free (session);
     _exit (ok ? 0 : 1);
   }
-  int status = 0;
-  ck_assert_int_eq (waitpid (pid, &status, 0), pid);
-  ck_assert (WIFEXITED (status) && WEXITSTATUS (status) == 0);
+  expect_child_success (pid);
   vmoe_session_free (session);
   g_unlink (path);
   g_free (path);

@@ -191,46 +191,44 @@ START_TEST (test_layernorm)
 }
 END_TEST
 
+/* One attention kernel on n images of t random tokens against the CPU op;
+ * groups_x workgroups along the queries. */
+static void
+check_attention (VmoeShader shader, int n, int t, double scale, uint32_t groups_x,
+    const char *what)
+{
+  size_t qkv_len = (size_t) n * t * 3 * DIM, out_len = (size_t) n * t * DIM;
+  float *qkv = random_floats (qkv_len, scale);
+  write_floats (VMOE_VK_ACTIVATIONS, 0, qkv, qkv_len);
+  VmoeAttentionPush p = { t, DIM, HEADS, 0, 100000 };
+  run_shader (shader, &p, sizeof p, groups_x, HEADS, n);
+  float *got = g_new (float, out_len), *want = g_new (float, out_len);
+  float *scratch = g_new (float, vmoe_attention_scratch_len (n, t, DIM, HEADS, 1));
+  read_back (VMOE_VK_ACTIVATIONS, 100000, got, out_len);
+  vmoe_attention_forward (want, qkv, scratch, NULL, n, t, DIM, HEADS);
+  assert_close (got, want, out_len, 1e-5, what);
+  g_free (qkv), g_free (got), g_free (want), g_free (scratch);
+}
+
 START_TEST (test_attention)
 {
-  const int n = 3;
-  size_t qkv_len = (size_t) n * TOKENS * 3 * DIM, out_len = (size_t) n * TOKENS * DIM;
-  float *qkv = random_floats (qkv_len, 2);
-  write_floats (VMOE_VK_ACTIVATIONS, 0, qkv, qkv_len);
-  VmoeAttentionPush p = { TOKENS, DIM, HEADS, 0, 100000 };
   /* A workgroup takes a block of queries; one per token covers any block
    * size, and blocks past the last token write nothing. */
-  run_shader (VMOE_SHADER_ATTENTION, &p, sizeof p, TOKENS, HEADS, n);
-  float *got = g_new (float, out_len), *want = g_new (float, out_len);
-  float *scratch = g_new (float, vmoe_attention_scratch_len (n, TOKENS, DIM, HEADS, 1));
-  read_back (VMOE_VK_ACTIVATIONS, 100000, got, out_len);
-  vmoe_attention_forward (want, qkv, scratch, NULL, n, TOKENS, DIM, HEADS);
-  assert_close (got, want, out_len, 1e-5, "attention");
-  g_free (qkv), g_free (got), g_free (want), g_free (scratch);
+  check_attention (VMOE_SHADER_ATTENTION, 3, TOKENS, 2, TOKENS, "attention");
 }
 END_TEST
 
-/* The online-softmax kernel against the CPU op: the model's 26 tokens (one
- * partial chunk of keys, one partial workgroup of queries) and 75 tokens
- * (three chunks, the last partial; this kernel has no token limit). */
+/* The online-softmax kernel: the model's 26 tokens (one partial chunk of
+ * keys, one partial workgroup of queries) and 75 tokens (three chunks, the
+ * last partial; this kernel has no token limit), with larger scores. */
 START_TEST (test_attention_online)
 {
-  const int n = 2;
   const int token_counts[] = { TOKENS, 75 };
   for (guint c = 0; c < G_N_ELEMENTS (token_counts); c++) {
     int t = token_counts[c];
-    size_t qkv_len = (size_t) n * t * 3 * DIM, out_len = (size_t) n * t * DIM;
-    float *qkv = random_floats (qkv_len, 3 + c);
-    write_floats (VMOE_VK_ACTIVATIONS, 0, qkv, qkv_len);
-    VmoeAttentionPush p = { t, DIM, HEADS, 0, 100000 };
-    run_shader (VMOE_SHADER_ATTENTION_ONLINE, &p, sizeof p,
-        (t + VMOE_ATTENTION_ONLINE_ROWS - 1) / VMOE_ATTENTION_ONLINE_ROWS, HEADS, n);
-    float *got = g_new (float, out_len), *want = g_new (float, out_len);
-    float *scratch = g_new (float, vmoe_attention_scratch_len (n, t, DIM, HEADS, 1));
-    read_back (VMOE_VK_ACTIVATIONS, 100000, got, out_len);
-    vmoe_attention_forward (want, qkv, scratch, NULL, n, t, DIM, HEADS);
-    assert_close (got, want, out_len, 1e-5, "online attention");
-    g_free (qkv), g_free (got), g_free (want), g_free (scratch);
+    check_attention (VMOE_SHADER_ATTENTION_ONLINE, 2, t, 3 + c,
+        (t + VMOE_ATTENTION_ONLINE_ROWS - 1) / VMOE_ATTENTION_ONLINE_ROWS,
+        "online attention");
   }
 }
 END_TEST
