@@ -508,7 +508,6 @@ typedef struct {
   int rows, slices;
 } RowsJob;
 
-
 static void
 rows_slice (void *data, int index, int thread)
 {
