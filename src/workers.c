@@ -26,6 +26,7 @@ struct VmoeWorkers {
   guint64 generation;
   gboolean quit;
   int busy;                    /* workers still inside the current run */
+  int started;                 /* workers that reached their first wait */
 
   VmoeWorkFunc func;
   void *data;
@@ -57,6 +58,10 @@ worker_main (gpointer arg_ptr)
   int slot = arg->slot;
   g_free (arg);
   guint64 seen = 0;
+  g_mutex_lock (&w->lock);
+  w->started++;
+  g_cond_signal (&w->finish);
+  g_mutex_unlock (&w->lock);
   for (;;) {
     g_mutex_lock (&w->lock);
     while (w->generation == seen && !w->quit)
@@ -98,6 +103,13 @@ vmoe_workers_new (int threads)
     arg->slot = i;
     w->thread[i - 1] = g_thread_new ("vmoe-worker", worker_main, arg);
   }
+  /* A thread's start-up (GLib's and the C library's per-thread set-up,
+   * allocations included) is over before the pool is handed out: nothing
+   * of it lands in the first runs. */
+  g_mutex_lock (&w->lock);
+  while (w->started < w->threads - 1)
+    g_cond_wait (&w->finish, &w->lock);
+  g_mutex_unlock (&w->lock);
   return w;
 }
 
