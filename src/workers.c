@@ -21,8 +21,10 @@ struct VmoeWorkers {
   int threads;                 /* including the caller */
   gint born_after_forks;       /* forks_seen when the threads started */
   GThread **thread;            /* threads - 1 */
-  GMutex lock;
-  GCond start, finish;
+  /* pthread's rather than GLib's: GMutex is a bare futex on Linux, which
+   * race detectors (helgrind, TSan) cannot see as synchronisation. */
+  pthread_mutex_t lock;
+  pthread_cond_t start, finish;
   guint64 generation;
   gboolean quit;
   int busy;                    /* workers still inside the current run */
@@ -58,27 +60,27 @@ worker_main (gpointer arg_ptr)
   int slot = arg->slot;
   g_free (arg);
   guint64 seen = 0;
-  g_mutex_lock (&w->lock);
+  pthread_mutex_lock (&w->lock);
   w->started++;
-  g_cond_signal (&w->finish);
-  g_mutex_unlock (&w->lock);
+  pthread_cond_signal (&w->finish);
+  pthread_mutex_unlock (&w->lock);
   for (;;) {
-    g_mutex_lock (&w->lock);
+    pthread_mutex_lock (&w->lock);
     while (w->generation == seen && !w->quit)
-      g_cond_wait (&w->start, &w->lock);
+      pthread_cond_wait (&w->start, &w->lock);
     if (w->quit) {
-      g_mutex_unlock (&w->lock);
+      pthread_mutex_unlock (&w->lock);
       return NULL;
     }
     seen = w->generation;
-    g_mutex_unlock (&w->lock);
+    pthread_mutex_unlock (&w->lock);
 
     take_items (w, slot);
 
-    g_mutex_lock (&w->lock);
+    pthread_mutex_lock (&w->lock);
     if (--w->busy == 0)
-      g_cond_signal (&w->finish);
-    g_mutex_unlock (&w->lock);
+      pthread_cond_signal (&w->finish);
+    pthread_mutex_unlock (&w->lock);
   }
 }
 
@@ -93,9 +95,9 @@ vmoe_workers_new (int threads)
   VmoeWorkers *w = g_new0 (VmoeWorkers, 1);
   w->threads = MAX (threads, 1);
   w->born_after_forks = forks_seen;
-  g_mutex_init (&w->lock);
-  g_cond_init (&w->start);
-  g_cond_init (&w->finish);
+  pthread_mutex_init (&w->lock, NULL);
+  pthread_cond_init (&w->start, NULL);
+  pthread_cond_init (&w->finish, NULL);
   w->thread = g_new0 (GThread *, w->threads);
   for (int i = 1; i < w->threads; i++) {
     WorkerArg *arg = g_new (WorkerArg, 1);
@@ -106,10 +108,10 @@ vmoe_workers_new (int threads)
   /* A thread's start-up (GLib's and the C library's per-thread set-up,
    * allocations included) is over before the pool is handed out: nothing
    * of it lands in the first runs. */
-  g_mutex_lock (&w->lock);
+  pthread_mutex_lock (&w->lock);
   while (w->started < w->threads - 1)
-    g_cond_wait (&w->finish, &w->lock);
-  g_mutex_unlock (&w->lock);
+    pthread_cond_wait (&w->finish, &w->lock);
+  pthread_mutex_unlock (&w->lock);
   return w;
 }
 
@@ -119,19 +121,20 @@ vmoe_workers_free (VmoeWorkers *w)
   if (!w)
     return;
   if (w->born_after_forks == forks_seen) {
-    g_mutex_lock (&w->lock);
+    pthread_mutex_lock (&w->lock);
     w->quit = TRUE;
-    g_cond_broadcast (&w->start);
-    g_mutex_unlock (&w->lock);
+    pthread_cond_broadcast (&w->start);
+    pthread_mutex_unlock (&w->lock);
     for (int i = 0; i < w->threads - 1; i++)
       g_thread_join (w->thread[i]);
+    pthread_mutex_destroy (&w->lock);
+    pthread_cond_destroy (&w->start);
+    pthread_cond_destroy (&w->finish);
   }
-  /* else a forked child: its copies of the threads never ran, and their
-   * handles cannot be joined or unreferenced there. */
+  /* else a forked child: its copies of the threads never ran, so their
+   * handles cannot be joined, and the condition variables still count the
+   * parent's waiters, so destroying them would wait for ever. */
   g_free (w->thread);
-  g_mutex_clear (&w->lock);
-  g_cond_clear (&w->start);
-  g_cond_clear (&w->finish);
   g_free (w);
 }
 
@@ -149,20 +152,20 @@ vmoe_workers_run (VmoeWorkers *w, int n_items, VmoeWorkFunc func, void *data)
       func (data, i, 0);
     return;
   }
-  g_mutex_lock (&w->lock);
+  pthread_mutex_lock (&w->lock);
   w->func = func;
   w->data = data;
   w->n_items = n_items;
   g_atomic_int_set (&w->next_item, 0);
   w->busy = w->threads - 1;
   w->generation++;
-  g_cond_broadcast (&w->start);
-  g_mutex_unlock (&w->lock);
+  pthread_cond_broadcast (&w->start);
+  pthread_mutex_unlock (&w->lock);
 
   take_items (w, 0);
 
-  g_mutex_lock (&w->lock);
+  pthread_mutex_lock (&w->lock);
   while (w->busy > 0)
-    g_cond_wait (&w->finish, &w->lock);
-  g_mutex_unlock (&w->lock);
+    pthread_cond_wait (&w->finish, &w->lock);
+  pthread_mutex_unlock (&w->lock);
 }
