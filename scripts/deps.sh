@@ -6,7 +6,7 @@ VMOE_PACKAGES="meson ninja-build pkg-config gcc libc6-dev \
 libglib2.0-dev libjson-glib-dev libopenblas-dev check \
 libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools \
 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
-libvulkan-dev mesa-vulkan-drivers glslc spirv-tools \
+libvulkan-dev mesa-vulkan-drivers glslc spirv-tools valgrind \
 python3-torch python3-numpy python3-scipy python3-matplotlib dataset-fashion-mnist"
 
 vmoe_install_deps () {

@@ -661,7 +661,6 @@ ops_suite (void)
   tcase_add_test (tc, test_softmax);
   tcase_add_test (tc, test_topk_ties_go_to_lower_index);
   tcase_add_test (tc, test_attention);
-  tcase_add_test (tc, test_attention_tiles_against_double);
   tcase_add_test (tc, test_capacity);
   tcase_add_test (tc, test_assign_bpr_and_token_order);
   tcase_add_test (tc, test_assign_choices_before_second_choices);
@@ -673,11 +672,16 @@ ops_suite (void)
   tcase_add_test (tc, test_preprocess_crop_pct_resize);
   tcase_add_test (tc, test_preprocess_rejects_bad_frames);
   tcase_add_test (tc, test_no_allocation_per_call);
-  tcase_add_test (tc, test_workers_run_each_item_once);
-  tcase_add_test (tc, test_workers_in_forked_child);
-  tcase_add_test (tc, test_threads_agree);
-  tcase_add_test (tc, test_session_in_forked_child);
   suite_add_tcase (s, tc);
+  /* What runs on several threads: the "races" test runs this case under
+   * helgrind (CK_RUN_CASE=threads). */
+  TCase *threads = tcase_create ("threads");
+  tcase_add_test (threads, test_attention_tiles_against_double);
+  tcase_add_test (threads, test_workers_run_each_item_once);
+  tcase_add_test (threads, test_workers_in_forked_child);
+  tcase_add_test (threads, test_threads_agree);
+  tcase_add_test (threads, test_session_in_forked_child);
+  suite_add_tcase (s, threads);
   return s;
 }
 
