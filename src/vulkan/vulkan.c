@@ -752,7 +752,8 @@ create_pipelines (VmoeVulkan *vk, GError **error)
   uint32_t attention_const[3] = { MAX (tokens, 1), block, head_dim };
   /* The online kernel holds a query row and an output row per thread in
    * vec4 registers: head sizes that are multiples of 4, up to 64. */
-  gboolean online_fits = head_dim % 4 == 0 && head_dim <= 64;
+  gboolean online_fits = head_dim % 4 == 0 && head_dim <= 64
+      && 2 * 32 * head_dim * 4 <= shared_limit;    /* keys and values of a chunk */
   const char *attention_kind = g_getenv ("VMOE_VULKAN_ATTENTION");
   vk->attention_online = online_fits && g_strcmp0 (attention_kind, "blocks") != 0;
   uint32_t online_const[2] = { VMOE_ATTENTION_ONLINE_ROWS, head_dim };
