@@ -11,7 +11,7 @@ layout(local_size_x = 128) in;
 layout(constant_id = 0) const uint MAX_TOKENS = 1024;
 layout(constant_id = 1) const uint QB = 8;
 layout(constant_id = 2) const uint HEAD_DIM = 64;
-const uint KC = 32;
+const uint KC = 32;                // VMOE_ATTENTION_KEY_CHUNK
 const uint OUT_PER_THREAD = (QB * HEAD_DIM + 127u) / 128u;
 const uint ROW_THREADS = 128u / QB;       // QB is a power of two <= 128
 

@@ -12,7 +12,7 @@
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint HEAD_DIM = 64;
 const uint D4 = HEAD_DIM / 4u;
-const uint KC = 32u;
+const uint KC = 32u;               // VMOE_ATTENTION_KEY_CHUNK
 const float LOWEST = -3.402823466e38;
 
 layout(push_constant) uniform Params {

@@ -443,6 +443,22 @@ START_TEST (test_swap_to_bad_model_keeps_running)
 }
 END_TEST
 
+/* Pops the error message on bus, checks that its debug text names the
+ * reason (needle) and returns its GError. */
+static GError *
+expect_bus_error (GstBus *bus, const char *needle)
+{
+  GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
+  ck_assert (msg != NULL);
+  GError *err = NULL;
+  gchar *debug = NULL;
+  gst_message_parse_error (msg, &err, &debug);
+  ck_assert_msg (strstr (debug, needle) != NULL, "'%s' lacks '%s'", debug, needle);
+  g_free (debug);
+  gst_message_unref (msg);
+  return err;
+}
+
 /* A missing or bad model is an element error with the reason, at the state
  * change, never a crash. */
 static void
@@ -456,16 +472,9 @@ expect_start_error (const char *model, const char *props, const char *needle)
   ck_assert_int_eq (gst_element_set_state (pipeline, GST_STATE_PAUSED),
       GST_STATE_CHANGE_FAILURE);
   GstBus *bus = gst_element_get_bus (pipeline);
-  GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
-  ck_assert (msg != NULL);
-  GError *err = NULL;
-  gchar *debug = NULL;
-  gst_message_parse_error (msg, &err, &debug);
-  ck_assert_msg (strstr (debug, needle) != NULL, "'%s' lacks '%s'", debug, needle);
+  GError *err = expect_bus_error (bus, needle);
   ck_assert (strstr (err->message, "vmoeclassify") != NULL);
   g_error_free (err);
-  g_free (debug);
-  gst_message_unref (msg);
   gst_object_unref (bus);
   gst_element_set_state (pipeline, GST_STATE_NULL);
   gst_object_unref (pipeline);
@@ -758,15 +767,7 @@ START_TEST (test_vulkan_device_lost)
   }
   ck_assert_int_eq (flow, GST_FLOW_ERROR);
   ck_assert_int_ge (pushed, 2);
-  GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
-  ck_assert (msg != NULL);
-  GError *err = NULL;
-  gchar *debug = NULL;
-  gst_message_parse_error (msg, &err, &debug);
-  ck_assert_msg (strstr (debug, "the device was lost") != NULL, "%s", debug);
-  g_error_free (err);
-  g_free (debug);
-  gst_message_unref (msg);
+  g_error_free (expect_bus_error (bus, "the device was lost"));
   gst_element_set_bus (hs->element, NULL);
   gst_object_unref (bus);
   gst_harness_teardown (hs);

@@ -50,6 +50,8 @@ typedef struct {
  * attention_online.comp (VMOE_ATTENTION_ONLINE_ROWS queries per workgroup
  * in the op tests) */
 #define VMOE_ATTENTION_ONLINE_ROWS 64
+/* Keys staged in shared memory at a time: KC in both attention shaders. */
+#define VMOE_ATTENTION_KEY_CHUNK 32
 typedef struct {
   uint32_t tokens, dim, heads;
   uint32_t qkv_off, out_off;

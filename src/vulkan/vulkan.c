@@ -736,10 +736,11 @@ create_pipelines (VmoeVulkan *vk, GError **error)
   uint32_t block = forced_block ? (uint32_t) CLAMP (atoi (forced_block), 1, 16) : 16;
   while (block & (block - 1))
     block &= block - 1;
-  while (block > 1 && 4 * (block * head_dim + 32 * (head_dim + 1) + block * tokens
+  const uint32_t chunk = VMOE_ATTENTION_KEY_CHUNK;
+  while (block > 1 && 4 * (block * head_dim + chunk * (head_dim + 1) + block * tokens
           + 128 + block) > shared_limit)
     block /= 2;
-  if (4 * (block * head_dim + 32 * (head_dim + 1) + block * tokens + 128 + block)
+  if (4 * (block * head_dim + chunk * (head_dim + 1) + block * tokens + 128 + block)
       > shared_limit) {
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_BACKEND,
         "vulkan: attention over %u tokens of head size %u needs more shared "
@@ -753,7 +754,7 @@ create_pipelines (VmoeVulkan *vk, GError **error)
   /* The online kernel holds a query row and an output row per thread in
    * vec4 registers: head sizes that are multiples of 4, up to 64. */
   gboolean online_fits = head_dim % 4 == 0 && head_dim <= 64
-      && 2 * 32 * head_dim * 4 <= shared_limit;    /* keys and values of a chunk */
+      && 2 * chunk * head_dim * 4 <= shared_limit;    /* keys and values of a chunk */
   const char *attention_kind = g_getenv ("VMOE_VULKAN_ATTENTION");
   vk->attention_online = online_fits && g_strcmp0 (attention_kind, "blocks") != 0;
   uint32_t online_const[2] = { VMOE_ATTENTION_ONLINE_ROWS, head_dim };
