@@ -27,7 +27,7 @@ struct VmoeSession {
   int input_images;                /* images `input` holds */
   VmoeRawOutput raw;
   float *probs;                    /* [N, K] */
-  int *top_classes;                /* [N, n_top] */
+  int *top_classes;                /* [N, n_top], room for [N, K] */
   float *top_scores;
   const char **top_labels;
   const char **superclass_names;   /* [N, k] */
@@ -104,9 +104,11 @@ reserve (VmoeSession *s, int n)
   s->raw.tokens_per_expert = g_new0 (int, MAX (n * layers * e, 1));
   s->raw.dropped = g_new0 (int, MAX (n * layers, 1));
   s->probs = g_new (float, (size_t) n * c->num_classes);
-  s->top_classes = g_new (int, (size_t) n * s->n_top);
-  s->top_scores = g_new (float, (size_t) n * s->n_top);
-  s->top_labels = g_new (const char *, (size_t) n * s->n_top);
+  /* Room for every class, so that the reported count can change between
+   * runs (vmoe_session_set_top_k) without reallocating. */
+  s->top_classes = g_new (int, (size_t) n * c->num_classes);
+  s->top_scores = g_new (float, (size_t) n * c->num_classes);
+  s->top_labels = g_new (const char *, (size_t) n * c->num_classes);
   s->superclass_names = g_new0 (const char *, MAX (n * k, 1));
   s->layers = g_new0 (VmoeLayerStats, MAX (n * layers, 1));
   s->results = g_new0 (VmoeImageResult, n);
@@ -192,6 +194,20 @@ vmoe_session_free (VmoeSession *s)
 #endif
   vmoe_model_unref (s->model);
   g_free (s);
+}
+
+gboolean
+vmoe_session_set_top_k (VmoeSession *s, int top_k, GError **error)
+{
+  if (top_k < 0) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
+        "top_k must not be negative");
+    return FALSE;
+  }
+  s->n_top = MIN (top_k > 0 ? top_k : DEFAULT_TOP_K, s->model->config.num_classes);
+  /* The last run's results were laid out for the old count. */
+  s->n_last = 0;
+  return TRUE;
 }
 
 VmoeModel *

@@ -649,6 +649,44 @@ START_TEST (test_no_allocation_per_call)
 }
 END_TEST
 
+START_TEST (test_top_k_changes_without_new_session)
+{
+  char *config = test_config_json ("{\"layers\": [1], \"num_experts\": 3, \"top_k\": 1}");
+  char *path = test_write_random_model (config);
+  VmoeModel *model = vmoe_model_load (path, NULL);
+  VmoeSession *session = vmoe_session_new (model, NULL, NULL);
+  float input[2 * 3 * 16 * 16];
+  for (guint i = 0; i < G_N_ELEMENTS (input); i++)
+    input[i] = cosf ((float) i * 0.37f);
+  const int counts[] = { 2, 1, 0, 99 };
+  for (guint t = 0; t < G_N_ELEMENTS (counts); t++) {
+    ck_assert (vmoe_session_set_top_k (session, counts[t], NULL));
+    ck_assert (vmoe_session_run_f32 (session, input, 2, NULL));
+    int want_n = MIN (counts[t] == 0 ? 5 : counts[t], 3);  /* 3 classes */
+    for (int i = 0; i < 2; i++) {
+      const VmoeImageResult *r = vmoe_session_get_result (session, i);
+      ck_assert_int_eq (r->n_top, want_n);
+      /* The j-th reported class has exactly j classes with larger logits. */
+      for (int j = 0; j < r->n_top; j++) {
+        int larger = 0;
+        for (int c = 0; c < 3; c++)
+          larger += r->logits[c] > r->logits[r->top_classes[j]];
+        ck_assert_int_eq (larger, j);
+      }
+    }
+  }
+  GError *error = NULL;
+  ck_assert (!vmoe_session_set_top_k (session, -1, &error));
+  ck_assert_int_eq (error->code, VMOE_ERROR_INVALID_ARGUMENT);
+  g_clear_error (&error);
+  vmoe_session_free (session);
+  vmoe_model_unref (model);
+  g_unlink (path);
+  g_free (path);
+  g_free (config);
+}
+END_TEST
+
 static Suite *
 ops_suite (void)
 {
@@ -672,6 +710,7 @@ ops_suite (void)
   tcase_add_test (tc, test_preprocess_crop_pct_resize);
   tcase_add_test (tc, test_preprocess_rejects_bad_frames);
   tcase_add_test (tc, test_no_allocation_per_call);
+  tcase_add_test (tc, test_top_k_changes_without_new_session);
   suite_add_tcase (s, tc);
   /* What runs on several threads: the "races" test runs this case under
    * helgrind (CK_RUN_CASE=threads). */

@@ -171,6 +171,11 @@ VmoeBackend vmoe_session_get_backend (VmoeSession *session);
 /* The device a session runs on: "cpu", or the Vulkan device's name. */
 const char *vmoe_session_get_device (VmoeSession *session);
 
+/* Classes reported per image from the next run on (0 means 5; at most the
+ * model's class count).  Post-processing only: the backend is untouched, so
+ * this is cheap on any backend.  Results of earlier runs become invalid. */
+gboolean vmoe_session_set_top_k (VmoeSession *session, int top_k, GError **error);
+
 /* Classifies n images already pre-processed: float32 [n, C, H, W]. */
 gboolean vmoe_session_run_f32 (VmoeSession *session, const float *input,
     int n, GError **error);
