@@ -35,7 +35,9 @@
 #include <vmoe/vmoe-version.h>
 
 /* Marks the public API: libvmoe is built with hidden symbol visibility
- * (-fvisibility=hidden), so only what carries this is exported. */
+ * (-fvisibility=hidden), so only what carries this is exported.  Write it on
+ * the line that names the function: src/meson.build makes the linker's
+ * export list from those lines. */
 #if defined(__GNUC__)
 #define VMOE_API __attribute__ ((visibility ("default"))) extern
 #else
@@ -131,6 +133,8 @@ typedef struct VmoeModel VmoeModel;
 VMOE_API VmoeModel *vmoe_model_load (const char *path, GError **error);
 /**
  * vmoe_model_ref:
+ * @model: a model
+ *
  * Returns: (transfer full): @model, with one more reference.
  */
 VMOE_API VmoeModel *vmoe_model_ref (VmoeModel *model);
@@ -143,6 +147,8 @@ VMOE_API VmoeModel *vmoe_model_ref (VmoeModel *model);
 VMOE_API void vmoe_model_unref (VmoeModel *model);
 /**
  * vmoe_model_get_config:
+ * @model: a model
+ *
  * Returns: (transfer none): the model's configuration, valid as long as
  * the model.
  */
@@ -336,8 +342,11 @@ VMOE_API gboolean vmoe_session_run_u8 (VmoeSession *session, const VmoeImage *im
     int n, GError **error);
 /**
  * vmoe_session_get_result:
- * Returns: (transfer none): result @i (0 <= i < n) of the last run; see
- * VmoeImageResult for how long it stays valid.
+ * @session: a session
+ * @i: an image of the last run, 0 <= i < n
+ *
+ * Returns: (transfer none): result @i of the last run; see VmoeImageResult
+ * for how long it stays valid.
  */
 VMOE_API const VmoeImageResult *vmoe_session_get_result (VmoeSession *session, int i);
 
