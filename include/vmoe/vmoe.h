@@ -1,10 +1,30 @@
 /* libvmoe: sparse Vision-Transformer Mixture-of-Experts inference.
  *
  * A VmoeModel is a validated, immutable, reference-counted model file
- * (safetensors + the "vmoe.config" metadata of DESIGN.md).  A VmoeSession runs
- * batches through one backend and owns every buffer the forward pass needs, so
- * one model can serve any number of sessions on any number of threads (one
- * session per thread).  This header never exposes GStreamer types.
+ * (safetensors + the "vmoe.config" metadata of docs/design.md).  A
+ * VmoeSession runs batches through one backend and owns every buffer the
+ * forward pass needs, so one model can serve any number of sessions on any
+ * number of threads (one session per thread).  This header never exposes
+ * GStreamer types.
+ *
+ * Ownership: a function that returns a pointer says (transfer full) when the
+ * caller owns it (free it with the function named there) and (transfer
+ * none) when the library keeps it; strings and arrays passed in are copied
+ * or only read during the call unless a comment says otherwise.
+ *
+ * Thread safety: a VmoeModel may be used from any number of threads at once
+ * (it is never written after loading; its reference count is atomic).  A
+ * VmoeSession is used by one thread at a time: calls on one session must
+ * not overlap, but different sessions run in parallel, on the same model or
+ * not.  The functions that take neither are safe from any thread.
+ *
+ * ABI: VmoeSessionOptions and VmoeImage, which callers allocate, end in a
+ * reserved tail that later fields take, so their size never changes within
+ * a soversion; zero-fill them (vmoe_session_options_init,
+ * vmoe_image_init_packed, or a designated initialiser, which zeroes the
+ * members it does not name).  VmoeConfig, VmoeImageResult and
+ * VmoeLayerStats are only ever handed out by the library: callers read
+ * them and never allocate them, so fields may be appended.
  */
 #ifndef VMOE_VMOE_H
 #define VMOE_VMOE_H
@@ -12,10 +32,27 @@
 #include <glib.h>
 #include <stdint.h>
 
+#include <vmoe/vmoe-version.h>
+
+/* Marks the public API: libvmoe is built with hidden symbol visibility
+ * (-fvisibility=hidden), so only what carries this is exported.  Write it on
+ * the line that names the function: src/meson.build makes the linker's
+ * export list from those lines. */
+#if defined(__GNUC__)
+#define VMOE_API __attribute__ ((visibility ("default"))) extern
+#else
+#define VMOE_API extern
+#endif
+
 G_BEGIN_DECLS
 
+/**
+ * VMOE_ERROR:
+ *
+ * The error domain of every GError libvmoe sets; codes are VmoeErrorCode.
+ */
 #define VMOE_ERROR (vmoe_error_quark ())
-GQuark vmoe_error_quark (void);
+VMOE_API GQuark vmoe_error_quark (void);
 
 typedef enum {
   VMOE_ERROR_IO,              /* file missing or unreadable */
@@ -37,7 +74,14 @@ typedef struct {
   int *classes;
 } VmoeSuperclass;
 
-/* The parsed "vmoe.config"; field names follow the JSON keys. */
+/**
+ * VmoeConfig:
+ *
+ * The parsed "vmoe.config"; field names follow the JSON keys.  Only a
+ * model hands one out (vmoe_model_get_config), and it belongs to the model:
+ * never allocate, copy or free one.  Later versions append fields, which a
+ * caller-made VmoeConfig would lack.
+ */
 typedef struct {
   int image_h, image_w;
   int patch_size;
@@ -68,25 +112,69 @@ typedef struct {
   VmoeSuperclass *superclasses;
 } VmoeConfig;
 
+/**
+ * VmoeModel:
+ *
+ * A loaded model: immutable and reference-counted, safe to share between
+ * threads.  Sessions hold a reference of their own.
+ */
 typedef struct VmoeModel VmoeModel;
 
-VmoeModel *vmoe_model_load (const char *path, GError **error);
-VmoeModel *vmoe_model_ref (VmoeModel *model);
-void vmoe_model_unref (VmoeModel *model);
-const VmoeConfig *vmoe_model_get_config (const VmoeModel *model);
+/**
+ * vmoe_model_load:
+ * @path: a safetensors file with "vmoe.config" in its metadata
+ * @error: return location for a VMOE_ERROR, or NULL
+ *
+ * Maps the file and validates the configuration and every tensor.
+ *
+ * Returns: (transfer full) (nullable): the model, to release with
+ * vmoe_model_unref, or NULL with @error set.
+ */
+VMOE_API VmoeModel *vmoe_model_load (const char *path, GError **error);
+/**
+ * vmoe_model_ref:
+ * @model: a model
+ *
+ * Returns: (transfer full): @model, with one more reference.
+ */
+VMOE_API VmoeModel *vmoe_model_ref (VmoeModel *model);
+/**
+ * vmoe_model_unref:
+ * @model: (nullable) (transfer full): a model
+ *
+ * Drops one reference; the last one unmaps the file.
+ */
+VMOE_API void vmoe_model_unref (VmoeModel *model);
+/**
+ * vmoe_model_get_config:
+ * @model: a model
+ *
+ * Returns: (transfer none): the model's configuration, valid as long as
+ * the model.
+ */
+VMOE_API const VmoeConfig *vmoe_model_get_config (const VmoeModel *model);
 /* Tokens per image, including the class token. */
-int vmoe_model_tokens (const VmoeModel *model);
-guint64 vmoe_model_parameter_count (const VmoeModel *model);
+VMOE_API int vmoe_model_tokens (const VmoeModel *model);
+VMOE_API guint64 vmoe_model_parameter_count (const VmoeModel *model);
 /* Multiply-adds x 2 per image for the linear layers and attention.
  * `routed`: the experts actually evaluated (k per image or token, one shared
  * expert); otherwise every expert on every token, the dense upper bound. */
-double vmoe_model_flops (const VmoeModel *model, gboolean routed);
+VMOE_API double vmoe_model_flops (const VmoeModel *model, gboolean routed);
 /* Bytes the weights take as the CPU backend computes them (float32). */
-guint64 vmoe_model_weight_bytes (const VmoeModel *model);
+VMOE_API guint64 vmoe_model_weight_bytes (const VmoeModel *model);
 
-/* Writes a model with random weights (seeded, deterministic) for any valid
- * configuration, given as the JSON text of "vmoe.config". */
-gboolean vmoe_random_model_write (const char *config_json, guint64 seed,
+/**
+ * vmoe_random_model_write:
+ * @config_json: the JSON text of "vmoe.config"
+ * @seed: the random weights' seed; the same seed writes the same file
+ * @path: where to write the model
+ * @error: return location for a VMOE_ERROR, or NULL
+ *
+ * Writes a model with random weights for any valid configuration.
+ *
+ * Returns: TRUE on success.
+ */
+VMOE_API gboolean vmoe_random_model_write (const char *config_json, guint64 seed,
     const char *path, GError **error);
 
 typedef enum {
@@ -95,9 +183,19 @@ typedef enum {
   VMOE_BACKEND_VULKAN,
 } VmoeBackend;
 
-const char *vmoe_backend_name (VmoeBackend backend);
-gboolean vmoe_backend_from_string (const char *name, VmoeBackend *backend);
+/* Returns: (transfer none): "auto", "cpu" or "vulkan"; a static string. */
+VMOE_API const char *vmoe_backend_name (VmoeBackend backend);
+VMOE_API gboolean vmoe_backend_from_string (const char *name, VmoeBackend *backend);
 
+/**
+ * VmoeSessionOptions:
+ *
+ * How vmoe_session_new makes a session.  The caller allocates it (on the
+ * stack, typically) and must fill it with vmoe_session_options_init before
+ * setting fields: the reserved tail holds the fields of later versions,
+ * whose zero means "the default".  The session copies what it needs;
+ * `device` is only read during vmoe_session_new.
+ */
 typedef struct {
   VmoeBackend backend;
   int threads;                /* 0: the library's default (all cores) */
@@ -109,9 +207,18 @@ typedef struct {
    * never chosen otherwise) or part of the device's name. */
   const char *device;
   gboolean fp16;              /* Vulkan: GEMM weights stored as fp16 */
+  /*< private >*/
+  gpointer _vmoe_reserved[11];
 } VmoeSessionOptions;
 
-void vmoe_session_options_init (VmoeSessionOptions *options);
+/**
+ * vmoe_session_options_init:
+ * @options: (out caller-allocates): the options to fill
+ *
+ * Sets every option to its default: backend auto, the model's routing,
+ * top-5 classes, all cores, and zeroes the reserved tail.
+ */
+VMOE_API void vmoe_session_options_init (VmoeSessionOptions *options);
 
 /* Per token-routing MoE layer of one image. */
 typedef struct {
@@ -120,8 +227,13 @@ typedef struct {
   int dropped;                   /* assignments over capacity */
 } VmoeLayerStats;
 
-/* One image's result; the arrays live in the session and stay valid until
- * the session's next run. */
+/**
+ * VmoeImageResult:
+ *
+ * One image's result.  It and its arrays belong to the session and stay
+ * valid until the session's next run, vmoe_session_set_top_k or
+ * vmoe_session_free.
+ */
 typedef struct {
   const float *logits;          /* num_classes */
   int n_top;
@@ -148,47 +260,122 @@ typedef enum {
   VMOE_PIXEL_I420, VMOE_PIXEL_NV12,
 } VmoePixelFormat;
 
-/* An 8-bit frame.  Packed formats use plane 0 only; I420 has Y, U, V planes
- * and NV12 Y and interleaved UV, each with its own stride in bytes. */
+/**
+ * VmoeImage:
+ *
+ * An 8-bit frame.  Packed formats use plane 0 only; I420 has Y, U, V planes
+ * and NV12 Y and interleaved UV, each with its own stride in bytes.  The
+ * caller allocates it and owns the pixels, which are only read during the
+ * run.  Fill it with vmoe_image_init_packed or a designated initialiser
+ * (`VmoeImage img = { .format = ..., ... }`), which zeroes the reserved tail
+ * that the fields of later versions take; never member by member.
+ */
 typedef struct {
   VmoePixelFormat format;
   int width, height;
   const uint8_t *planes[3];
   size_t strides[3];
+  /*< private >*/
+  gpointer _vmoe_reserved[8];
 } VmoeImage;
 
-/* A packed frame of 1 (gray), 3 (RGB) or 4 (RGBA) channels. */
-void vmoe_image_init_packed (VmoeImage *image, const uint8_t *data, int width,
-    int height, int channels, size_t stride);
+/**
+ * vmoe_image_init_packed:
+ * @image: (out caller-allocates): the frame to fill
+ * @data: (transfer none): the first pixel
+ * @width: @height: the frame's size in pixels
+ * @channels: 1 (gray), 3 (RGB) or 4 (RGBA); another count makes a frame
+ *   that the runs refuse
+ * @stride: bytes from one row to the next
+ */
+VMOE_API void vmoe_image_init_packed (VmoeImage *image, const uint8_t *data,
+    int width, int height, int channels, size_t stride);
 
+/**
+ * VmoeSession:
+ *
+ * Runs batches of images through one backend.  Used by one thread at a
+ * time; see the top of this file.
+ */
 typedef struct VmoeSession VmoeSession;
 
-VmoeSession *vmoe_session_new (VmoeModel *model,
+/**
+ * vmoe_session_new:
+ * @model: (transfer none): the model; the session takes a reference
+ * @options: (nullable): from vmoe_session_options_init, or NULL for the
+ *   defaults
+ * @error: return location for a VMOE_ERROR, or NULL
+ *
+ * A CPU session sets OpenBLAS to one thread for the whole process
+ * (openblas_set_num_threads, which OpenBLAS only has process-wide): the
+ * session's own threads split the work, and OpenBLAS's spinning threads
+ * would fight them for the cores (docs/cpu.md).  An application that uses
+ * OpenBLAS itself may set it back; results stay correct, only slower.
+ *
+ * Returns: (transfer full) (nullable): the session, to free with
+ * vmoe_session_free, or NULL with @error set.
+ */
+VMOE_API VmoeSession *vmoe_session_new (VmoeModel *model,
     const VmoeSessionOptions *options, GError **error);
-void vmoe_session_free (VmoeSession *session);
-VmoeModel *vmoe_session_get_model (VmoeSession *session);
-VmoeBackend vmoe_session_get_backend (VmoeSession *session);
-/* The device a session runs on: "cpu", or the Vulkan device's name. */
-const char *vmoe_session_get_device (VmoeSession *session);
+/* @session: (nullable) (transfer full) */
+VMOE_API void vmoe_session_free (VmoeSession *session);
+/* Returns: (transfer none): the session's model; vmoe_model_ref it to keep
+ * it past the session. */
+VMOE_API VmoeModel *vmoe_session_get_model (VmoeSession *session);
+VMOE_API VmoeBackend vmoe_session_get_backend (VmoeSession *session);
+/* Returns: (transfer none): the device a session runs on, "cpu" or the
+ * Vulkan device's name, valid as long as the session. */
+VMOE_API const char *vmoe_session_get_device (VmoeSession *session);
 
 /* Classes reported per image from the next run on (0 means 5; at most the
  * model's class count).  Post-processing only: the backend is untouched, so
  * this is cheap on any backend.  Results of earlier runs become invalid. */
-gboolean vmoe_session_set_top_k (VmoeSession *session, int top_k, GError **error);
+VMOE_API gboolean vmoe_session_set_top_k (VmoeSession *session, int top_k,
+    GError **error);
 
 /* Classifies n images already pre-processed: float32 [n, C, H, W]. */
-gboolean vmoe_session_run_f32 (VmoeSession *session, const float *input,
+VMOE_API gboolean vmoe_session_run_f32 (VmoeSession *session, const float *input,
     int n, GError **error);
 /* Classifies n 8-bit frames of any size through the pre-processing of
- * DESIGN.md (resize, centre crop, normalise). */
-gboolean vmoe_session_run_u8 (VmoeSession *session, const VmoeImage *images,
+ * docs/design.md (resize, centre crop, normalise). */
+VMOE_API gboolean vmoe_session_run_u8 (VmoeSession *session, const VmoeImage *images,
     int n, GError **error);
-/* Result i of the last run. */
-const VmoeImageResult *vmoe_session_get_result (VmoeSession *session, int i);
+/**
+ * vmoe_session_get_result:
+ * @session: a session
+ * @i: an image of the last run, 0 <= i < n
+ *
+ * Returns: (transfer none): result @i of the last run; see VmoeImageResult
+ * for how long it stays valid.
+ */
+VMOE_API const VmoeImageResult *vmoe_session_get_result (VmoeSession *session, int i);
 
-/* Pre-processing alone, for tests and other backends: writes C*H*W floats. */
-gboolean vmoe_preprocess (const VmoeConfig *config, const VmoeImage *image,
+/**
+ * vmoe_preprocess:
+ * @config: (transfer none): a model's configuration, from
+ *   vmoe_model_get_config; never one the caller made (see VmoeConfig)
+ * @image: the frame
+ * @out: (out caller-allocates): room for in_channels * image_h * image_w
+ *   floats
+ * @error: return location for a VMOE_ERROR, or NULL
+ *
+ * Pre-processing alone, for tests and other backends.
+ *
+ * Returns: TRUE on success; FALSE with @error set for an invalid frame.
+ */
+VMOE_API gboolean vmoe_preprocess (const VmoeConfig *config, const VmoeImage *image,
     float *out, GError **error);
+
+/* The reserved tails keep these sizes within a soversion.  Checked where
+ * pointers are 8 bytes; a field added later takes its bytes out of
+ * _vmoe_reserved (with the same alignment) on every platform. */
+#if GLIB_SIZEOF_VOID_P == 8
+G_STATIC_ASSERT (sizeof (VmoeSessionOptions) == 128);
+G_STATIC_ASSERT (sizeof (VmoeImage) == 128);
+#endif
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (VmoeModel, vmoe_model_unref)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (VmoeSession, vmoe_session_free)
 
 G_END_DECLS
 
