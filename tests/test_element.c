@@ -1,6 +1,7 @@
-/* Element tests for vmoeclassify (GstHarness and small pipelines), on the
- * random models of the parity suite (VMOE_PARITY_DIR).  Expected results
- * come from the engine run on RGB pixels that the test converts itself. */
+/* Element tests for vmoeclassify (GstHarness and small pipelines), on models
+ * with random weights that the test writes itself (vmoe_random_model_write),
+ * so that they run wherever the plugin builds.  Expected results come from
+ * the engine run on RGB pixels that the test converts itself. */
 #include <gst/app/gstappsink.h>
 #include <gst/check/gstcheck.h>
 #include <gst/check/gstharness.h>
@@ -10,9 +11,10 @@
 #include <string.h>
 
 #include "gstvmoemeta.h"
+#include "testutil.h"
 #include "vmoe/vmoe.h"
 
-static const char *parity_dir;
+static char *model_dir;
 /* "vulkan" mode: every harness runs backend=vulkan; results must match the
  * CPU engine within score_tolerance. */
 static const char *backend = "cpu";
@@ -23,13 +25,66 @@ static double score_tolerance = 1e-6;
   ck_assert_msg (fabs ((double) (a) - (double) (b)) <= (tol), \
       "%s = %g, %s = %g, beyond %g", #a, (double) (a), #b, (double) (b), (double) (tol))
 
+/* The configurations of the parity suite's models of the same names
+ * (tests/parity/make_references.py), here with the engine's random weights. */
+#define BASE_CONFIG "\"format\": \"vmoe\", \"version\": 1, \"patch_size\": 8, " \
+  "\"embed_dim\": 32, \"depth\": 3, \"num_heads\": 4, \"mlp_dim\": 64, \"num_classes\": 10"
+#define RGB_CONFIG BASE_CONFIG ", \"image_size\": [32, 32], \"in_channels\": 3, " \
+  "\"mean\": [0.485, 0.456, 0.406], \"std\": [0.229, 0.224, 0.225], \"crop_pct\": 0.875"
+static const struct {
+  const char *name;
+  const char *config;
+} test_models[] = {
+  { "dense", "{" RGB_CONFIG "}" },
+  { "gray_nonsquare_tanh", "{" BASE_CONFIG ", \"image_size\": [24, 40], "
+    "\"in_channels\": 1, \"mean\": [0.3], \"std\": [0.4], \"act\": \"gelu_tanh\", "
+    "\"crop_pct\": 1.0}" },
+  { "image_k1", "{" RGB_CONFIG ", \"moe\": {\"layers\": [1, 2], \"num_experts\": 4, "
+    "\"top_k\": 1, \"routing\": \"image\"}}" },
+  { "image_k2_norm_mean", "{" RGB_CONFIG ", \"moe\": {\"layers\": [2], \"num_experts\": 4, "
+    "\"top_k\": 2, \"routing\": \"image\", \"normalize_gates\": true, "
+    "\"router_input\": \"mean\", \"expert_mlp_dim\": 48}}" },
+  { "token_k2_c05_bpr", "{" RGB_CONFIG ", \"moe\": {\"layers\": [1, 2], \"num_experts\": 4, "
+    "\"top_k\": 2, \"routing\": \"token\", \"capacity_ratio\": 0.5, \"bpr\": true}}" },
+};
+
 static char *
 model_path (const char *name)
 {
   char *file = g_strdup_printf ("%s.safetensors", name);
-  char *path = g_build_filename (parity_dir, file, NULL);
+  char *path = g_build_filename (model_dir, file, NULL);
   g_free (file);
   return path;
+}
+
+static void
+write_test_models (void)
+{
+  GError *error = NULL;
+  model_dir = g_dir_make_tmp ("vmoe-element-XXXXXX", &error);
+  g_assert_no_error (error);
+  for (guint i = 0; i < G_N_ELEMENTS (test_models); i++) {
+    char *path = model_path (test_models[i].name);
+    if (!vmoe_random_model_write (test_models[i].config, 1 + i, path, &error))
+      g_error ("cannot write test model %s: %s", test_models[i].name, error->message);
+    g_free (path);
+  }
+}
+
+static void
+remove_test_models (void)
+{
+  GDir *dir = g_dir_open (model_dir, 0, NULL);
+  const char *name;
+  while (dir && (name = g_dir_read_name (dir))) {
+    char *path = g_build_filename (model_dir, name, NULL);
+    g_unlink (path);
+    g_free (path);
+  }
+  if (dir)
+    g_dir_close (dir);
+  g_rmdir (model_dir);
+  g_free (model_dir);
 }
 
 /* A deterministic test picture: RGB at (x, y). */
@@ -50,6 +105,20 @@ clamp_u8 (double v)
   return (guint8) (v < 0 ? 0 : v > 255 ? 255 : floor (v + 0.5));
 }
 
+/* The byte of component `comp` at pixel (x, y), wherever GStreamer's own
+ * description of the format (GstVideoFormatInfo) puts it. */
+static guint8 *
+component_byte (GstVideoFrame *frame, int comp, int x, int y)
+{
+  const GstVideoFormatInfo *f = frame->info.finfo;
+  int plane = GST_VIDEO_FORMAT_INFO_PLANE (f, comp);
+  int cx = x >> GST_VIDEO_FORMAT_INFO_W_SUB (f, comp);
+  int cy = y >> GST_VIDEO_FORMAT_INFO_H_SUB (f, comp);
+  return (guint8 *) GST_VIDEO_FRAME_PLANE_DATA (frame, plane)
+      + cy * GST_VIDEO_FRAME_PLANE_STRIDE (frame, plane)
+      + cx * GST_VIDEO_FORMAT_INFO_PSTRIDE (f, comp) + GST_VIDEO_FORMAT_INFO_POFFSET (f, comp);
+}
+
 /* Builds a frame of `format` and the packed RGB (or gray) pixels it stands
  * for, with the test's own conversions (BT.601 limited range for YUV). */
 static GstBuffer *
@@ -59,62 +128,44 @@ make_frame (GstVideoFormat format, int w, int h, int seed, guint8 *rgb_out,
   GstVideoInfo info;
   gst_video_info_set_format (&info, format, w, h);
   GstBuffer *buf = gst_buffer_new_allocate (NULL, GST_VIDEO_INFO_SIZE (&info), NULL);
+  /* Padding and alpha bytes hold this, which the element must ignore. */
+  gst_buffer_memset (buf, 0, 0x5a, GST_VIDEO_INFO_SIZE (&info));
   gst_buffer_add_video_meta_full (buf, GST_VIDEO_FRAME_FLAG_NONE, format, w, h,
       GST_VIDEO_INFO_N_PLANES (&info), info.offset, info.stride);
   GstVideoFrame frame;
   ck_assert (gst_video_frame_map (&frame, &info, buf, GST_MAP_WRITE));
-  *gray_out = format == GST_VIDEO_FORMAT_GRAY8;
-  /* Byte positions of R, G, B in packed pixels. */
-  int pos[3] = { 0, 1, 2 }, bpp = 3;
-  switch (format) {
-    case GST_VIDEO_FORMAT_BGR: pos[0] = 2, pos[2] = 0; break;
-    case GST_VIDEO_FORMAT_RGBx: case GST_VIDEO_FORMAT_RGBA: bpp = 4; break;
-    case GST_VIDEO_FORMAT_BGRx: case GST_VIDEO_FORMAT_BGRA:
-      bpp = 4, pos[0] = 2, pos[2] = 0; break;
-    case GST_VIDEO_FORMAT_xRGB: case GST_VIDEO_FORMAT_ARGB:
-      bpp = 4, pos[0] = 1, pos[1] = 2, pos[2] = 3; break;
-    case GST_VIDEO_FORMAT_xBGR: case GST_VIDEO_FORMAT_ABGR:
-      bpp = 4, pos[0] = 3, pos[1] = 2, pos[2] = 1; break;
-    default: break;
-  }
+  gboolean gray = GST_VIDEO_INFO_IS_GRAY (&info), yuv = GST_VIDEO_INFO_IS_YUV (&info);
+  ck_assert (gray || yuv || GST_VIDEO_INFO_IS_RGB (&info));
+  *gray_out = gray;
   for (int y = 0; y < h; y++) {
     for (int x = 0; x < w; x++) {
       guint8 c[3];
       test_rgb (x, y, seed, c);
-      /* rgb_out is packed: 3 bytes a pixel, or 1 for GRAY8. */
-      guint8 *out = rgb_out + (y * w + x) * (format == GST_VIDEO_FORMAT_GRAY8 ? 1 : 3);
-      guint8 *row = (guint8 *) GST_VIDEO_FRAME_PLANE_DATA (&frame, 0)
-          + y * GST_VIDEO_FRAME_PLANE_STRIDE (&frame, 0);
-      if (format == GST_VIDEO_FORMAT_GRAY8) {
-        row[x] = c[0];
+      /* rgb_out is packed: 3 bytes a pixel, or 1 for gray. */
+      guint8 *out = rgb_out + (y * w + x) * (gray ? 1 : 3);
+      if (gray) {
+        *component_byte (&frame, GST_VIDEO_COMP_Y, x, y) = c[0];
         out[0] = c[0];
-      } else if (format == GST_VIDEO_FORMAT_I420 || format == GST_VIDEO_FORMAT_NV12) {
-        /* Y from the pixel, chroma from its top-left 2x2 neighbour. */
+      } else if (yuv) {
+        /* Y from the pixel, chroma from its subsampling block's top-left
+         * pixel (written by each pixel of the block, always the same). */
         int yv = 16 + c[1] % 220;
-        row[x] = (guint8) yv;
+        int sx = GST_VIDEO_FORMAT_INFO_W_SUB (info.finfo, GST_VIDEO_COMP_U);
+        int sy = GST_VIDEO_FORMAT_INFO_H_SUB (info.finfo, GST_VIDEO_COMP_U);
         guint8 cc[3];
-        test_rgb (x / 2 * 2, y / 2 * 2, seed, cc);
+        test_rgb (x >> sx << sx, y >> sy << sy, seed, cc);
         int u = 16 + cc[0] % 225, v = 16 + cc[2] % 225;
-        guint8 *p1 = (guint8 *) GST_VIDEO_FRAME_PLANE_DATA (&frame, 1)
-            + (y / 2) * GST_VIDEO_FRAME_PLANE_STRIDE (&frame, 1);
-        if (format == GST_VIDEO_FORMAT_I420) {
-          guint8 *p2 = (guint8 *) GST_VIDEO_FRAME_PLANE_DATA (&frame, 2)
-              + (y / 2) * GST_VIDEO_FRAME_PLANE_STRIDE (&frame, 2);
-          p1[x / 2] = (guint8) u;
-          p2[x / 2] = (guint8) v;
-        } else {
-          p1[x / 2 * 2] = (guint8) u;
-          p1[x / 2 * 2 + 1] = (guint8) v;
-        }
+        *component_byte (&frame, GST_VIDEO_COMP_Y, x, y) = (guint8) yv;
+        *component_byte (&frame, GST_VIDEO_COMP_U, x, y) = (guint8) u;
+        *component_byte (&frame, GST_VIDEO_COMP_V, x, y) = (guint8) v;
         double yy = 1.164383 * (yv - 16);
         out[0] = clamp_u8 (yy + 1.596027 * (v - 128));
         out[1] = clamp_u8 (yy - 0.391762 * (u - 128) - 0.812968 * (v - 128));
         out[2] = clamp_u8 (yy + 2.017232 * (u - 128));
       } else {
-        for (int i = 0; i < 3; i++)
-          row[x * bpp + pos[i]] = c[i];
-        if (bpp == 4)      /* the x/A byte, which must be ignored */
-          row[x * bpp + 6 - pos[0] - pos[1] - pos[2]] = 0x5a;
+        *component_byte (&frame, GST_VIDEO_COMP_R, x, y) = c[0];
+        *component_byte (&frame, GST_VIDEO_COMP_G, x, y) = c[1];
+        *component_byte (&frame, GST_VIDEO_COMP_B, x, y) = c[2];
         memcpy (out, c, 3);
       }
     }
@@ -819,33 +870,35 @@ vulkan_opens (void)
 int
 main (int argc, char **argv)
 {
-  if (argc != 3 && !(argc == 4 && strcmp (argv[3], "vulkan") == 0)) {
-    g_printerr ("usage: test_element PARITY_DIR PLUGIN.so [vulkan]\n");
+  if (argc != 2 && !(argc == 3 && strcmp (argv[2], "vulkan") == 0)) {
+    g_printerr ("usage: test_element PLUGIN.so [vulkan]\n");
     return 1;
   }
-  if (argc == 4) {
+  gboolean vulkan = argc == 3;
+  if (vulkan) {
     backend = "vulkan";
     score_tolerance = 1e-4;
   }
-  parity_dir = argv[1];
   gst_check_init (NULL, NULL);
   GError *error = NULL;
-  GstPlugin *plugin = gst_plugin_load_file (argv[2], &error);
+  GstPlugin *plugin = gst_plugin_load_file (argv[1], &error);
   if (!plugin) {
-    g_printerr ("test_element: cannot load %s: %s\n", argv[2], error->message);
+    g_printerr ("test_element: cannot load %s: %s\n", argv[1], error->message);
     return 1;
   }
   gst_object_unref (plugin);
-  parity_dir = argv[1];
-  if (argc == 4 && !vulkan_opens ())
+  write_test_models ();
+  if (vulkan && !vulkan_opens ()) {
+    remove_test_models ();
     return 77;
-  SRunner *runner = srunner_create (argc == 4 ? vulkan_suite () : element_suite ());
+  }
+  SRunner *runner = srunner_create (vulkan ? vulkan_suite () : element_suite ());
   srunner_run_all (runner, CK_NORMAL);
   int failed = srunner_ntests_failed (runner);
   srunner_free (runner);
+  remove_test_models ();
   /* GstCheck deinitialises GStreamer at exit; with GST_TRACERS=leaks any
    * GstObject or GstMiniObject still alive then is a fatal warning and a
    * non-zero exit. */
-
   return failed ? 1 : 0;
 }
