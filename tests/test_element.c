@@ -226,12 +226,18 @@ harness_for (const char *model_name, const char *props, GstVideoFormat format,
 }
 
 static GstBuffer *
-push_frame (GstHarness *hs, GstBuffer *buf, int index)
+push_frame_at (GstHarness *hs, GstBuffer *buf, GstClockTime pts)
 {
-  GST_BUFFER_PTS (buf) = index * GST_SECOND / 30;
+  GST_BUFFER_PTS (buf) = pts;
   GST_BUFFER_DURATION (buf) = GST_SECOND / 30;
   ck_assert_int_eq (gst_harness_push (hs, buf), GST_FLOW_OK);
   return gst_harness_pull (hs);
+}
+
+static GstBuffer *
+push_frame (GstHarness *hs, GstBuffer *buf, int index)
+{
+  return push_frame_at (hs, buf, index * GST_SECOND / 30);
 }
 
 static const GstVideoFormat all_formats[] = {
@@ -625,29 +631,50 @@ START_TEST (test_timestamps_and_latency)
 }
 END_TEST
 
-/* With qos, frames already late skip inference (but are not dropped). */
-START_TEST (test_qos_skips_late_frames)
+/* QoS skips inference only on lateness that skipping can win back: at most
+ * our inference time a frame.  A frame later than that is late for reasons
+ * downstream of us, and skipping would only lose results. */
+START_TEST (test_qos_skips_only_lateness_we_cause)
 {
   GstHarness *hs = harness_for ("image_k1", NULL, GST_VIDEO_FORMAT_RGB, 32, 32);
   guint8 rgb[32 * 32 * 3];
   gboolean gray;
   GstBuffer *out = push_frame (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, 0, rgb, &gray), 0);
-  ck_assert (gst_buffer_get_vmoe_meta (out)->fresh);
+  GstVmoeMeta *meta = gst_buffer_get_vmoe_meta (out);
+  ck_assert (meta->fresh);
+  GstClockTime inference = meta->latency;
   gst_buffer_unref (out);
-  /* Downstream says frame 1 came 0.5 s late: frames before 2 s are late. */
+  ck_assert_uint_lt (inference, GST_SECOND / 20);
+  /* Downstream slow for its own reasons: frame 30 came 0.5 s late, far
+   * beyond our inference time.  Every frame is still classified. */
   gst_harness_push_upstream_event (hs, gst_event_new_qos (GST_QOS_TYPE_UNDERFLOW, 2.0,
           GST_SECOND / 2, GST_SECOND));
-  out = push_frame (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, 1, rgb, &gray), 30);
+  for (int i = 31; i < 34; i++) {
+    out = push_frame (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, i, rgb, &gray), i);
+    ck_assert_msg (gst_buffer_get_vmoe_meta (out)->fresh, "frame %d skipped", i);
+    gst_buffer_unref (out);
+  }
+  /* Our inference the cause: frame 60 came late by half our inference
+   * time; the frame right after it is skipped, a later one is not. */
+  GstClockTime ts = 2 * GST_SECOND, jitter = inference / 2;
+  gst_harness_push_upstream_event (hs, gst_event_new_qos (GST_QOS_TYPE_UNDERFLOW, 1.0,
+          (GstClockTimeDiff) jitter, ts));
+  out = push_frame_at (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, 1, rgb, &gray),
+      ts + jitter);
   ck_assert (!gst_buffer_get_vmoe_meta (out)->fresh);
   gst_buffer_unref (out);
   out = push_frame (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, 1, rgb, &gray), 90);
   ck_assert (gst_buffer_get_vmoe_meta (out)->fresh);   /* 3 s: in time */
   gst_buffer_unref (out);
+  /* qos=false: no skipping at all. */
   g_object_set (hs->element, "qos", FALSE, NULL);
-  out = push_frame (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, 1, rgb, &gray), 31);
+  gst_harness_push_upstream_event (hs, gst_event_new_qos (GST_QOS_TYPE_UNDERFLOW, 1.0,
+          (GstClockTimeDiff) jitter, 4 * GST_SECOND));
+  out = push_frame_at (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, 1, rgb, &gray),
+      4 * GST_SECOND + jitter);
   ck_assert (gst_buffer_get_vmoe_meta (out)->fresh);
   gst_buffer_unref (out);
-  ck_assert_uint_eq (gst_harness_buffers_received (hs), 4);
+  ck_assert_uint_eq (gst_harness_buffers_received (hs), 7);
   gst_harness_teardown (hs);
 }
 END_TEST
@@ -682,6 +709,340 @@ START_TEST (test_routing_knobs)
   }
   ck_assert_int_gt (dropped[0], 0);
   ck_assert_int_eq (dropped[1], 0);
+}
+END_TEST
+
+/* Pops a warning from bus within `timeout`, checks that its text or debug
+ * text names `needle`. */
+static void
+expect_bus_warning (GstBus *bus, GstClockTime timeout, const char *needle)
+{
+  GstMessage *msg = gst_bus_timed_pop_filtered (bus, timeout, GST_MESSAGE_WARNING);
+  ck_assert_msg (msg != NULL, "no warning about '%s'", needle);
+  GError *err = NULL;
+  gchar *debug = NULL;
+  gst_message_parse_warning (msg, &err, &debug);
+  ck_assert_msg (strstr (err->message, needle) || (debug && strstr (debug, needle)),
+      "warning '%s' (%s) lacks '%s'", err->message, debug, needle);
+  g_error_free (err);
+  g_free (debug);
+  gst_message_unref (msg);
+}
+
+static GstBus *
+harness_bus (GstHarness *hs)
+{
+  GstBus *bus = gst_bus_new ();
+  gst_element_set_bus (hs->element, bus);
+  return bus;
+}
+
+static void
+harness_bus_free (GstHarness *hs, GstBus *bus)
+{
+  gst_element_set_bus (hs->element, NULL);
+  gst_object_unref (bus);
+}
+
+/* Pushes frames (counting on from *index) until one carries a meta with
+ * `n_experts` experts; fails after 30 s. */
+static void
+push_until_experts (GstHarness *hs, int *index, guint n_experts)
+{
+  guint8 rgb[32 * 32 * 3];
+  gboolean gray;
+  gint64 end = g_get_monotonic_time () + 30 * G_USEC_PER_SEC;
+  for (;;) {
+    GstBuffer *out = push_frame (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, *index, rgb,
+            &gray), *index);
+    (*index)++;
+    GstVmoeMeta *meta = gst_buffer_get_vmoe_meta (out);
+    ck_assert (meta != NULL);
+    guint n = meta->n_experts;
+    gst_buffer_unref (out);
+    if (n == n_experts)
+      return;
+    ck_assert_msg (g_get_monotonic_time () < end, "no frame with %u experts", n_experts);
+    g_usleep (2000);
+  }
+}
+
+/* Frames larger than pre-processing takes (65536 a side) are refused at
+ * negotiation, not failed one by one. */
+START_TEST (test_frame_size_limits)
+{
+  GstHarness *hs = harness_for ("image_k1", NULL, GST_VIDEO_FORMAT_RGB, 32, 32);
+  GstPad *sink = gst_element_get_static_pad (hs->element, "sink");
+  const struct { int w, h; gboolean ok; } sizes[] = {
+    { 65536, 1, TRUE }, { 1, 65536, TRUE }, { 65537, 1, FALSE }, { 1, 65537, FALSE },
+    { 100000, 100000, FALSE },
+  };
+  for (guint i = 0; i < G_N_ELEMENTS (sizes); i++) {
+    char *text = g_strdup_printf ("video/x-raw,format=GRAY8,width=%d,height=%d,"
+        "framerate=30/1", sizes[i].w, sizes[i].h);
+    GstCaps *caps = gst_caps_from_string (text);
+    ck_assert_msg (gst_pad_query_accept_caps (sink, caps) == sizes[i].ok, "%s %s", text,
+        sizes[i].ok ? "refused" : "accepted");
+    gst_caps_unref (caps);
+    g_free (text);
+  }
+  gst_object_unref (sink);
+  gst_harness_teardown (hs);
+}
+END_TEST
+
+/* A setting the model cannot take, made while playing, is a warning and
+ * leaves the last accepted value in force and in the property; later
+ * settings are not held up by it. */
+START_TEST (test_rejected_setting_keeps_last)
+{
+  GstHarness *hs = harness_for ("image_k1", NULL, GST_VIDEO_FORMAT_RGB, 32, 32);
+  GstBus *bus = harness_bus (hs);
+  int index = 0;
+  push_until_experts (hs, &index, 1);
+  g_object_set (hs->element, "experts-k", 4096, NULL);
+  push_until_experts (hs, &index, 1);
+  expect_bus_warning (bus, 0, "experts-k 4096");
+  gint experts_k;
+  g_object_get (hs->element, "experts-k", &experts_k, NULL);
+  ck_assert_int_eq (experts_k, 0);
+  g_object_set (hs->element, "top-k", 2, NULL);
+  guint8 rgb[32 * 32 * 3];
+  gboolean gray;
+  GstBuffer *out = push_frame (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, 0, rgb, &gray),
+      index++);
+  ck_assert_uint_eq (gst_buffer_get_vmoe_meta (out)->n_top, 2);
+  gst_buffer_unref (out);
+  ck_assert (gst_bus_pop_filtered (bus, GST_MESSAGE_WARNING) == NULL);
+  g_object_set (hs->element, "experts-k", 3, NULL);
+  push_until_experts (hs, &index, 3);
+  harness_bus_free (hs, bus);
+  gst_harness_teardown (hs);
+}
+END_TEST
+
+/* A new model swapped in while playing that cannot take experts-k runs
+ * with its own k; experts-k reads 0 and a warning says why. */
+START_TEST (test_swap_resets_settings_the_model_cannot_take)
+{
+  GstHarness *hs = harness_for ("image_k1", "experts-k=3", GST_VIDEO_FORMAT_RGB, 32, 32);
+  GstBus *bus = harness_bus (hs);
+  int index = 0;
+  push_until_experts (hs, &index, 3);
+  char *dense = model_path ("dense");
+  g_object_set (hs->element, "model", dense, NULL);
+  push_until_experts (hs, &index, 0);
+  expect_bus_warning (bus, 0, "experts-k 3");
+  gint experts_k;
+  g_object_get (hs->element, "experts-k", &experts_k, NULL);
+  ck_assert_int_eq (experts_k, 0);
+  /* Back to the MoE model: its own k. */
+  char *moe = model_path ("image_k1");
+  g_object_set (hs->element, "model", moe, NULL);
+  push_until_experts (hs, &index, 1);
+  g_free (moe);
+  g_free (dense);
+  harness_bus_free (hs, bus);
+  gst_harness_teardown (hs);
+}
+END_TEST
+
+static gint sessions_made;
+
+/* Counts the element's "new session" debug lines: each is one
+ * vmoe_session_new (a new Vulkan device and weight upload on that backend). */
+static void
+count_sessions (GstDebugCategory *category, GstDebugLevel level, const gchar *file,
+    const gchar *function, gint line, GObject *object, GstDebugMessage *message,
+    gpointer user_data)
+{
+  if (strcmp (gst_debug_category_get_name (category), "vmoeclassify") == 0
+      && strstr (gst_debug_message_get (message), "new session"))
+    g_atomic_int_inc (&sessions_made);
+}
+
+/* top-k is post-processing: changing it while playing changes the classes
+ * reported from the next frame on, without a new session. */
+START_TEST (test_top_k_without_new_session)
+{
+  g_atomic_int_set (&sessions_made, 0);
+  gst_debug_set_threshold_for_name ("vmoeclassify", GST_LEVEL_INFO);
+  gst_debug_add_log_function (count_sessions, NULL, NULL);
+  GstHarness *hs = harness_for ("image_k1", "post-messages=true", GST_VIDEO_FORMAT_RGB,
+      32, 32);
+  GstBus *bus = harness_bus (hs);
+  guint8 rgb[32 * 32 * 3];
+  gboolean gray;
+  const guint ks[] = { 5, 2, 7, 1 };
+  for (guint i = 0; i < G_N_ELEMENTS (ks); i++) {
+    if (i > 0)
+      g_object_set (hs->element, "top-k", ks[i], NULL);
+    GstBuffer *out = push_frame (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, 0, rgb,
+            &gray), (int) i);
+    ck_assert_uint_eq (gst_buffer_get_vmoe_meta (out)->n_top, ks[i]);
+    gst_buffer_unref (out);
+    GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT);
+    ck_assert (msg != NULL);
+    G_GNUC_BEGIN_IGNORE_DEPRECATIONS
+    ck_assert_uint_eq (array_field (gst_message_get_structure (msg), "top-classes")->n_values,
+        ks[i]);
+    G_GNUC_END_IGNORE_DEPRECATIONS
+    gst_message_unref (msg);
+  }
+  ck_assert_int_eq (g_atomic_int_get (&sessions_made), 1);
+  gst_debug_remove_log_function (count_sessions);
+  gst_debug_set_threshold_for_name ("vmoeclassify", GST_LEVEL_NONE);
+  harness_bus_free (hs, bus);
+  gst_harness_teardown (hs);
+}
+END_TEST
+
+/* Setting `model` while playing never waits for a load in progress, and the
+ * last model set is the one that ends up classifying. */
+START_TEST (test_set_model_never_blocks)
+{
+  /* A model slow enough to load that blocking on it shows. */
+  char *big = model_path ("big");
+  GError *error = NULL;
+  ck_assert (vmoe_random_model_write ("{\"format\": \"vmoe\", \"version\": 1, "
+          "\"image_size\": [32, 32], \"patch_size\": 8, \"in_channels\": 3, "
+          "\"embed_dim\": 512, \"depth\": 12, \"num_heads\": 8, \"mlp_dim\": 2048, "
+          "\"num_classes\": 10}", 5, big, &error));
+  gint64 t0 = g_get_monotonic_time ();
+  VmoeModel *model = vmoe_model_load (big, &error);
+  ck_assert (model);
+  VmoeSessionOptions options;
+  vmoe_session_options_init (&options);
+  vmoe_backend_from_string (backend, &options.backend);
+  VmoeSession *session = vmoe_session_new (model, &options, &error);
+  ck_assert (session);
+  gint64 load_time = g_get_monotonic_time () - t0;
+  vmoe_session_free (session);
+  vmoe_model_unref (model);
+
+  GstHarness *hs = harness_for ("image_k1", NULL, GST_VIDEO_FORMAT_RGB, 32, 32);
+  int index = 0;
+  push_until_experts (hs, &index, 1);
+  char *token = model_path ("token_k2_c05_bpr");
+  char *image = model_path ("image_k2_norm_mean");
+  gint64 slowest = 0;
+  const char *order[] = { big, token, big, image };
+  for (guint i = 0; i < G_N_ELEMENTS (order); i++) {
+    gint64 t = g_get_monotonic_time ();
+    g_object_set (hs->element, "model", order[i], NULL);
+    slowest = MAX (slowest, g_get_monotonic_time () - t);
+  }
+  ck_assert_msg (slowest < load_time / 5, "set_property took %" G_GINT64_FORMAT
+      " us, a load %" G_GINT64_FORMAT " us", slowest, load_time);
+  push_until_experts (hs, &index, 2);     /* image_k2_norm_mean, the last set */
+  /* and it stays */
+  for (int i = 0; i < 5; i++) {
+    g_usleep (load_time / 2);
+    push_until_experts (hs, &index, 2);
+  }
+  gst_harness_teardown (hs);
+  g_unlink (big);
+  g_free (big);
+  g_free (token);
+  g_free (image);
+}
+END_TEST
+
+/* Writes a model file whose header nests `depth` JSON arrays. */
+static char *
+write_deeply_nested_model (int depth)
+{
+  GString *header = g_string_new (NULL);
+  for (int i = 0; i < depth; i++)
+    g_string_append_c (header, '[');
+  for (int i = 0; i < depth; i++)
+    g_string_append_c (header, ']');
+  guint64 n = GUINT64_TO_LE ((guint64) header->len);
+  g_string_prepend_len (header, (const char *) &n, 8);
+  char *path = model_path ("deeply_nested");
+  ck_assert (g_file_set_contents (path, header->str, header->len, NULL));
+  g_string_free (header, TRUE);
+  return path;
+}
+
+/* Hostile model files set while playing are a warning (from the loader
+ * thread) and the old model keeps classifying. */
+START_TEST (test_swap_to_hostile_model_keeps_running)
+{
+  GstHarness *hs = harness_for ("image_k1", NULL, GST_VIDEO_FORMAT_RGB, 32, 32);
+  GstBus *bus = harness_bus (hs);
+  char *nested = write_deeply_nested_model (80000);
+  g_object_set (hs->element, "model", nested, NULL);
+  expect_bus_warning (bus, 60 * GST_SECOND, nested);
+  int index = 0;
+  push_until_experts (hs, &index, 1);
+  g_unlink (nested);
+  g_free (nested);
+  harness_bus_free (hs, bus);
+  gst_harness_teardown (hs);
+}
+END_TEST
+
+/* Writes a copy of model `name` whose block-0 MLP weights are scaled by
+ * `factor` (1e31: its output overflows float, the logits are not finite). */
+static char *
+write_overflowing_model (const char *name, float factor)
+{
+  char *path = model_path (name);
+  TestModelFile file;
+  test_model_file_read (path, &file);
+  gsize size;
+  const guint8 *original = g_bytes_get_data (file.data, &size);
+  guint8 *data = g_memdup2 (original, size);
+  const char *tensors[] = { "blocks.0.mlp.fc1.weight", "blocks.0.mlp.fc2.weight" };
+  for (guint t = 0; t < G_N_ELEMENTS (tensors); t++) {
+    JsonArray *range = json_object_get_array_member (test_tensor (&file, tensors[t]),
+        "data_offsets");
+    gint64 begin = json_array_get_int_element (range, 0);
+    gint64 end = json_array_get_int_element (range, 1);
+    for (gint64 o = begin; o < end; o += 4) {
+      float v;
+      memcpy (&v, data + o, 4);
+      v *= factor;
+      memcpy (data + o, &v, 4);
+    }
+  }
+  g_bytes_unref (file.data);
+  file.data = g_bytes_new_take (data, size);
+  char *out = test_model_file_write (&file, NULL);
+  test_model_file_clear (&file);
+  g_free (path);
+  return out;
+}
+
+/* A frame whose logits are not finite gets no result: a warning when such
+ * failures start (not one per frame), and the frame passes on without a
+ * meta or message; the stream goes on. */
+START_TEST (test_non_finite_logits_warn)
+{
+  char *bad = write_overflowing_model ("image_k1", 1e31f);
+  GstElement *element = gst_element_factory_make ("vmoeclassify", NULL);
+  g_object_set (element, "model", bad, "post-messages", TRUE, NULL);
+  gst_util_set_object_arg (G_OBJECT (element), "backend", backend);
+  GstHarness *hs = gst_harness_new_with_element (element, "sink", "src");
+  gst_object_unref (element);
+  gst_harness_set_src_caps_str (hs, "video/x-raw,format=RGB,width=32,height=32,framerate=30/1");
+  GstBus *bus = harness_bus (hs);
+  guint8 rgb[32 * 32 * 3];
+  gboolean gray;
+  for (int i = 0; i < 4; i++) {
+    GstBuffer *out = push_frame (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, i, rgb, &gray), i);
+    ck_assert_msg (gst_buffer_get_vmoe_meta (out) == NULL, "frame %d has a result", i);
+    gst_buffer_unref (out);
+  }
+  expect_bus_warning (bus, 0, "finite");
+  ck_assert (gst_bus_pop_filtered (bus, GST_MESSAGE_WARNING) == NULL);
+  ck_assert (gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT) == NULL);
+  ck_assert (gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR) == NULL);
+  harness_bus_free (hs, bus);
+  gst_harness_teardown (hs);
+  g_unlink (bad);
+  g_free (bad);
 }
 END_TEST
 
@@ -758,10 +1119,19 @@ element_suite (void)
   tcase_add_test (tc, test_bad_models_error_at_start);
   tcase_add_test (tc, test_caps_change_mid_stream);
   tcase_add_test (tc, test_timestamps_and_latency);
-  tcase_add_test (tc, test_qos_skips_late_frames);
+  tcase_add_test (tc, test_qos_skips_only_lateness_we_cause);
   tcase_add_test (tc, test_routing_knobs);
+  tcase_add_test (tc, test_frame_size_limits);
+  tcase_add_test (tc, test_rejected_setting_keeps_last);
+  tcase_add_test (tc, test_swap_resets_settings_the_model_cannot_take);
+  tcase_add_test (tc, test_top_k_without_new_session);
+  tcase_add_test (tc, test_set_model_never_blocks);
+  tcase_add_test (tc, test_non_finite_logits_warn);
   tcase_add_test (tc, test_meta_survives_downstream);
   tcase_add_test (tc, test_state_cycles);
+  /* Last: until the engine bounds JSON nesting, json-glib's recursion
+   * overflows the loader thread's stack here. */
+  tcase_add_test (tc, test_swap_to_hostile_model_keeps_running);
   suite_add_tcase (s, tc);
   return s;
 }
@@ -839,6 +1209,9 @@ vulkan_suite (void)
   tcase_add_test (tc, test_inference_interval);
   tcase_add_test (tc, test_caps_change_mid_stream);
   tcase_add_test (tc, test_routing_knobs);
+  tcase_add_test (tc, test_rejected_setting_keeps_last);
+  tcase_add_test (tc, test_top_k_without_new_session);
+  tcase_add_test (tc, test_non_finite_logits_warn);
   tcase_add_test (tc, test_vulkan_device_and_fp16);
   tcase_add_test (tc, test_vulkan_device_lost);
   suite_add_tcase (s, tc);

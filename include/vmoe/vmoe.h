@@ -148,6 +148,9 @@ typedef enum {
   VMOE_PIXEL_I420, VMOE_PIXEL_NV12,
 } VmoePixelFormat;
 
+/* The largest frame side pre-processing takes, in pixels. */
+#define VMOE_IMAGE_MAX_SIDE 65536
+
 /* An 8-bit frame.  Packed formats use plane 0 only; I420 has Y, U, V planes
  * and NV12 Y and interleaved UV, each with its own stride in bytes. */
 typedef struct {
