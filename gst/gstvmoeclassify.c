@@ -23,7 +23,8 @@
 GST_DEBUG_CATEGORY_STATIC (gst_vmoe_classify_debug);
 #define GST_CAT_DEFAULT gst_vmoe_classify_debug
 
-#define FORMATS "{ RGB, BGR, RGBx, BGRx, xRGB, xBGR, RGBA, BGRA, ARGB, ABGR, GRAY8, I420, NV12 }"
+#define FORMATS \
+  "{ RGB, BGR, RGBx, BGRx, xRGB, xBGR, RGBA, BGRA, ARGB, ABGR, GRAY8, I420, NV12 }"
 /* Pre-processing takes frames up to VMOE_IMAGE_MAX_SIDE a side; larger ones
  * are refused at negotiation rather than failed frame by frame. */
 #define CAPS "video/x-raw, format = (string) " FORMATS ", " \
@@ -85,7 +86,8 @@ struct _GstVmoeClassify {
   GThread *loader;
   gboolean loading;                /* the loader thread is still in its loop */
   VmoeSession *pending;            /* loaded, for the streaming thread */
-  RoutingSettings pending_routing;
+  RoutingSettings pending_requested; /* the properties when it was loaded */
+  RoutingSettings pending_routing; /* what it runs with */
 
   /* Streaming thread only. */
   VmoeSession *session;
@@ -187,12 +189,15 @@ revert_routing (GstVmoeClassify *self, const RoutingSettings *rejected,
     g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_CAPACITY_RATIO]);
 }
 
-/* Loader thread: a session for the model at `path`.  A new model that cannot
- * take experts-k runs with its own k (experts-k returns to 0, with a
- * warning) rather than failing; any other failure is a warning and the
- * current model stays, so that a bad file never stops a live stream. */
+/* Loader thread: a session for the model at `path`, made with *routing (the
+ * routing properties when it starts, in *requested).  A new model that
+ * cannot take experts-k runs with its own k, with a warning, rather than
+ * failing (experts-k returns to 0 when it is swapped in); any other failure
+ * is a warning and the current model stays, so that a bad file never stops
+ * a live stream. */
 static VmoeSession *
-load_for_swap (GstVmoeClassify *self, const gchar *path, RoutingSettings *routing)
+load_for_swap (GstVmoeClassify *self, const gchar *path, RoutingSettings *requested,
+    RoutingSettings *routing)
 {
   GError *error = NULL;
   VmoeSession *session = NULL;
@@ -201,7 +206,7 @@ load_for_swap (GstVmoeClassify *self, const gchar *path, RoutingSettings *routin
     VmoeSessionOptions options;
     gchar *device;
     session_options (self, &options, &device);
-    *routing = (RoutingSettings) { options.experts_k, options.capacity_ratio };
+    *routing = *requested = (RoutingSettings) { options.experts_k, options.capacity_ratio };
     session = new_session (self, model, &options, &error);
     if (!session && options.experts_k > 0
         && g_error_matches (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT)) {
@@ -209,11 +214,8 @@ load_for_swap (GstVmoeClassify *self, const gchar *path, RoutingSettings *routin
           ("experts-k %d does not fit model '%s', which runs with its own k.",
               options.experts_k, path), ("%s", error->message));
       g_clear_error (&error);
-      RoutingSettings rejected = *routing;
       options.experts_k = routing->experts_k = 0;
       session = new_session (self, model, &options, &error);
-      if (session)
-        revert_routing (self, &rejected, routing);
     }
     g_free (device);
     vmoe_model_unref (model);
@@ -237,13 +239,14 @@ loader_main (gpointer data)
     self->load_request = NULL;
     guint generation = self->load_generation;
     g_mutex_unlock (&self->swap_lock);
-    RoutingSettings routing;
-    VmoeSession *session = load_for_swap (self, path, &routing);
+    RoutingSettings requested, routing;
+    VmoeSession *session = load_for_swap (self, path, &requested, &routing);
     g_mutex_lock (&self->swap_lock);
     if (session && generation == self->load_generation) {
       GST_INFO_OBJECT (self, "model '%s' loaded, swapping it in", path);
       VmoeSession *replaced = self->pending;
       self->pending = session;
+      self->pending_requested = requested;
       self->pending_routing = routing;
       session = replaced;
     }
@@ -338,12 +341,13 @@ update_session (GstVmoeClassify *self)
   g_mutex_lock (&self->swap_lock);
   VmoeSession *pending = self->pending;
   self->pending = NULL;
-  RoutingSettings pending_routing = self->pending_routing;
+  RoutingSettings requested = self->pending_requested, routing = self->pending_routing;
   g_mutex_unlock (&self->swap_lock);
   if (pending) {
     vmoe_session_free (self->session);
     self->session = pending;
-    self->session_routing = pending_routing;
+    self->session_routing = routing;
+    revert_routing (self, &requested, &routing);
   }
   GST_OBJECT_LOCK (self);
   gboolean routing_changed = self->routing_changed, top_k_changed = self->top_k_changed;
@@ -768,49 +772,46 @@ gst_vmoe_classify_class_init (GstVmoeClassifyClass *klass)
   gobject_class->get_property = gst_vmoe_classify_get_property;
   gobject_class->finalize = gst_vmoe_classify_finalize;
 
-  g_object_class_install_property (gobject_class, PROP_MODEL,
-      properties[PROP_MODEL] = g_param_spec_string ("model", "Model", "Path of the vmoe model file "
-          "(.safetensors).  Changing it while playing loads the new model in "
-          "the background and swaps it in without dropping a frame", NULL,
-          rw | GST_PARAM_MUTABLE_PLAYING));
-  g_object_class_install_property (gobject_class, PROP_BACKEND,
-      properties[PROP_BACKEND] = g_param_spec_enum ("backend", "Backend", "Inference backend",
-          GST_TYPE_VMOE_BACKEND, VMOE_BACKEND_AUTO, rw | GST_PARAM_MUTABLE_READY));
-  g_object_class_install_property (gobject_class, PROP_DEVICE,
-      properties[PROP_DEVICE] = g_param_spec_string ("device", "Vulkan device", "Vulkan device for "
-          "backend vulkan or auto: auto, an index, cpu (e.g. lavapipe) or part "
-          "of the device name (NULL: $VMOE_VULKAN_DEVICE, else auto)", NULL,
-          rw | GST_PARAM_MUTABLE_READY));
-  g_object_class_install_property (gobject_class, PROP_FP16,
-      properties[PROP_FP16] = g_param_spec_boolean ("fp16", "fp16 weights", "Vulkan: keep the GEMM "
-          "weights as half floats (logits within 1e-2 relative)", FALSE,
-          rw | GST_PARAM_MUTABLE_READY));
-  g_object_class_install_property (gobject_class, PROP_TOP_K,
-      properties[PROP_TOP_K] = g_param_spec_uint ("top-k", "Top k", "Classes reported per frame in the "
-          "meta and messages", 1, 1000, DEFAULT_TOP_K, rw | GST_PARAM_MUTABLE_PLAYING));
-  g_object_class_install_property (gobject_class, PROP_INFERENCE_INTERVAL,
-      properties[PROP_INFERENCE_INTERVAL] = g_param_spec_uint ("inference-interval", "Inference interval",
-          "Classify every Nth frame; the frames between carry the last result, "
-          "marked as not fresh", 1, G_MAXUINT, DEFAULT_INTERVAL,
-          rw | GST_PARAM_MUTABLE_PLAYING));
-  g_object_class_install_property (gobject_class, PROP_THREADS,
-      properties[PROP_THREADS] = g_param_spec_int ("threads", "Threads", "CPU threads for inference "
-          "(0: all cores)", 0, 256, 0, rw | GST_PARAM_MUTABLE_READY));
-  g_object_class_install_property (gobject_class, PROP_POST_MESSAGES,
-      properties[PROP_POST_MESSAGES] = g_param_spec_boolean ("post-messages", "Post messages", "Post a 'vmoe' "
-          "element message on the bus for every classified frame",
-          DEFAULT_POST_MESSAGES, rw | GST_PARAM_MUTABLE_PLAYING));
-  g_object_class_install_property (gobject_class, PROP_EXPERTS_K,
-      properties[PROP_EXPERTS_K] = g_param_spec_int ("experts-k", "Experts k", "Experts per image for image "
-          "routing (0: the model's k)", 0, 4096, 0, rw | GST_PARAM_MUTABLE_PLAYING));
-  g_object_class_install_property (gobject_class, PROP_CAPACITY_RATIO,
-      properties[PROP_CAPACITY_RATIO] = g_param_spec_double ("capacity-ratio", "Capacity ratio", "Expert capacity "
-          "ratio for token routing, V-MoE's test-time compute knob (0: the "
-          "model's)", 0, 1e6, 0, rw | GST_PARAM_MUTABLE_PLAYING));
-  g_object_class_install_property (gobject_class, PROP_QOS,
-      properties[PROP_QOS] = g_param_spec_boolean ("qos", "QoS", "Skip inference on frames that are "
-          "already late (they carry the last result, marked as not fresh); "
-          "frames are never dropped", DEFAULT_QOS, rw | GST_PARAM_MUTABLE_PLAYING));
+  properties[PROP_MODEL] = g_param_spec_string ("model", "Model",
+      "Path of the vmoe model file (.safetensors).  Changing it while playing "
+      "loads the new model in the background and swaps it in without dropping "
+      "a frame; the last file set wins", NULL, rw | GST_PARAM_MUTABLE_PLAYING);
+  properties[PROP_BACKEND] = g_param_spec_enum ("backend", "Backend",
+      "Inference backend", GST_TYPE_VMOE_BACKEND, VMOE_BACKEND_AUTO,
+      rw | GST_PARAM_MUTABLE_READY);
+  properties[PROP_DEVICE] = g_param_spec_string ("device", "Vulkan device",
+      "Vulkan device for backend vulkan or auto: auto, an index, cpu (e.g. "
+      "lavapipe) or part of the device name (NULL: $VMOE_VULKAN_DEVICE, else "
+      "auto)", NULL, rw | GST_PARAM_MUTABLE_READY);
+  properties[PROP_FP16] = g_param_spec_boolean ("fp16", "fp16 weights",
+      "Vulkan: keep the GEMM weights as half floats (logits within 1e-2 "
+      "relative)", FALSE, rw | GST_PARAM_MUTABLE_READY);
+  properties[PROP_TOP_K] = g_param_spec_uint ("top-k", "Top k",
+      "Classes reported per frame in the meta and messages (at most the "
+      "model's)", 1, 1000, DEFAULT_TOP_K, rw | GST_PARAM_MUTABLE_PLAYING);
+  properties[PROP_INFERENCE_INTERVAL] = g_param_spec_uint ("inference-interval",
+      "Inference interval", "Classify every Nth frame; the frames between "
+      "carry the last result, marked as not fresh", 1, G_MAXUINT,
+      DEFAULT_INTERVAL, rw | GST_PARAM_MUTABLE_PLAYING);
+  properties[PROP_THREADS] = g_param_spec_int ("threads", "Threads",
+      "CPU threads for inference (0: all cores)", 0, 256, 0,
+      rw | GST_PARAM_MUTABLE_READY);
+  properties[PROP_POST_MESSAGES] = g_param_spec_boolean ("post-messages",
+      "Post messages", "Post a 'vmoe' element message on the bus for every "
+      "classified frame", DEFAULT_POST_MESSAGES, rw | GST_PARAM_MUTABLE_PLAYING);
+  properties[PROP_EXPERTS_K] = g_param_spec_int ("experts-k", "Experts k",
+      "Experts per image for image routing (0: the model's k); a value the "
+      "model cannot take is a warning and the value in force stays", 0, 4096, 0,
+      rw | GST_PARAM_MUTABLE_PLAYING);
+  properties[PROP_CAPACITY_RATIO] = g_param_spec_double ("capacity-ratio",
+      "Capacity ratio", "Expert capacity ratio for token routing, V-MoE's "
+      "test-time compute knob (0: the model's)", 0, 1e6, 0,
+      rw | GST_PARAM_MUTABLE_PLAYING);
+  properties[PROP_QOS] = g_param_spec_boolean ("qos", "QoS", "Skip inference "
+      "on frames late by at most our inference time, the lateness skipping can "
+      "win back (they carry the last result, marked as not fresh); frames are "
+      "never dropped", DEFAULT_QOS, rw | GST_PARAM_MUTABLE_PLAYING);
+  g_object_class_install_properties (gobject_class, N_PROPS, properties);
 
   GstCaps *caps = gst_caps_from_string (CAPS);
   gst_element_class_add_pad_template (element_class,
