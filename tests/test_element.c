@@ -889,7 +889,8 @@ START_TEST (test_top_k_without_new_session)
     G_GNUC_END_IGNORE_DEPRECATIONS
     gst_message_unref (msg);
   }
-  ck_assert_int_eq (g_atomic_int_get (&sessions_made), 1);
+  int sessions = g_atomic_int_get (&sessions_made);
+  ck_assert_int_eq (sessions, 1);
   gst_debug_remove_log_function (count_sessions);
   gst_debug_set_threshold_for_name ("vmoeclassify", GST_LEVEL_NONE);
   harness_bus_free (hs, bus);
