@@ -343,7 +343,8 @@ update_session (GstVmoeClassify *self)
   self->pending = NULL;
   RoutingSettings requested = self->pending_requested, routing = self->pending_routing;
   g_mutex_unlock (&self->swap_lock);
-  if (pending) {
+  gboolean swapped = pending != NULL;
+  if (swapped) {
     vmoe_session_free (self->session);
     self->session = pending;
     self->session_routing = routing;
@@ -354,10 +355,11 @@ update_session (GstVmoeClassify *self)
   self->routing_changed = self->top_k_changed = FALSE;
   guint top_k = self->top_k;
   GST_OBJECT_UNLOCK (self);
-  if (routing_changed)
+  /* A model swapped in was made with the settings of when its load started;
+   * any made during the load apply now. */
+  if (routing_changed || swapped)
     apply_routing (self);
-  /* A new session has the current top-k already; setting it again is cheap. */
-  if (top_k_changed) {
+  if (top_k_changed || swapped) {
     GError *error = NULL;
     if (!vmoe_session_set_top_k (self->session, (int) top_k, &error)) {
       GST_ELEMENT_WARNING (self, LIBRARY, SETTINGS, ("Could not set top-k %u.", top_k),
