@@ -679,6 +679,67 @@ START_TEST (test_qos_skips_only_lateness_we_cause)
 }
 END_TEST
 
+typedef struct {
+  int frames, fresh, late_reports;
+} QosCounts;
+
+/* On our src pad: the frames going out with a meta, those of them freshly
+ * classified, and the QoS events coming back that report lateness. */
+static GstPadProbeReturn
+count_qos (GstPad *pad, GstPadProbeInfo *info, gpointer data)
+{
+  QosCounts *counts = data;
+  if (info->type & GST_PAD_PROBE_TYPE_BUFFER) {
+    /* Counted, not asserted: this is the streaming thread. */
+    GstVmoeMeta *meta = gst_buffer_get_vmoe_meta (GST_PAD_PROBE_INFO_BUFFER (info));
+    counts->frames += meta != NULL;
+    counts->fresh += meta && meta->fresh;
+  } else if (GST_EVENT_TYPE (GST_PAD_PROBE_INFO_EVENT (info)) == GST_EVENT_QOS) {
+    GstClockTimeDiff diff;
+    gst_event_parse_qos (GST_PAD_PROBE_INFO_EVENT (info), NULL, NULL, &diff, NULL);
+    counts->late_reports += diff > 0;
+  }
+  return GST_PAD_PROBE_OK;
+}
+
+/* The reported case: a live stream whose sink is late because of a slow
+ * element after us (60 ms a frame at 30 frames/s) sends QoS events
+ * upstream; skipping our sub-millisecond inference cannot help, so every
+ * frame is classified. */
+START_TEST (test_qos_downstream_slow_classifies_all)
+{
+  char *path = model_path ("image_k1");
+  char *desc = g_strdup_printf ("videotestsrc is-live=true num-buffers=12 ! "
+      "video/x-raw,width=32,height=32,framerate=30/1 ! vmoeclassify name=c model=%s "
+      "backend=%s ! identity sleep-time=60000 ! fakesink sync=true qos=true", path, backend);
+  GError *error = NULL;
+  GstElement *pipeline = gst_parse_launch (desc, &error);
+  ck_assert_msg (pipeline && !error, "%s", error ? error->message : "");
+  GstElement *classify = gst_bin_get_by_name (GST_BIN (pipeline), "c");
+  GstPad *src = gst_element_get_static_pad (classify, "src");
+  QosCounts counts = { 0 };
+  gst_pad_add_probe (src, GST_PAD_PROBE_TYPE_BUFFER | GST_PAD_PROBE_TYPE_EVENT_UPSTREAM,
+      count_qos, &counts, NULL);
+  GstBus *bus = gst_element_get_bus (pipeline);
+  gst_element_set_state (pipeline, GST_STATE_PLAYING);
+  GstMessage *msg = gst_bus_timed_pop_filtered (bus, 60 * GST_SECOND,
+      GST_MESSAGE_EOS | GST_MESSAGE_ERROR);
+  ck_assert (msg != NULL && GST_MESSAGE_TYPE (msg) == GST_MESSAGE_EOS);
+  gst_message_unref (msg);
+  gst_element_set_state (pipeline, GST_STATE_NULL);
+  /* The sink did report frames late: the case is the reported one. */
+  ck_assert_int_gt (counts.late_reports, 0);
+  ck_assert_int_eq (counts.frames, 12);
+  ck_assert_int_eq (counts.fresh, 12);
+  gst_object_unref (bus);
+  gst_object_unref (src);
+  gst_object_unref (classify);
+  gst_object_unref (pipeline);
+  g_free (desc);
+  g_free (path);
+}
+END_TEST
+
 START_TEST (test_routing_knobs)
 {
   GstHarness *hs = harness_for ("image_k2_norm_mean", "experts-k=1", GST_VIDEO_FORMAT_RGB, 32, 32);
@@ -1121,6 +1182,7 @@ element_suite (void)
   tcase_add_test (tc, test_caps_change_mid_stream);
   tcase_add_test (tc, test_timestamps_and_latency);
   tcase_add_test (tc, test_qos_skips_only_lateness_we_cause);
+  tcase_add_test (tc, test_qos_downstream_slow_classifies_all);
   tcase_add_test (tc, test_routing_knobs);
   tcase_add_test (tc, test_frame_size_limits);
   tcase_add_test (tc, test_rejected_setting_keeps_last);
