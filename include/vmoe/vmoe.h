@@ -138,6 +138,13 @@ typedef struct {
   const VmoeLayerStats *layers;
 } VmoeImageResult;
 
+/**
+ * VMOE_IMAGE_MAX_SIDE:
+ *
+ * The largest frame side, in pixels, that pre-processing takes.
+ */
+#define VMOE_IMAGE_MAX_SIDE 65536
+
 /* Pixel layouts of 8-bit frames, named as GStreamer names them.  Padding
  * and alpha bytes (x, A) are ignored.  I420 and NV12 are converted to RGB
  * with BT.601 limited range, rounded to 8 bits, before anything else. */
@@ -147,9 +154,6 @@ typedef enum {
   VMOE_PIXEL_RGBA, VMOE_PIXEL_BGRA, VMOE_PIXEL_ARGB, VMOE_PIXEL_ABGR,
   VMOE_PIXEL_I420, VMOE_PIXEL_NV12,
 } VmoePixelFormat;
-
-/* The largest frame side pre-processing takes, in pixels. */
-#define VMOE_IMAGE_MAX_SIDE 65536
 
 /* An 8-bit frame.  Packed formats use plane 0 only; I420 has Y, U, V planes
  * and NV12 Y and interleaved UV, each with its own stride in bytes. */
