@@ -4,22 +4,33 @@
  * turns results into metas and bus messages (after gst-plugins-good's
  * level element).
  *
- * Threads: the streaming thread owns `session`.  Property changes that need
- * a new session (another model, top-k, experts-k, capacity-ratio) prepare it
- * off the streaming thread (a model file) or flag it (options only); the
- * streaming thread swaps it in before its next frame, so no frame is ever
- * without a result.
+ * Threads: the streaming thread owns `session`.  A new model set while
+ * playing is loaded by a loader thread (one at a time; the last model set
+ * wins) and swapped in by the streaming thread before its next frame, so no
+ * frame is ever without a result and set_property never waits for a load.
+ * Other settings made while playing are applied by the streaming thread:
+ * top-k to the session itself (post-processing), experts-k and
+ * capacity-ratio through a new session on the same model; a value the model
+ * cannot take is a warning and the property returns to the value in force.
  */
 #include "gstvmoeclassify.h"
 
 #include <gst/video/video.h>
 
 #include "gstvmoemeta.h"
+#include "gstvmoeresult.h"
 
 GST_DEBUG_CATEGORY_STATIC (gst_vmoe_classify_debug);
 #define GST_CAT_DEFAULT gst_vmoe_classify_debug
 
-#define FORMATS "{ RGB, BGR, RGBx, BGRx, xRGB, xBGR, RGBA, BGRA, ARGB, ABGR, GRAY8, I420, NV12 }"
+#define FORMATS \
+  "{ RGB, BGR, RGBx, BGRx, xRGB, xBGR, RGBA, BGRA, ARGB, ABGR, GRAY8, I420, NV12 }"
+/* Pre-processing takes frames up to VMOE_IMAGE_MAX_SIDE a side; larger ones
+ * are refused at negotiation rather than failed frame by frame. */
+#define CAPS "video/x-raw, format = (string) " FORMATS ", " \
+  "width = (int) [ 1, " G_STRINGIFY (VMOE_IMAGE_MAX_SIDE) " ], " \
+  "height = (int) [ 1, " G_STRINGIFY (VMOE_IMAGE_MAX_SIDE) " ], " \
+  "framerate = " GST_VIDEO_FPS_RANGE
 
 enum {
   PROP_0,
@@ -34,12 +45,20 @@ enum {
   PROP_EXPERTS_K,
   PROP_CAPACITY_RATIO,
   PROP_QOS,
+  N_PROPS,
 };
+static GParamSpec *properties[N_PROPS];
 
 #define DEFAULT_TOP_K 5
 #define DEFAULT_INTERVAL 1
 #define DEFAULT_POST_MESSAGES FALSE
 #define DEFAULT_QOS TRUE
+
+/* The routing settings a session was made with. */
+typedef struct {
+  gint experts_k;
+  gdouble capacity_ratio;
+} RoutingSettings;
 
 struct _GstVmoeClassify {
   GstVideoFilter parent;
@@ -53,23 +72,30 @@ struct _GstVmoeClassify {
   guint interval;
   gint threads;
   gboolean post_messages;
-  gint experts_k;
-  gdouble capacity_ratio;
+  RoutingSettings routing;
   gboolean qos;
   GstClockTime qos_earliest;       /* running time before which frames are late */
-  gboolean options_changed;        /* new session from the same model needed */
+  GstClockTime latency;            /* reported in LATENCY queries */
+  gboolean top_k_changed;          /* for the streaming thread to apply */
+  gboolean routing_changed;
 
-  /* Hand-over from the model loader thread, under swap_lock. */
+  /* Model loading, under swap_lock. */
   GMutex swap_lock;
-  VmoeSession *pending;
+  gchar *load_request;             /* the next model file to load, or NULL */
+  guint load_generation;           /* bumped by every request and by stop */
   GThread *loader;
-  guint load_generation;           /* a newer request supersedes older loads */
+  gboolean loading;                /* the loader thread is still in its loop */
+  VmoeSession *pending;            /* loaded, for the streaming thread */
+  RoutingSettings pending_requested; /* the properties when it was loaded */
+  RoutingSettings pending_routing; /* what it runs with */
 
   /* Streaming thread only. */
   VmoeSession *session;
+  RoutingSettings session_routing; /* what a rejected setting returns to */
   guint64 frames;
-  GstBuffer *last;                 /* holds the last result as a GstVmoeMeta */
-  GstClockTime latency;            /* reported in LATENCY queries */
+  GstVmoeResult last;              /* what frames between classifications carry */
+  guint64 failing_since;           /* frames without a result in a row */
+  guint64 failed_frames;           /* frames without a result since start */
 };
 
 #define gst_vmoe_classify_parent_class parent_class
@@ -95,223 +121,252 @@ gst_vmoe_backend_get_type (void)
 
 /* ------------------------------------------------------------ sessions */
 
-/* A session for `model` with the current properties. */
-static VmoeSession *
-new_session (GstVmoeClassify *self, VmoeModel *model, GError **error)
+/* The session options of the current properties; *device is a copy to
+ * g_free, since a session is made outside the lock (which may take long: a
+ * Vulkan device and its weight upload). */
+static void
+session_options (GstVmoeClassify *self, VmoeSessionOptions *options, gchar **device)
 {
-  VmoeSessionOptions options;
-  vmoe_session_options_init (&options);
+  vmoe_session_options_init (options);
   GST_OBJECT_LOCK (self);
-  options.backend = self->backend;
-  /* A copy: the session is made outside the lock, which may take long
-   * (a Vulkan device and its weight upload). */
-  gchar *device = g_strdup (self->device);
-  options.device = device;
-  options.fp16 = self->fp16;
-  options.threads = self->threads;
-  options.top_k = (int) self->top_k;
-  options.experts_k = self->experts_k;
-  options.capacity_ratio = self->capacity_ratio;
+  options->backend = self->backend;
+  *device = g_strdup (self->device);
+  options->device = *device;
+  options->fp16 = self->fp16;
+  options->threads = self->threads;
+  options->top_k = (int) self->top_k;
+  options->experts_k = self->routing.experts_k;
+  options->capacity_ratio = self->routing.capacity_ratio;
   GST_OBJECT_UNLOCK (self);
-  VmoeSession *session = vmoe_session_new (model, &options, error);
-  g_free (device);
-  return session;
 }
 
 static VmoeSession *
-load_session (GstVmoeClassify *self, const gchar *path, GError **error)
+new_session (GstVmoeClassify *self, VmoeModel *model, const VmoeSessionOptions *options,
+    GError **error)
+{
+  VmoeSession *session = vmoe_session_new (model, options, error);
+  if (session)
+    GST_INFO_OBJECT (self, "new session on %s (%s), experts-k %d, capacity-ratio %g",
+        vmoe_session_get_device (session),
+        vmoe_backend_name (vmoe_session_get_backend (session)), options->experts_k,
+        options->capacity_ratio);
+  return session;
+}
+
+static VmoeModel *
+load_model (const gchar *path, GError **error)
 {
   if (!path || !*path) {
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
         "no model set: give the 'model' property a model file");
     return NULL;
   }
-  VmoeModel *model = vmoe_model_load (path, error);
-  if (!model)
-    return NULL;
-  VmoeSession *session = new_session (self, model, error);
-  vmoe_model_unref (model);
+  return vmoe_model_load (path, error);
+}
+
+/* Sets the routing properties back to `in_force` (unless they changed since
+ * `rejected` was read) and tells the application. */
+static void
+revert_routing (GstVmoeClassify *self, const RoutingSettings *rejected,
+    const RoutingSettings *in_force)
+{
+  gboolean k_back = FALSE, ratio_back = FALSE;
+  GST_OBJECT_LOCK (self);
+  if (self->routing.experts_k == rejected->experts_k
+      && rejected->experts_k != in_force->experts_k) {
+    self->routing.experts_k = in_force->experts_k;
+    k_back = TRUE;
+  }
+  if (self->routing.capacity_ratio == rejected->capacity_ratio
+      && rejected->capacity_ratio != in_force->capacity_ratio) {
+    self->routing.capacity_ratio = in_force->capacity_ratio;
+    ratio_back = TRUE;
+  }
+  GST_OBJECT_UNLOCK (self);
+  if (k_back)
+    g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_EXPERTS_K]);
+  if (ratio_back)
+    g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_CAPACITY_RATIO]);
+}
+
+/* Loader thread: a session for the model at `path`, made with *routing (the
+ * routing properties when it starts, in *requested).  A new model that
+ * cannot take experts-k runs with its own k, with a warning, rather than
+ * failing (experts-k returns to 0 when it is swapped in); any other failure
+ * is a warning and the current model stays, so that a bad file never stops
+ * a live stream. */
+static VmoeSession *
+load_for_swap (GstVmoeClassify *self, const gchar *path, RoutingSettings *requested,
+    RoutingSettings *routing)
+{
+  GError *error = NULL;
+  VmoeSession *session = NULL;
+  VmoeModel *model = load_model (path, &error);
+  if (model) {
+    VmoeSessionOptions options;
+    gchar *device;
+    session_options (self, &options, &device);
+    *routing = *requested = (RoutingSettings) { options.experts_k, options.capacity_ratio };
+    session = new_session (self, model, &options, &error);
+    if (!session && options.experts_k > 0
+        && g_error_matches (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT)) {
+      GST_ELEMENT_WARNING (self, LIBRARY, SETTINGS,
+          ("experts-k %d does not fit model '%s', which runs with its own k.",
+              options.experts_k, path), ("%s", error->message));
+      g_clear_error (&error);
+      options.experts_k = routing->experts_k = 0;
+      session = new_session (self, model, &options, &error);
+    }
+    g_free (device);
+    vmoe_model_unref (model);
+  }
+  if (!session) {
+    GST_ELEMENT_WARNING (self, RESOURCE, OPEN_READ,
+        ("Could not load model '%s'; keeping the current one.", path),
+        ("%s", error->message));
+    g_error_free (error);
+  }
   return session;
 }
 
-typedef struct {
-  GstVmoeClassify *self;
-  gchar *path;
-  guint generation;
-} LoadRequest;
-
-/* Loads a model off the streaming thread; a failure keeps the model in use
- * and posts a warning, so that a bad file never stops a live stream. */
 static gpointer
-load_in_background (gpointer data)
+loader_main (gpointer data)
 {
-  LoadRequest *req = data;
-  GstVmoeClassify *self = req->self;
-  GError *error = NULL;
-  VmoeSession *session = load_session (self, req->path, &error);
-  if (!session) {
-    GST_ELEMENT_WARNING (self, RESOURCE, OPEN_READ,
-        ("Could not load model '%s'; keeping the current one.", req->path),
-        ("%s", error->message));
-    g_error_free (error);
-  } else {
+  GstVmoeClassify *self = data;
+  g_mutex_lock (&self->swap_lock);
+  while (self->load_request) {
+    gchar *path = self->load_request;
+    self->load_request = NULL;
+    guint generation = self->load_generation;
+    g_mutex_unlock (&self->swap_lock);
+    RoutingSettings requested, routing;
+    VmoeSession *session = load_for_swap (self, path, &requested, &routing);
     g_mutex_lock (&self->swap_lock);
-    if (req->generation == self->load_generation) {
-      if (self->pending)
-        vmoe_session_free (self->pending);
+    if (session && generation == self->load_generation) {
+      GST_INFO_OBJECT (self, "model '%s' loaded, swapping it in", path);
+      VmoeSession *replaced = self->pending;
       self->pending = session;
-      session = NULL;
+      self->pending_requested = requested;
+      self->pending_routing = routing;
+      session = replaced;
     }
     g_mutex_unlock (&self->swap_lock);
-    vmoe_session_free (session);    /* superseded by a newer request */
-    GST_INFO_OBJECT (self, "model '%s' loaded, swapping it in", req->path);
+    /* Superseded by a newer request, or a pending one never swapped in. */
+    vmoe_session_free (session);
+    g_free (path);
+    g_mutex_lock (&self->swap_lock);
   }
-  gst_object_unref (self);
-  g_free (req->path);
-  g_free (req);
+  self->loading = FALSE;
+  g_mutex_unlock (&self->swap_lock);
   return NULL;
 }
 
+/* Asks for `path` to be loaded in the background, superseding any earlier
+ * request.  Never waits for a load: one loader thread works through the
+ * requests, the latest first, so a storm of requests costs one load at a
+ * time. */
 static void
-join_loader (GstVmoeClassify *self)
+request_load (GstVmoeClassify *self, const gchar *path)
+{
+  GThread *finished = NULL;
+  g_mutex_lock (&self->swap_lock);
+  g_free (self->load_request);
+  self->load_request = g_strdup (path);
+  self->load_generation++;
+  if (!self->loading) {
+    finished = self->loader;
+    self->loading = TRUE;
+    self->loader = g_thread_new ("vmoe-loader", loader_main, self);
+  }
+  g_mutex_unlock (&self->swap_lock);
+  /* It has left its loop, so this returns at once. */
+  if (finished)
+    g_thread_join (finished);
+}
+
+/* Drops the requests and any loaded session not yet swapped in; waits for
+ * the load in progress, if any (at a state change, never in set_property). */
+static void
+cancel_loads (GstVmoeClassify *self)
 {
   g_mutex_lock (&self->swap_lock);
+  g_clear_pointer (&self->load_request, g_free);
+  self->load_generation++;
   GThread *loader = self->loader;
   self->loader = NULL;
+  VmoeSession *pending = self->pending;
+  self->pending = NULL;
   g_mutex_unlock (&self->swap_lock);
   if (loader)
     g_thread_join (loader);
+  vmoe_session_free (pending);
 }
 
+/* Streaming thread: a new routing setting made while playing, through a new
+ * session on the same model. */
 static void
-start_background_load (GstVmoeClassify *self, const gchar *path)
+apply_routing (GstVmoeClassify *self)
 {
-  join_loader (self);
-  LoadRequest *req = g_new0 (LoadRequest, 1);
-  req->self = gst_object_ref (self);
-  req->path = g_strdup (path);
-  g_mutex_lock (&self->swap_lock);
-  req->generation = ++self->load_generation;
-  self->loader = g_thread_new ("vmoe-loader", load_in_background, req);
-  g_mutex_unlock (&self->swap_lock);
+  VmoeSessionOptions options;
+  gchar *device;
+  session_options (self, &options, &device);
+  RoutingSettings wanted = { options.experts_k, options.capacity_ratio };
+  if (wanted.experts_k == self->session_routing.experts_k
+      && wanted.capacity_ratio == self->session_routing.capacity_ratio) {
+    g_free (device);
+    return;
+  }
+  GError *error = NULL;
+  VmoeSession *session = new_session (self, vmoe_session_get_model (self->session),
+      &options, &error);
+  g_free (device);
+  if (!session) {
+    GST_ELEMENT_WARNING (self, LIBRARY, SETTINGS,
+        ("The new settings do not fit the model; keeping the previous ones."),
+        ("%s", error->message));
+    g_error_free (error);
+    revert_routing (self, &wanted, &self->session_routing);
+    return;
+  }
+  vmoe_session_free (self->session);
+  self->session = session;
+  self->session_routing = wanted;
 }
 
-/* Streaming thread: takes a freshly loaded session, or rebuilds the current
- * one when options changed. */
+/* Streaming thread, before each frame: swaps in a loaded model and applies
+ * the settings made while playing. */
 static void
 update_session (GstVmoeClassify *self)
 {
   g_mutex_lock (&self->swap_lock);
   VmoeSession *pending = self->pending;
   self->pending = NULL;
+  RoutingSettings requested = self->pending_requested, routing = self->pending_routing;
   g_mutex_unlock (&self->swap_lock);
-  if (pending) {
+  gboolean swapped = pending != NULL;
+  if (swapped) {
     vmoe_session_free (self->session);
     self->session = pending;
+    self->session_routing = routing;
+    revert_routing (self, &requested, &routing);
   }
   GST_OBJECT_LOCK (self);
-  gboolean changed = self->options_changed;
-  self->options_changed = FALSE;
+  gboolean routing_changed = self->routing_changed, top_k_changed = self->top_k_changed;
+  self->routing_changed = self->top_k_changed = FALSE;
+  guint top_k = self->top_k;
   GST_OBJECT_UNLOCK (self);
-  if (!changed || !self->session)
-    return;
-  GError *error = NULL;
-  VmoeSession *session = new_session (self, vmoe_session_get_model (self->session), &error);
-  if (!session) {
-    GST_ELEMENT_WARNING (self, LIBRARY, SETTINGS,
-        ("The new settings do not fit the model; keeping the previous ones."),
-        ("%s", error->message));
-    g_error_free (error);
-    return;
+  /* A model swapped in was made with the settings of when its load started;
+   * any made during the load apply now. */
+  if (routing_changed || swapped)
+    apply_routing (self);
+  if (top_k_changed || swapped) {
+    GError *error = NULL;
+    if (!vmoe_session_set_top_k (self->session, (int) top_k, &error)) {
+      GST_ELEMENT_WARNING (self, LIBRARY, SETTINGS, ("Could not set top-k %u.", top_k),
+          ("%s", error->message));
+      g_error_free (error);
+    }
   }
-  vmoe_session_free (self->session);
-  self->session = session;
-}
-
-/* ------------------------------------------------------------- results */
-
-static void
-fill_meta (GstVmoeMeta *m, const VmoeConfig *c, const VmoeImageResult *r,
-    GstClockTime latency)
-{
-  m->latency = latency;
-  m->class_id = r->top_classes[0];
-  m->label = g_strdup (r->top_labels[0]);
-  m->score = r->top_scores[0];
-  m->n_top = (guint) r->n_top;
-  m->top_classes = g_memdup2 (r->top_classes, r->n_top * sizeof (gint));
-  m->top_scores = g_memdup2 (r->top_scores, r->n_top * sizeof (gfloat));
-  m->top_labels = g_new0 (gchar *, r->n_top + 1);
-  for (int i = 0; i < r->n_top; i++)
-    m->top_labels[i] = g_strdup (r->top_labels[i]);
-  m->n_experts = (guint) r->n_experts;
-  m->experts = g_memdup2 (r->experts, r->n_experts * sizeof (gint));
-  m->gates = g_memdup2 (r->gates, r->n_experts * sizeof (gfloat));
-  m->superclass = r->n_experts ? g_strdup (r->superclasses[0]) : NULL;
-  m->n_layers = (guint) r->n_layers;
-  m->layers = g_new0 (GstVmoeLayerStats, r->n_layers);
-  for (int l = 0; l < r->n_layers; l++) {
-    m->layers[l].block = r->layers[l].block;
-    m->layers[l].n_experts = (guint) c->num_experts;
-    m->layers[l].tokens_per_expert = g_memdup2 (r->layers[l].tokens_per_expert,
-        c->num_experts * sizeof (guint));
-    m->layers[l].dropped = r->layers[l].dropped;
-  }
-}
-
-/* Sets field `name` of `s` to a GValueArray of n ints or floats. */
-static void
-set_array (GstStructure *s, const char *name, GType type, const void *values, guint n)
-{
-  G_GNUC_BEGIN_IGNORE_DEPRECATIONS
-  GValueArray *arr = g_value_array_new (n);
-  GValue v = G_VALUE_INIT;
-  g_value_init (&v, type);
-  for (guint i = 0; i < n; i++) {
-    if (type == G_TYPE_INT)
-      g_value_set_int (&v, ((const gint *) values)[i]);
-    else
-      g_value_set_double (&v, ((const gfloat *) values)[i]);
-    g_value_array_append (arr, &v);
-  }
-  g_value_unset (&v);
-  GValue field = G_VALUE_INIT;
-  g_value_init (&field, g_value_array_get_type ());
-  g_value_take_boxed (&field, arr);
-  G_GNUC_END_IGNORE_DEPRECATIONS
-  gst_structure_take_value (s, name, &field);
-}
-
-/* The element message of a classified frame, with the fields of DESIGN.md;
- * arrays are GValueArrays, as level posts them, so every binding reads them. */
-static void
-post_result (GstVmoeClassify *self, GstBuffer *buf, const GstVmoeMeta *m)
-{
-  GstBaseTransform *trans = GST_BASE_TRANSFORM (self);
-  GstClockTime ts = GST_BUFFER_PTS (buf);
-  GstClockTime stream_time = gst_segment_to_stream_time (&trans->segment,
-      GST_FORMAT_TIME, ts);
-  GstClockTime running_time = gst_segment_to_running_time (&trans->segment,
-      GST_FORMAT_TIME, ts);
-  GstStructure *s = gst_structure_new ("vmoe",
-      "timestamp", G_TYPE_UINT64, ts,
-      "stream-time", G_TYPE_UINT64, stream_time,
-      "running-time", G_TYPE_UINT64, running_time,
-      "frame", G_TYPE_UINT64, m->frame,
-      "class-id", G_TYPE_INT, m->class_id,
-      "label", G_TYPE_STRING, m->label,
-      "score", G_TYPE_DOUBLE, (gdouble) m->score,
-      "latency", G_TYPE_UINT64, m->latency, NULL);
-  set_array (s, "top-classes", G_TYPE_INT, m->top_classes, m->n_top);
-  set_array (s, "top-scores", G_TYPE_DOUBLE, m->top_scores, m->n_top);
-  if (m->n_experts) {
-    set_array (s, "experts", G_TYPE_INT, m->experts, m->n_experts);
-    set_array (s, "gates", G_TYPE_DOUBLE, m->gates, m->n_experts);
-  }
-  if (m->superclass)
-    gst_structure_set (s, "superclass", G_TYPE_STRING, m->superclass, NULL);
-  gst_element_post_message (GST_ELEMENT (self),
-      gst_message_new_element (GST_OBJECT (self), s));
 }
 
 /* --------------------------------------------------------------- frames */
@@ -373,11 +428,77 @@ track_latency (GstVmoeClassify *self, GstClockTime latency)
         gst_message_new_latency (GST_OBJECT (self)));
 }
 
+static void
+post_result (GstVmoeClassify *self, GstBuffer *buf, guint64 index)
+{
+  GstBaseTransform *trans = GST_BASE_TRANSFORM (self);
+  GstClockTime ts = GST_BUFFER_PTS (buf);
+  GstStructure *s = gst_vmoe_result_to_structure (&self->last, index, ts,
+      gst_segment_to_stream_time (&trans->segment, GST_FORMAT_TIME, ts),
+      gst_segment_to_running_time (&trans->segment, GST_FORMAT_TIME, ts));
+  gst_element_post_message (GST_ELEMENT (self),
+      gst_message_new_element (GST_OBJECT (self), s));
+}
+
+/* Classifies `buf` into self->last.  A failure of the backend itself (a lost
+ * device, no memory) is an element error; any other (a frame whose logits
+ * are not finite) fails this frame only: a warning when such failures start,
+ * a debug line for the frames after it, and the frame passes on without a
+ * result, since one bad frame must not end a live stream. */
+static GstFlowReturn
+classify (GstVmoeClassify *self, GstBuffer *buf, guint64 index)
+{
+  GstVideoFilter *filter = GST_VIDEO_FILTER (self);
+  GstVideoFrame frame;
+  /* Read-only map: the pixels are never touched, and mapping shared memory
+   * for reading copies nothing. */
+  if (!gst_video_frame_map (&frame, &filter->in_info, buf, GST_MAP_READ)) {
+    GST_ELEMENT_ERROR (self, STREAM, FAILED, ("Could not map the video frame."), (NULL));
+    return GST_FLOW_ERROR;
+  }
+  VmoeImage img;
+  GError *error = NULL;
+  gint64 t0 = g_get_monotonic_time ();
+  gboolean mapped = map_image (&frame, &img);
+  gboolean ok = mapped && vmoe_session_run_u8 (self->session, &img, 1, &error);
+  GstClockTime latency = (GstClockTime) (g_get_monotonic_time () - t0) * GST_USECOND;
+  gst_video_frame_unmap (&frame);
+  if (!mapped || g_error_matches (error, VMOE_ERROR, VMOE_ERROR_BACKEND)) {
+    GST_ELEMENT_ERROR (self, STREAM, FAILED, ("Inference failed."),
+        ("%s", error ? error->message : "unsupported frame format"));
+    g_clear_error (&error);
+    return GST_FLOW_ERROR;
+  }
+  if (!ok) {
+    gst_vmoe_result_clear (&self->last);
+    self->failed_frames++;
+    if (self->failing_since++ == 0)
+      GST_ELEMENT_WARNING (self, STREAM, FAILED,
+          ("Could not classify frame %" G_GUINT64_FORMAT "; frames pass on without a "
+              "result until classifying works again.", index),
+          ("%s (%" G_GUINT64_FORMAT " frames without a result since start)",
+              error->message, self->failed_frames));
+    else
+      GST_DEBUG_OBJECT (self, "frame %" G_GUINT64_FORMAT " failed too, %" G_GUINT64_FORMAT
+          " in a row: %s", index, self->failing_since, error->message);
+    g_error_free (error);
+    return GST_FLOW_OK;
+  }
+  if (self->failing_since) {
+    GST_INFO_OBJECT (self, "classifying again after %" G_GUINT64_FORMAT " frames without "
+        "a result", self->failing_since);
+    self->failing_since = 0;
+  }
+  gst_vmoe_result_set (&self->last, vmoe_session_get_model (self->session),
+      vmoe_session_get_result (self->session, 0), latency);
+  track_latency (self, latency);
+  return GST_FLOW_OK;
+}
+
 static GstFlowReturn
 gst_vmoe_classify_transform_ip (GstBaseTransform *trans, GstBuffer *buf)
 {
   GstVmoeClassify *self = GST_VMOE_CLASSIFY (trans);
-  GstVideoFilter *filter = GST_VIDEO_FILTER (trans);
   update_session (self);
 
   GST_OBJECT_LOCK (self);
@@ -385,51 +506,23 @@ gst_vmoe_classify_transform_ip (GstBaseTransform *trans, GstBuffer *buf)
   gboolean post = self->post_messages;
   GST_OBJECT_UNLOCK (self);
   guint64 index = self->frames++;
-  GstVmoeMeta *last = self->last ? gst_buffer_get_vmoe_meta (self->last) : NULL;
-  gboolean infer = !last || index % interval == 0;
-  if (infer && last && frame_is_late (self, buf)) {
+  gboolean have_last = gst_vmoe_result_is_set (&self->last);
+  gboolean infer = !have_last || index % interval == 0;
+  if (infer && have_last && frame_is_late (self, buf)) {
     GST_DEBUG_OBJECT (self, "frame %" G_GUINT64_FORMAT " is late, carrying the last result",
         index);
     infer = FALSE;
   }
-
   if (infer) {
-    GstVideoFrame frame;
-    /* Read-only map: the pixels are never touched, and mapping shared memory
-     * for reading copies nothing. */
-    if (!gst_video_frame_map (&frame, &filter->in_info, buf, GST_MAP_READ)) {
-      GST_ELEMENT_ERROR (self, STREAM, FAILED, ("Could not map the video frame."), (NULL));
-      return GST_FLOW_ERROR;
-    }
-    VmoeImage img;
-    GError *error = NULL;
-    gint64 t0 = g_get_monotonic_time ();
-    gboolean ok = map_image (&frame, &img)
-        && vmoe_session_run_u8 (self->session, &img, 1, &error);
-    GstClockTime latency = (GstClockTime) (g_get_monotonic_time () - t0) * GST_USECOND;
-    gst_video_frame_unmap (&frame);
-    if (!ok) {
-      GST_ELEMENT_ERROR (self, STREAM, FAILED, ("Inference failed."),
-          ("%s", error ? error->message : "unsupported frame"));
-      g_clear_error (&error);
-      return GST_FLOW_ERROR;
-    }
-    gst_clear_buffer (&self->last);
-    self->last = gst_buffer_new ();
-    last = gst_buffer_add_vmoe_meta (self->last);
-    fill_meta (last, vmoe_model_get_config (vmoe_session_get_model (self->session)),
-        vmoe_session_get_result (self->session, 0), latency);
-    track_latency (self, latency);
+    GstFlowReturn flow = classify (self, buf, index);
+    if (flow != GST_FLOW_OK || !gst_vmoe_result_is_set (&self->last))
+      return flow;
   }
-
-  GstVmoeMeta *meta = gst_buffer_add_vmoe_meta (buf);
-  gst_vmoe_meta_copy_into (meta, last);
-  meta->frame = index;
-  meta->fresh = infer;
-  GST_LOG_OBJECT (self, "frame %" G_GUINT64_FORMAT ": %s (%.3f)%s", index, meta->label,
-      meta->score, infer ? "" : ", carried");
+  gst_vmoe_result_fill_meta (&self->last, gst_buffer_add_vmoe_meta (buf), index, infer);
+  GST_LOG_OBJECT (self, "frame %" G_GUINT64_FORMAT ": %s (%.3f)%s", index,
+      self->last.top_labels[0], self->last.top_scores[0], infer ? "" : ", carried");
   if (infer && post)
-    post_result (self, buf, meta);
+    post_result (self, buf, index);
   return GST_FLOW_OK;
 }
 
@@ -442,10 +535,19 @@ gst_vmoe_classify_start (GstBaseTransform *trans)
   GST_OBJECT_LOCK (self);
   gchar *path = g_strdup (self->model_path);
   self->qos_earliest = GST_CLOCK_TIME_NONE;
-  self->options_changed = FALSE;
+  self->routing_changed = self->top_k_changed = FALSE;
   GST_OBJECT_UNLOCK (self);
   GError *error = NULL;
-  self->session = load_session (self, path, &error);
+  VmoeModel *model = load_model (path, &error);
+  if (model) {
+    VmoeSessionOptions options;
+    gchar *device;
+    session_options (self, &options, &device);
+    self->session = new_session (self, model, &options, &error);
+    self->session_routing = (RoutingSettings) { options.experts_k, options.capacity_ratio };
+    g_free (device);
+    vmoe_model_unref (model);
+  }
   if (!self->session) {
     GST_ELEMENT_ERROR (self, RESOURCE, OPEN_READ,
         ("Could not start vmoeclassify with model '%s'.", path ? path : "(none)"),
@@ -456,6 +558,7 @@ gst_vmoe_classify_start (GstBaseTransform *trans)
   }
   g_free (path);
   self->frames = 0;
+  self->failing_since = self->failed_frames = 0;
   /* One inference on a black frame at the model's size warms the engine up
    * and gives the first latency estimate for LATENCY queries. */
   const VmoeConfig *c = vmoe_model_get_config (vmoe_session_get_model (self->session));
@@ -478,15 +581,10 @@ static gboolean
 gst_vmoe_classify_stop (GstBaseTransform *trans)
 {
   GstVmoeClassify *self = GST_VMOE_CLASSIFY (trans);
-  join_loader (self);
-  g_mutex_lock (&self->swap_lock);
-  VmoeSession *pending = self->pending;
-  self->pending = NULL;
-  g_mutex_unlock (&self->swap_lock);
-  vmoe_session_free (pending);
+  cancel_loads (self);
   vmoe_session_free (self->session);
   self->session = NULL;
-  gst_clear_buffer (&self->last);
+  gst_vmoe_result_clear (&self->last);
   return TRUE;
 }
 
@@ -501,10 +599,16 @@ gst_vmoe_classify_src_event (GstBaseTransform *trans, GstEvent *event)
     GstClockTime timestamp;
     gst_event_parse_qos (event, &type, &proportion, &diff, &timestamp);
     GST_OBJECT_LOCK (self);
-    /* As GstBaseTransform estimates it: a late frame means the next ones
-     * will be later still by about the same amount. */
-    if (diff > 0)
+    /* Skipping inference wins back at most our inference time a frame, so
+     * only lateness within it can be ours to fix: a frame later than that
+     * would still be late had we spent nothing on it, and is late for
+     * reasons downstream of us (a slow sink); skipping then would only lose
+     * results.  Lateness we can fix is handled as GstBaseTransform does: the
+     * next frames will be later still by about as much. */
+    if (diff > 0 && (GstClockTime) diff <= self->latency)
       self->qos_earliest = timestamp + 2 * diff;
+    else if (diff > 0)
+      self->qos_earliest = GST_CLOCK_TIME_NONE;
     else
       self->qos_earliest = timestamp + diff;
     GST_OBJECT_UNLOCK (self);
@@ -545,13 +649,13 @@ gst_vmoe_classify_set_property (GObject *object, guint prop_id,
   GST_OBJECT_LOCK (self);
   gboolean running = GST_STATE (self) >= GST_STATE_PAUSED
       || GST_STATE_PENDING (self) >= GST_STATE_PAUSED;
-  gchar *reload = NULL;
+  gchar *load = NULL;
   switch (prop_id) {
     case PROP_MODEL:
       g_free (self->model_path);
       self->model_path = g_value_dup_string (value);
       if (running)
-        reload = g_strdup (self->model_path);
+        load = g_strdup (self->model_path);
       break;
     case PROP_BACKEND:
       self->backend = g_value_get_enum (value);
@@ -565,7 +669,7 @@ gst_vmoe_classify_set_property (GObject *object, guint prop_id,
       break;
     case PROP_TOP_K:
       self->top_k = g_value_get_uint (value);
-      self->options_changed = TRUE;
+      self->top_k_changed = TRUE;
       break;
     case PROP_INFERENCE_INTERVAL:
       self->interval = g_value_get_uint (value);
@@ -577,12 +681,12 @@ gst_vmoe_classify_set_property (GObject *object, guint prop_id,
       self->post_messages = g_value_get_boolean (value);
       break;
     case PROP_EXPERTS_K:
-      self->experts_k = g_value_get_int (value);
-      self->options_changed = TRUE;
+      self->routing.experts_k = g_value_get_int (value);
+      self->routing_changed = TRUE;
       break;
     case PROP_CAPACITY_RATIO:
-      self->capacity_ratio = g_value_get_double (value);
-      self->options_changed = TRUE;
+      self->routing.capacity_ratio = g_value_get_double (value);
+      self->routing_changed = TRUE;
       break;
     case PROP_QOS:
       self->qos = g_value_get_boolean (value);
@@ -592,9 +696,9 @@ gst_vmoe_classify_set_property (GObject *object, guint prop_id,
       break;
   }
   GST_OBJECT_UNLOCK (self);
-  if (reload) {
-    start_background_load (self, reload);
-    g_free (reload);
+  if (load) {
+    request_load (self, load);
+    g_free (load);
   }
 }
 
@@ -630,10 +734,10 @@ gst_vmoe_classify_get_property (GObject *object, guint prop_id, GValue *value,
       g_value_set_boolean (value, self->post_messages);
       break;
     case PROP_EXPERTS_K:
-      g_value_set_int (value, self->experts_k);
+      g_value_set_int (value, self->routing.experts_k);
       break;
     case PROP_CAPACITY_RATIO:
-      g_value_set_double (value, self->capacity_ratio);
+      g_value_set_double (value, self->routing.capacity_ratio);
       break;
     case PROP_QOS:
       g_value_set_boolean (value, self->qos);
@@ -649,10 +753,9 @@ static void
 gst_vmoe_classify_finalize (GObject *object)
 {
   GstVmoeClassify *self = GST_VMOE_CLASSIFY (object);
-  join_loader (self);
-  vmoe_session_free (self->pending);
+  cancel_loads (self);
   vmoe_session_free (self->session);
-  gst_clear_buffer (&self->last);
+  gst_vmoe_result_clear (&self->last);
   g_free (self->model_path);
   g_free (self->device);
   g_mutex_clear (&self->swap_lock);
@@ -671,51 +774,48 @@ gst_vmoe_classify_class_init (GstVmoeClassifyClass *klass)
   gobject_class->get_property = gst_vmoe_classify_get_property;
   gobject_class->finalize = gst_vmoe_classify_finalize;
 
-  g_object_class_install_property (gobject_class, PROP_MODEL,
-      g_param_spec_string ("model", "Model", "Path of the vmoe model file "
-          "(.safetensors).  Changing it while playing loads the new model in "
-          "the background and swaps it in without dropping a frame", NULL,
-          rw | GST_PARAM_MUTABLE_PLAYING));
-  g_object_class_install_property (gobject_class, PROP_BACKEND,
-      g_param_spec_enum ("backend", "Backend", "Inference backend",
-          GST_TYPE_VMOE_BACKEND, VMOE_BACKEND_AUTO, rw | GST_PARAM_MUTABLE_READY));
-  g_object_class_install_property (gobject_class, PROP_DEVICE,
-      g_param_spec_string ("device", "Vulkan device", "Vulkan device for "
-          "backend vulkan or auto: auto, an index, cpu (e.g. lavapipe) or part "
-          "of the device name (NULL: $VMOE_VULKAN_DEVICE, else auto)", NULL,
-          rw | GST_PARAM_MUTABLE_READY));
-  g_object_class_install_property (gobject_class, PROP_FP16,
-      g_param_spec_boolean ("fp16", "fp16 weights", "Vulkan: keep the GEMM "
-          "weights as half floats (logits within 1e-2 relative)", FALSE,
-          rw | GST_PARAM_MUTABLE_READY));
-  g_object_class_install_property (gobject_class, PROP_TOP_K,
-      g_param_spec_uint ("top-k", "Top k", "Classes reported per frame in the "
-          "meta and messages", 1, 1000, DEFAULT_TOP_K, rw | GST_PARAM_MUTABLE_PLAYING));
-  g_object_class_install_property (gobject_class, PROP_INFERENCE_INTERVAL,
-      g_param_spec_uint ("inference-interval", "Inference interval",
-          "Classify every Nth frame; the frames between carry the last result, "
-          "marked as not fresh", 1, G_MAXUINT, DEFAULT_INTERVAL,
-          rw | GST_PARAM_MUTABLE_PLAYING));
-  g_object_class_install_property (gobject_class, PROP_THREADS,
-      g_param_spec_int ("threads", "Threads", "CPU threads for inference "
-          "(0: all cores)", 0, 256, 0, rw | GST_PARAM_MUTABLE_READY));
-  g_object_class_install_property (gobject_class, PROP_POST_MESSAGES,
-      g_param_spec_boolean ("post-messages", "Post messages", "Post a 'vmoe' "
-          "element message on the bus for every classified frame",
-          DEFAULT_POST_MESSAGES, rw | GST_PARAM_MUTABLE_PLAYING));
-  g_object_class_install_property (gobject_class, PROP_EXPERTS_K,
-      g_param_spec_int ("experts-k", "Experts k", "Experts per image for image "
-          "routing (0: the model's k)", 0, 4096, 0, rw | GST_PARAM_MUTABLE_PLAYING));
-  g_object_class_install_property (gobject_class, PROP_CAPACITY_RATIO,
-      g_param_spec_double ("capacity-ratio", "Capacity ratio", "Expert capacity "
-          "ratio for token routing, V-MoE's test-time compute knob (0: the "
-          "model's)", 0, 1e6, 0, rw | GST_PARAM_MUTABLE_PLAYING));
-  g_object_class_install_property (gobject_class, PROP_QOS,
-      g_param_spec_boolean ("qos", "QoS", "Skip inference on frames that are "
-          "already late (they carry the last result, marked as not fresh); "
-          "frames are never dropped", DEFAULT_QOS, rw | GST_PARAM_MUTABLE_PLAYING));
+  properties[PROP_MODEL] = g_param_spec_string ("model", "Model",
+      "Path of the vmoe model file (.safetensors).  Changing it while playing "
+      "loads the new model in the background and swaps it in without dropping "
+      "a frame; the last file set wins", NULL, rw | GST_PARAM_MUTABLE_PLAYING);
+  properties[PROP_BACKEND] = g_param_spec_enum ("backend", "Backend",
+      "Inference backend", GST_TYPE_VMOE_BACKEND, VMOE_BACKEND_AUTO,
+      rw | GST_PARAM_MUTABLE_READY);
+  properties[PROP_DEVICE] = g_param_spec_string ("device", "Vulkan device",
+      "Vulkan device for backend vulkan or auto: auto, an index, cpu (e.g. "
+      "lavapipe) or part of the device name (NULL: $VMOE_VULKAN_DEVICE, else "
+      "auto)", NULL, rw | GST_PARAM_MUTABLE_READY);
+  properties[PROP_FP16] = g_param_spec_boolean ("fp16", "fp16 weights",
+      "Vulkan: keep the GEMM weights as half floats (logits within 1e-2 "
+      "relative)", FALSE, rw | GST_PARAM_MUTABLE_READY);
+  properties[PROP_TOP_K] = g_param_spec_uint ("top-k", "Top k",
+      "Classes reported per frame in the meta and messages (at most the "
+      "model's)", 1, 1000, DEFAULT_TOP_K, rw | GST_PARAM_MUTABLE_PLAYING);
+  properties[PROP_INFERENCE_INTERVAL] = g_param_spec_uint ("inference-interval",
+      "Inference interval", "Classify every Nth frame; the frames between "
+      "carry the last result, marked as not fresh", 1, G_MAXUINT,
+      DEFAULT_INTERVAL, rw | GST_PARAM_MUTABLE_PLAYING);
+  properties[PROP_THREADS] = g_param_spec_int ("threads", "Threads",
+      "CPU threads for inference (0: all cores)", 0, 256, 0,
+      rw | GST_PARAM_MUTABLE_READY);
+  properties[PROP_POST_MESSAGES] = g_param_spec_boolean ("post-messages",
+      "Post messages", "Post a 'vmoe' element message on the bus for every "
+      "classified frame", DEFAULT_POST_MESSAGES, rw | GST_PARAM_MUTABLE_PLAYING);
+  properties[PROP_EXPERTS_K] = g_param_spec_int ("experts-k", "Experts k",
+      "Experts per image for image routing (0: the model's k); a value the "
+      "model cannot take is a warning and the value in force stays", 0, 4096, 0,
+      rw | GST_PARAM_MUTABLE_PLAYING);
+  properties[PROP_CAPACITY_RATIO] = g_param_spec_double ("capacity-ratio",
+      "Capacity ratio", "Expert capacity ratio for token routing, V-MoE's "
+      "test-time compute knob (0: the model's)", 0, 1e6, 0,
+      rw | GST_PARAM_MUTABLE_PLAYING);
+  properties[PROP_QOS] = g_param_spec_boolean ("qos", "QoS", "Skip inference "
+      "on frames late by at most our inference time, the lateness skipping can "
+      "win back (they carry the last result, marked as not fresh); frames are "
+      "never dropped", DEFAULT_QOS, rw | GST_PARAM_MUTABLE_PLAYING);
+  g_object_class_install_properties (gobject_class, N_PROPS, properties);
 
-  GstCaps *caps = gst_caps_from_string (GST_VIDEO_CAPS_MAKE (FORMATS));
+  GstCaps *caps = gst_caps_from_string (CAPS);
   gst_element_class_add_pad_template (element_class,
       gst_pad_template_new ("sink", GST_PAD_SINK, GST_PAD_ALWAYS, caps));
   gst_element_class_add_pad_template (element_class,

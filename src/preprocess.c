@@ -96,7 +96,8 @@ image_is_valid (const VmoeImage *img)
 {
   static const int bytes_per_pixel[] = { 1, 3, 3, 4, 4, 4, 4, 1, 1 };
   if (img->format < VMOE_PIXEL_GRAY8 || img->format > VMOE_PIXEL_NV12
-      || img->width < 1 || img->height < 1 || img->width > 65536 || img->height > 65536
+      || img->width < 1 || img->height < 1 || img->width > VMOE_IMAGE_MAX_SIDE
+      || img->height > VMOE_IMAGE_MAX_SIDE
       || !img->planes[0]
       || img->strides[0] < (size_t) img->width * bytes_per_pixel[img->format])
     return FALSE;

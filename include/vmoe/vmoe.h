@@ -250,6 +250,13 @@ typedef struct {
   const VmoeLayerStats *layers;
 } VmoeImageResult;
 
+/**
+ * VMOE_IMAGE_MAX_SIDE:
+ *
+ * The largest frame side, in pixels, that pre-processing takes.
+ */
+#define VMOE_IMAGE_MAX_SIDE 65536
+
 /* Pixel layouts of 8-bit frames, named as GStreamer names them.  Padding
  * and alpha bytes (x, A) are ignored.  I420 and NV12 are converted to RGB
  * with BT.601 limited range, rounded to 8 bits, before anything else. */

@@ -1,0 +1,132 @@
+/* GstVmoeResult: one classification kept by the element, and its two
+ * conversions, to the meta and to the bus message. */
+#include "gstvmoeresult.h"
+
+void
+gst_vmoe_result_clear (GstVmoeResult *r)
+{
+  g_clear_pointer (&r->model, vmoe_model_unref);
+  g_free (r->top_classes);
+  g_free (r->top_scores);
+  g_free (r->top_labels);
+  g_free (r->experts);
+  g_free (r->gates);
+  g_free (r->blocks);
+  g_free (r->dropped);
+  g_free (r->tokens_per_expert);
+  *r = (GstVmoeResult) { 0 };
+}
+
+gboolean
+gst_vmoe_result_is_set (const GstVmoeResult *r)
+{
+  return r->model != NULL;
+}
+
+void
+gst_vmoe_result_set (GstVmoeResult *r, VmoeModel *model, const VmoeImageResult *src,
+    GstClockTime latency)
+{
+  gst_vmoe_result_clear (r);
+  r->model = vmoe_model_ref (model);
+  r->latency = latency;
+  r->n_top = (guint) src->n_top;
+  r->top_classes = g_memdup2 (src->top_classes, r->n_top * sizeof (gint));
+  r->top_scores = g_memdup2 (src->top_scores, r->n_top * sizeof (gfloat));
+  r->top_labels = g_memdup2 (src->top_labels, r->n_top * sizeof (gchar *));
+  r->n_experts = (guint) src->n_experts;
+  r->experts = g_memdup2 (src->experts, r->n_experts * sizeof (gint));
+  r->gates = g_memdup2 (src->gates, r->n_experts * sizeof (gfloat));
+  r->superclass = r->n_experts ? src->superclasses[0] : NULL;
+  r->n_layers = (guint) src->n_layers;
+  r->layer_experts = r->n_layers ? (guint) vmoe_model_get_config (model)->num_experts : 0;
+  r->blocks = g_new (gint, r->n_layers);
+  r->dropped = g_new (gint, r->n_layers);
+  r->tokens_per_expert = g_new (guint, r->n_layers * r->layer_experts);
+  for (guint l = 0; l < r->n_layers; l++) {
+    r->blocks[l] = src->layers[l].block;
+    r->dropped[l] = src->layers[l].dropped;
+    for (guint e = 0; e < r->layer_experts; e++)
+      r->tokens_per_expert[l * r->layer_experts + e] =
+          (guint) src->layers[l].tokens_per_expert[e];
+  }
+}
+
+void
+gst_vmoe_result_fill_meta (const GstVmoeResult *r, GstVmoeMeta *m, guint64 frame,
+    gboolean fresh)
+{
+  m->frame = frame;
+  m->fresh = fresh;
+  m->latency = r->latency;
+  m->class_id = r->top_classes[0];
+  m->label = g_strdup (r->top_labels[0]);
+  m->score = r->top_scores[0];
+  m->n_top = r->n_top;
+  m->top_classes = g_memdup2 (r->top_classes, r->n_top * sizeof (gint));
+  m->top_scores = g_memdup2 (r->top_scores, r->n_top * sizeof (gfloat));
+  m->top_labels = g_new0 (gchar *, r->n_top + 1);
+  for (guint i = 0; i < r->n_top; i++)
+    m->top_labels[i] = g_strdup (r->top_labels[i]);
+  m->n_experts = r->n_experts;
+  m->experts = g_memdup2 (r->experts, r->n_experts * sizeof (gint));
+  m->gates = g_memdup2 (r->gates, r->n_experts * sizeof (gfloat));
+  m->superclass = g_strdup (r->superclass);
+  m->n_layers = r->n_layers;
+  m->layers = g_new0 (GstVmoeLayerStats, r->n_layers);
+  for (guint l = 0; l < r->n_layers; l++) {
+    m->layers[l].block = r->blocks[l];
+    m->layers[l].n_experts = r->layer_experts;
+    m->layers[l].tokens_per_expert = g_memdup2 (r->tokens_per_expert + l * r->layer_experts,
+        r->layer_experts * sizeof (guint));
+    m->layers[l].dropped = r->dropped[l];
+  }
+}
+
+/* Sets field `name` of `s` to a GValueArray of n ints or floats (as doubles);
+ * arrays are GValueArrays, as level posts them, so every binding reads them. */
+static void
+set_array (GstStructure *s, const char *name, GType type, const void *values, guint n)
+{
+  G_GNUC_BEGIN_IGNORE_DEPRECATIONS
+  GValueArray *arr = g_value_array_new (n);
+  GValue v = G_VALUE_INIT;
+  g_value_init (&v, type);
+  for (guint i = 0; i < n; i++) {
+    if (type == G_TYPE_INT)
+      g_value_set_int (&v, ((const gint *) values)[i]);
+    else
+      g_value_set_double (&v, ((const gfloat *) values)[i]);
+    g_value_array_append (arr, &v);
+  }
+  g_value_unset (&v);
+  GValue field = G_VALUE_INIT;
+  g_value_init (&field, g_value_array_get_type ());
+  g_value_take_boxed (&field, arr);
+  G_GNUC_END_IGNORE_DEPRECATIONS
+  gst_structure_take_value (s, name, &field);
+}
+
+GstStructure *
+gst_vmoe_result_to_structure (const GstVmoeResult *r, guint64 frame, GstClockTime timestamp,
+    GstClockTime stream_time, GstClockTime running_time)
+{
+  GstStructure *s = gst_structure_new ("vmoe",
+      "timestamp", G_TYPE_UINT64, timestamp,
+      "stream-time", G_TYPE_UINT64, stream_time,
+      "running-time", G_TYPE_UINT64, running_time,
+      "frame", G_TYPE_UINT64, frame,
+      "class-id", G_TYPE_INT, r->top_classes[0],
+      "label", G_TYPE_STRING, r->top_labels[0],
+      "score", G_TYPE_DOUBLE, (gdouble) r->top_scores[0],
+      "latency", G_TYPE_UINT64, r->latency, NULL);
+  set_array (s, "top-classes", G_TYPE_INT, r->top_classes, r->n_top);
+  set_array (s, "top-scores", G_TYPE_DOUBLE, r->top_scores, r->n_top);
+  if (r->n_experts) {
+    set_array (s, "experts", G_TYPE_INT, r->experts, r->n_experts);
+    set_array (s, "gates", G_TYPE_DOUBLE, r->gates, r->n_experts);
+  }
+  if (r->superclass)
+    gst_structure_set (s, "superclass", G_TYPE_STRING, r->superclass, NULL);
+  return s;
+}

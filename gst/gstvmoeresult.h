@@ -1,0 +1,49 @@
+/* The element's own copy of one classification.  The engine's
+ * VmoeImageResult lives only until the session's next run; this copy is
+ * what later frames carry (inference-interval, QoS) and the one source of
+ * both the GstVmoeMeta and the `vmoe` bus message. */
+#ifndef GST_VMOE_RESULT_H
+#define GST_VMOE_RESULT_H
+
+#include <gst/gst.h>
+#include <vmoe/vmoe.h>
+
+#include "gstvmoemeta.h"
+
+G_BEGIN_DECLS
+
+typedef struct {
+  VmoeModel *model;               /* a reference: it owns the label strings */
+  GstClockTime latency;           /* inference time, ns */
+  guint n_top;
+  gint *top_classes;
+  gfloat *top_scores;
+  const gchar **top_labels;
+  guint n_experts;                /* image routing */
+  gint *experts;
+  gfloat *gates;
+  const gchar *superclass;        /* of the first expert, NULL if unnamed */
+  guint n_layers;                 /* token routing */
+  guint layer_experts;            /* tokens_per_expert entries per layer */
+  gint *blocks;
+  gint *dropped;
+  guint *tokens_per_expert;       /* n_layers x layer_experts */
+} GstVmoeResult;
+
+/* Replaces `result` with a copy of `src`, a result of a session on `model`. */
+void gst_vmoe_result_set (GstVmoeResult *result, VmoeModel *model,
+    const VmoeImageResult *src, GstClockTime latency);
+void gst_vmoe_result_clear (GstVmoeResult *result);
+gboolean gst_vmoe_result_is_set (const GstVmoeResult *result);
+
+/* Fills the empty meta `meta` (its frame and fresh fields too). */
+void gst_vmoe_result_fill_meta (const GstVmoeResult *result, GstVmoeMeta *meta,
+    guint64 frame, gboolean fresh);
+
+/* The `vmoe` element message's structure (README.md, docs/design.md). */
+GstStructure *gst_vmoe_result_to_structure (const GstVmoeResult *result, guint64 frame,
+    GstClockTime timestamp, GstClockTime stream_time, GstClockTime running_time);
+
+G_END_DECLS
+
+#endif
