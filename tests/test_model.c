@@ -411,6 +411,167 @@ START_TEST (test_nan_weight)
 }
 END_TEST
 
+/* Text nested `levels` deep in arrays: [[[...]]]. */
+static char *
+nested_arrays (int levels)
+{
+  char *text = g_malloc (2 * (gsize) levels + 1);
+  memset (text, '[', levels);
+  memset (text + levels, ']', levels);
+  text[2 * levels] = '\0';
+  return text;
+}
+
+/* The nesting limit of docs/model-format.md, counting the root. */
+#define JSON_MAX_DEPTH 64
+
+/* 80,000 levels overflowed the stack inside json-glib's recursive parser. */
+START_TEST (test_deeply_nested_header)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  char *deep = nested_arrays (80000);
+  expect_error (&file, deep, VMOE_ERROR_FORMAT, "nests deeper than 64");
+  g_free (deep);
+}
+END_TEST
+
+START_TEST (test_deeply_nested_config)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  char *deep = nested_arrays (80000);
+  json_object_set_string_member (json_object_get_object_member (
+          json_node_get_object (file.header), "__metadata__"), "vmoe.config", deep);
+  g_free (deep);
+  expect_error (&file, NULL, VMOE_ERROR_CONFIG, "nests deeper than 64");
+}
+END_TEST
+
+/* An unknown key nested to exactly the limit loads; one level more fails.
+ * Brackets and escaped quotes inside strings are not nesting. */
+START_TEST (test_nesting_limit_boundary)
+{
+  for (int extra = 0; extra < 2; extra++) {
+    TestModelFile file;
+    valid_file (&file, NULL);
+    char *config = test_config_json (NULL);
+    char *deep = nested_arrays (JSON_MAX_DEPTH - 1 + extra);
+    /* A string "\"[[[...[\\": read as text, its brackets would nest too deep. */
+    char *brackets = g_strnfill (JSON_MAX_DEPTH + 1, '[');
+    /* The root object is level 1, the arrays the next ones. */
+    char *text = g_strdup_printf ("{\"unknown\": %s, \"note\": \"\\\"%s\\\\\", %s",
+        deep, brackets, config + 1);
+    g_free (brackets);
+    json_object_set_string_member (json_object_get_object_member (
+            json_node_get_object (file.header), "__metadata__"), "vmoe.config", text);
+    char *path = test_model_file_write (&file, NULL);
+    GError *error = NULL;
+    VmoeModel *model = vmoe_model_load (path, &error);
+    if (extra) {
+      ck_assert (model == NULL);
+      ck_assert_msg (g_error_matches (error, VMOE_ERROR, VMOE_ERROR_CONFIG)
+          && strstr (error->message, "nests deeper than 64"), "%s", error->message);
+    } else {
+      ck_assert_msg (model != NULL, "%s", error ? error->message : "");
+    }
+    g_clear_error (&error);
+    vmoe_model_unref (model);
+    g_unlink (path);
+    g_free (path);
+    g_free (text);
+    g_free (deep);
+    g_free (config);
+    test_model_file_clear (&file);
+  }
+}
+END_TEST
+
+/* "" gave a NULL root and a GLib critical, fatal under G_DEBUG=fatal-criticals. */
+START_TEST (test_config_not_an_object)
+{
+  g_log_set_always_fatal (G_LOG_LEVEL_CRITICAL | G_LOG_LEVEL_WARNING);
+  const char *texts[] = { "", "   ", "null", "[]", "0", "\"vmoe\"" };
+  for (guint i = 0; i < G_N_ELEMENTS (texts); i++) {
+    TestModelFile file;
+    valid_file (&file, NULL);
+    json_object_set_string_member (json_object_get_object_member (
+            json_node_get_object (file.header), "__metadata__"), "vmoe.config", texts[i]);
+    expect_error (&file, NULL, VMOE_ERROR_CONFIG, "vmoe.config");
+  }
+}
+END_TEST
+
+/* A tiny file whose config asks for depth 1024 with 4,096 experts in every
+ * block (16.8 million tensors) fails at once: it cannot hold them. */
+START_TEST (test_config_larger_than_file)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  JsonNode *config = test_get_config (&file);
+  JsonObject *obj = json_node_get_object (config);
+  json_object_set_int_member (obj, "depth", 1024);
+  JsonArray *layers = json_array_new ();
+  for (int i = 0; i < 1024; i++)
+    json_array_add_int_element (layers, i);
+  JsonObject *moe = json_object_new ();
+  json_object_set_array_member (moe, "layers", layers);
+  json_object_set_int_member (moe, "num_experts", 4096);
+  json_object_set_object_member (obj, "moe", moe);
+  test_set_config (&file, config);
+  json_node_unref (config);
+  gint64 start = g_get_monotonic_time ();
+  expect_error (&file, NULL, VMOE_ERROR_TENSOR, "the config needs more than");
+  gint64 ms = (g_get_monotonic_time () - start) / 1000;
+  ck_assert_msg (ms < 5000, "took %" G_GINT64_FORMAT " ms", ms);
+}
+END_TEST
+
+/* Room for 512 Ki weights in an unused tensor, but depth 64 needs 12 tensors
+ * per block, more than the file has. */
+START_TEST (test_config_needs_more_tensors_than_declared)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  gsize size;
+  const guint8 *data = g_bytes_get_data (file.data, &size);
+  gsize pad = 1 << 20;
+  guint8 *grown = g_malloc0 (size + pad);
+  memcpy (grown, data, size);
+  g_bytes_unref (file.data);
+  file.data = g_bytes_new_take (grown, size + pad);
+  JsonObject *padding = json_object_new ();
+  json_object_set_string_member (padding, "dtype", "U8");
+  JsonArray *shape = json_array_new ();
+  json_array_add_int_element (shape, (gint64) pad);
+  json_object_set_array_member (padding, "shape", shape);
+  JsonArray *offsets = json_array_new ();
+  json_array_add_int_element (offsets, (gint64) size);
+  json_array_add_int_element (offsets, (gint64) (size + pad));
+  json_object_set_array_member (padding, "data_offsets", offsets);
+  json_object_set_object_member (json_node_get_object (file.header), "padding", padding);
+  JsonNode *config = test_get_config (&file);
+  json_object_set_int_member (json_node_get_object (config), "depth", 64);
+  test_set_config (&file, config);
+  json_node_unref (config);
+  expect_error (&file, NULL, VMOE_ERROR_TENSOR, "tensors the header declares");
+}
+END_TEST
+
+/* As many tensors as the file has, but far more weights than its data
+ * section can hold at 2 bytes each. */
+START_TEST (test_config_weights_exceed_data)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  JsonNode *config = test_get_config (&file);
+  json_object_set_int_member (json_node_get_object (config), "embed_dim", 65536);
+  test_set_config (&file, config);
+  json_node_unref (config);
+  expect_error (&file, NULL, VMOE_ERROR_TENSOR, "the most its data section can hold");
+}
+END_TEST
+
 /* Property: every truncation and every single-byte change of the header
  * either loads or fails with a GError; ASan/UBSan turn any crash or
  * out-of-bounds read into a failure here. */
@@ -544,6 +705,13 @@ model_suite (void)
   tcase_add_test (tc, test_cls_router_without_class_token);
   tcase_add_test (tc, test_unknown_enum);
   tcase_add_test (tc, test_nan_weight);
+  tcase_add_test (tc, test_deeply_nested_header);
+  tcase_add_test (tc, test_deeply_nested_config);
+  tcase_add_test (tc, test_nesting_limit_boundary);
+  tcase_add_test (tc, test_config_not_an_object);
+  tcase_add_test (tc, test_config_larger_than_file);
+  tcase_add_test (tc, test_config_weights_exceed_data);
+  tcase_add_test (tc, test_config_needs_more_tensors_than_declared);
   tcase_add_test (tc, test_corruptions_never_crash);
   tcase_add_test (tc, test_model_shared_by_threads);
   suite_add_tcase (s, tc);
