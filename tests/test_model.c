@@ -4,6 +4,7 @@
 #include "testutil.h"
 
 #include <check.h>
+#include <math.h>
 #include <glib/gstdio.h>
 #include <string.h>
 
@@ -572,6 +573,88 @@ START_TEST (test_config_weights_exceed_data)
 }
 END_TEST
 
+static void
+input_pattern (float *input, gsize n)
+{
+  for (gsize i = 0; i < n; i++)
+    input[i] = (float) (i % 17) / 8.0f - 1.0f;
+}
+
+/* Weights scaled to ~1e31 (a flipped exponent bit) are finite, so they
+ * load, but the activations overflow: the run must fail, not report classes
+ * from NaN logits. */
+START_TEST (test_overflowing_weights_fail_the_run)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  JsonArray *off = json_object_get_array_member (
+      test_tensor (&file, "blocks.0.attn.qkv.weight"), "data_offsets");
+  gsize size;
+  guint8 *data = g_bytes_unref_to_data (file.data, &size);
+  for (gint64 at = json_array_get_int_element (off, 0);
+      at < json_array_get_int_element (off, 1); at += 4) {
+    float w;
+    memcpy (&w, data + at, 4);
+    w *= 1e31f;
+    memcpy (data + at, &w, 4);
+  }
+  file.data = g_bytes_new_take (data, size);
+  char *path = test_model_file_write (&file, NULL);
+  test_model_file_clear (&file);
+  GError *error = NULL;
+  VmoeModel *model = vmoe_model_load (path, &error);
+  ck_assert_msg (model != NULL, "%s", error ? error->message : "");
+  VmoeSessionOptions options;
+  vmoe_session_options_init (&options);
+  options.backend = VMOE_BACKEND_CPU;
+  VmoeSession *session = vmoe_session_new (model, &options, &error);
+  ck_assert (session);
+  float input[2 * 3 * 16 * 16];
+  input_pattern (input, G_N_ELEMENTS (input));
+  ck_assert (!vmoe_session_run_f32 (session, input, 2, &error));
+  ck_assert_msg (g_error_matches (error, VMOE_ERROR, VMOE_ERROR_NUMERIC)
+      && strstr (error->message, "non-finite logits for image 0"),
+      "%s", error->message);
+  g_clear_error (&error);
+  vmoe_session_free (session);
+  vmoe_model_unref (model);
+  g_unlink (path);
+  g_free (path);
+}
+END_TEST
+
+/* A NaN in float input is refused before the forward pass, naming where. */
+START_TEST (test_non_finite_input_refused)
+{
+  char *config = test_config_json (MOE_IMAGE);
+  char *path = test_write_random_model (config);
+  VmoeModel *model = vmoe_model_load (path, NULL);
+  ck_assert (model);
+  VmoeSessionOptions options;
+  vmoe_session_options_init (&options);
+  options.backend = VMOE_BACKEND_CPU;
+  VmoeSession *session = vmoe_session_new (model, &options, NULL);
+  const float bad[] = { NAN, INFINITY, -INFINITY };
+  float input[2 * 3 * 16 * 16];
+  for (guint b = 0; b < G_N_ELEMENTS (bad); b++) {
+    input_pattern (input, G_N_ELEMENTS (input));
+    ck_assert (vmoe_session_run_f32 (session, input, 2, NULL));
+    input[3 * 16 * 16 + 100] = bad[b];
+    GError *error = NULL;
+    ck_assert (!vmoe_session_run_f32 (session, input, 2, &error));
+    ck_assert_msg (g_error_matches (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT)
+        && strstr (error->message, "image 1")
+        && strstr (error->message, "element 100"), "%s", error->message);
+    g_error_free (error);
+  }
+  vmoe_session_free (session);
+  vmoe_model_unref (model);
+  g_unlink (path);
+  g_free (path);
+  g_free (config);
+}
+END_TEST
+
 /* Property: every truncation and every single-byte change of the header
  * either loads or fails with a GError; ASan/UBSan turn any crash or
  * out-of-bounds read into a failure here. */
@@ -712,6 +795,8 @@ model_suite (void)
   tcase_add_test (tc, test_config_larger_than_file);
   tcase_add_test (tc, test_config_weights_exceed_data);
   tcase_add_test (tc, test_config_needs_more_tensors_than_declared);
+  tcase_add_test (tc, test_overflowing_weights_fail_the_run);
+  tcase_add_test (tc, test_non_finite_input_refused);
   tcase_add_test (tc, test_corruptions_never_crash);
   tcase_add_test (tc, test_model_shared_by_threads);
   suite_add_tcase (s, tc);

@@ -24,6 +24,7 @@ typedef enum {
   VMOE_ERROR_TENSOR,          /* a tensor missing, of the wrong shape, or non-finite */
   VMOE_ERROR_INVALID_ARGUMENT,/* a call's arguments do not fit the model */
   VMOE_ERROR_BACKEND,         /* the backend cannot run (no device, no memory) */
+  VMOE_ERROR_NUMERIC,         /* the forward pass produced non-finite logits */
 } VmoeErrorCode;
 
 typedef enum { VMOE_ACT_GELU, VMOE_ACT_GELU_TANH } VmoeActivation;
