@@ -310,9 +310,9 @@ finish_run (VmoeSession *s, int n, GError **error)
 static gboolean
 check_batch (int n, GError **error)
 {
-  if (n < 1 || n > 65536) {
+  if (n < 1 || n > VMOE_MAX_BATCH) {
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
-        "batch size %d is outside [1, 65536]", n);
+        "batch size %d is outside [1, %d]", n, VMOE_MAX_BATCH);
     return FALSE;
   }
   return TRUE;

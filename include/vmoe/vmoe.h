@@ -27,6 +27,9 @@ typedef enum {
   VMOE_ERROR_NUMERIC,         /* the forward pass produced non-finite logits */
 } VmoeErrorCode;
 
+/* Images one run takes at most (vmoe_session_run_f32 and _u8). */
+#define VMOE_MAX_BATCH 65536
+
 typedef enum { VMOE_ACT_GELU, VMOE_ACT_GELU_TANH } VmoeActivation;
 typedef enum { VMOE_POOL_TOKEN, VMOE_POOL_AVG } VmoePool;
 typedef enum { VMOE_ROUTING_NONE, VMOE_ROUTING_IMAGE, VMOE_ROUTING_TOKEN } VmoeRouting;
