@@ -2,6 +2,7 @@
  * Defaults for optional keys are listed in docs/model-format.md. */
 #include "vmoe-private.h"
 
+#include <float.h>
 #include <json-glib/json-glib.h>
 #include <math.h>
 #include <string.h>
@@ -152,8 +153,9 @@ get_floats (JsonObject *obj, const char *key, int expected, float fallback,
         json_array_get_length (arr), expected);
   for (int i = 0; i < expected; i++) {
     double v;
-    if (!node_get_number (json_array_get_element (arr, i), &v))
-      return config_error (error, key, "must hold finite numbers");
+    /* Converting a double beyond float's range is undefined behaviour. */
+    if (!node_get_number (json_array_get_element (arr, i), &v) || fabs (v) > FLT_MAX)
+      return config_error (error, key, "must hold finite numbers within float range");
     out[i] = (float) v;
   }
   return TRUE;
@@ -372,8 +374,8 @@ parse_root (JsonObject *root, VmoeConfig *c, GError **error)
   if (c->embed_dim % c->num_heads)
     return config_error (error, "num_heads", "%d does not divide embed_dim %d",
         c->num_heads, c->embed_dim);
-  if (!(c->norm_eps > 0))
-    return config_error (error, "norm_eps", "must be positive");
+  if (!(c->norm_eps > 0 && c->norm_eps <= FLT_MAX))
+    return config_error (error, "norm_eps", "must be positive and within float range");
   if (c->pool == VMOE_POOL_TOKEN && !c->class_token)
     return config_error (error, "pool", "is \"token\" but class_token is false");
   if (!(c->crop_pct > 0 && c->crop_pct <= 1))
@@ -382,8 +384,8 @@ parse_root (JsonObject *root, VmoeConfig *c, GError **error)
       || !get_floats (root, "std", c->in_channels, 0.5f, c->std, error))
     return FALSE;
   for (int i = 0; i < c->in_channels; i++)
-    if (c->std[i] == 0)
-      return config_error (error, "std", "channel %d is zero", i);
+    if (!isfinite (1.0f / c->std[i]))
+      return config_error (error, "std", "channel %d is zero or too small to divide by", i);
   return parse_labels (root, c, error) && parse_moe (root, c, error);
 }
 

@@ -655,6 +655,31 @@ START_TEST (test_non_finite_input_refused)
 }
 END_TEST
 
+static JsonNode *
+three_doubles (double a, double b, double c)
+{
+  JsonArray *arr = json_array_new ();
+  json_array_add_double_element (arr, a);
+  json_array_add_double_element (arr, b);
+  json_array_add_double_element (arr, c);
+  JsonNode *n = json_node_new (JSON_NODE_ARRAY);
+  json_node_take_array (n, arr);
+  return n;
+}
+
+/* The engine computes in float: a double beyond its range cannot be
+ * converted (undefined behaviour), and a std that rounds to a subnormal
+ * divides to infinity. */
+START_TEST (test_config_values_fit_float)
+{
+  expect_config_error (NULL, "std", three_doubles (0.5, 1e300, 0.5), "'std'");
+  expect_config_error (NULL, "std", three_doubles (0.5, 1e-40, 0.5),
+      "'std' channel 1 is zero or too small");
+  expect_config_error (NULL, "mean", three_doubles (-1e39, 0.5, 0.5), "'mean'");
+  expect_config_error (NULL, "norm_eps", double_node (1e39), "'norm_eps'");
+}
+END_TEST
+
 /* Property: every truncation and every single-byte change of the header
  * either loads or fails with a GError; ASan/UBSan turn any crash or
  * out-of-bounds read into a failure here. */
@@ -797,6 +822,7 @@ model_suite (void)
   tcase_add_test (tc, test_config_needs_more_tensors_than_declared);
   tcase_add_test (tc, test_overflowing_weights_fail_the_run);
   tcase_add_test (tc, test_non_finite_input_refused);
+  tcase_add_test (tc, test_config_values_fit_float);
   tcase_add_test (tc, test_corruptions_never_crash);
   tcase_add_test (tc, test_model_shared_by_threads);
   suite_add_tcase (s, tc);
