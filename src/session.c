@@ -136,9 +136,10 @@ vmoe_session_new (VmoeModel *model, const VmoeSessionOptions *options,
     return NULL;
   }
 #endif
-  if (options->top_k < 0 || options->threads < 0) {
+  if (options->top_k < 0 || options->threads < 0
+      || options->threads > VMOE_MAX_THREADS) {
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
-        "top_k and threads must not be negative");
+        "top_k must not be negative, threads must be 0 to %d", VMOE_MAX_THREADS);
     return NULL;
   }
   VmoeRoutingParams routing = { c->top_k, c->capacity_ratio };

@@ -680,6 +680,33 @@ START_TEST (test_config_values_fit_float)
 }
 END_TEST
 
+/* Each CPU thread is started at once: 100,000 aborted in GLib. */
+START_TEST (test_session_threads_bounded)
+{
+  char *config = test_config_json (NULL);
+  char *path = test_write_random_model (config);
+  VmoeModel *model = vmoe_model_load (path, NULL);
+  ck_assert (model);
+  VmoeSessionOptions options;
+  vmoe_session_options_init (&options);
+  options.backend = VMOE_BACKEND_CPU;
+  options.threads = 100000;
+  GError *error = NULL;
+  ck_assert (vmoe_session_new (model, &options, &error) == NULL);
+  ck_assert_msg (g_error_matches (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT)
+      && strstr (error->message, "256"), "%s", error->message);
+  g_error_free (error);
+  options.threads = VMOE_MAX_THREADS;
+  VmoeSession *session = vmoe_session_new (model, &options, &error);
+  ck_assert_msg (session != NULL, "%s", error ? error->message : "");
+  vmoe_session_free (session);
+  vmoe_model_unref (model);
+  g_unlink (path);
+  g_free (path);
+  g_free (config);
+}
+END_TEST
+
 /* Property: every truncation and every single-byte change of the header
  * either loads or fails with a GError; ASan/UBSan turn any crash or
  * out-of-bounds read into a failure here. */
@@ -823,6 +850,7 @@ model_suite (void)
   tcase_add_test (tc, test_overflowing_weights_fail_the_run);
   tcase_add_test (tc, test_non_finite_input_refused);
   tcase_add_test (tc, test_config_values_fit_float);
+  tcase_add_test (tc, test_session_threads_bounded);
   tcase_add_test (tc, test_corruptions_never_crash);
   tcase_add_test (tc, test_model_shared_by_threads);
   suite_add_tcase (s, tc);

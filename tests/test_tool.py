@@ -313,6 +313,9 @@ class ToolTest(unittest.TestCase):
         self.assertEqual(result.stdout, want)
         self.assert_one_line_error(
             vmoe("bench", model, "--batch", "2147483647", "--seconds", "0.1"), "--batch")
+        # --threads started that many threads, until GLib aborted.
+        for command in (("bench", model, "--seconds", "0.1"), ("run", model, data)):
+            self.assert_one_line_error(vmoe(*command, "--threads", "100000"), "threads")
 
     def test_deeply_nested_json_is_an_error(self):
         """80,000 levels of [[[...]]] overflowed json-glib's recursion."""

@@ -238,9 +238,9 @@ make_session (const BackendArgs *args, int top_k, VmoeModel *model,
         "unknown backend '%s' (auto, cpu or vulkan)", args->backend);
     return FALSE;
   }
-  if (args->threads < 0) {
+  if (args->threads < 0 || args->threads > VMOE_MAX_THREADS) {
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
-        "--threads must not be negative");
+        "--threads must be 0 to %d", VMOE_MAX_THREADS);
     return FALSE;
   }
   options.threads = args->threads;

@@ -29,6 +29,8 @@ typedef enum {
 
 /* Images one run takes at most (vmoe_session_run_f32 and _u8). */
 #define VMOE_MAX_BATCH 65536
+/* CPU threads a session may ask for (VmoeSessionOptions.threads). */
+#define VMOE_MAX_THREADS 256
 
 typedef enum { VMOE_ACT_GELU, VMOE_ACT_GELU_TANH } VmoeActivation;
 typedef enum { VMOE_POOL_TOKEN, VMOE_POOL_AVG } VmoePool;
