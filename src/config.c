@@ -15,6 +15,8 @@
 #define MAX_DEPTH 1024
 #define MAX_CLASSES 1000000
 #define MAX_EXPERTS 4096
+/* The labels and the superclasses' class lists may each name every class. */
+#define MAX_CONFIG_VALUES (2 * MAX_CLASSES + 65536)
 
 G_DEFINE_QUARK (vmoe-error-quark, vmoe_error)
 
@@ -398,10 +400,15 @@ vmoe_config_parse (const char *json_text, gssize length, VmoeConfig *config,
   GError *json_error = NULL;
   gboolean ok = FALSE;
   JsonNode *root = NULL;
-  if (!vmoe_json_depth_within_limit (json_text, length)) {
+  VmoeJsonSize size;
+  vmoe_json_measure (json_text, length, &size);
+  if (size.depth > VMOE_JSON_MAX_DEPTH) {
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_CONFIG,
         "vmoe.config nests deeper than %d levels of arrays and objects",
         VMOE_JSON_MAX_DEPTH);
+  } else if (size.values > MAX_CONFIG_VALUES) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_CONFIG,
+        "vmoe.config holds more than %d values", MAX_CONFIG_VALUES);
   } else if (!json_parser_load_from_data (parser, json_text, length, &json_error)) {
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_CONFIG,
         "vmoe.config is not valid JSON: %s", json_error->message);

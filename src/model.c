@@ -10,6 +10,9 @@
 /* The reference safetensors implementation refuses larger headers too. */
 #define MAX_HEADER_BYTES (100u * 1024u * 1024u)
 #define MAX_NDIM 8
+/* About 8 values per tensor: room for 125,000 tensors, where a V-MoE of 15
+ * billion parameters has about 3,000.  json-glib spends ~80 bytes a value. */
+#define MAX_HEADER_VALUES 1000000
 
 typedef enum { DTYPE_F32, DTYPE_F16, DTYPE_BF16, DTYPE_OTHER } ComputeDtype;
 
@@ -395,9 +398,15 @@ parse_file (VmoeModel *model, const char *path, GError **error)
   Entry *entries = NULL;
   GHashTable *floats = NULL;
   gboolean ok = FALSE;
-  if (!vmoe_json_depth_within_limit ((const char *) bytes + 8, (gssize) header_len)) {
+  VmoeJsonSize json_size;
+  vmoe_json_measure ((const char *) bytes + 8, (gssize) header_len, &json_size);
+  if (json_size.depth > VMOE_JSON_MAX_DEPTH) {
     format_error (error, "header nests deeper than %d levels of arrays and objects",
         VMOE_JSON_MAX_DEPTH);
+    goto out;
+  }
+  if (json_size.values > MAX_HEADER_VALUES) {
+    format_error (error, "header holds more than %d values", MAX_HEADER_VALUES);
     goto out;
   }
   if (header_len == 0 || !json_parser_load_from_data (parser,

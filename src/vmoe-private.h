@@ -47,10 +47,17 @@ struct VmoeModel {
  * "vmoe.config" (the root counts as 1). */
 #define VMOE_JSON_MAX_DEPTH 64
 
-/* FALSE when `text` (NUL-terminated if length < 0) nests arrays and objects
- * deeper than VMOE_JSON_MAX_DEPTH; strings are skipped.  Call it before
- * handing untrusted text to json-glib. */
-gboolean vmoe_json_depth_within_limit (const char *text, gssize length);
+/* What json-glib would build from a text: its deepest nesting of arrays and
+ * objects, and an upper bound on its values (a container counts itself and
+ * each comma one more; strings are skipped). */
+typedef struct {
+  int depth;
+  guint64 values;
+} VmoeJsonSize;
+
+/* Measures `text` (NUL-terminated if length < 0) in one pass, without
+ * recursion: call it before handing untrusted text to json-glib. */
+void vmoe_json_measure (const char *text, gssize length, VmoeJsonSize *size);
 
 /* Parses and validates the JSON text of "vmoe.config" into `config`. */
 gboolean vmoe_config_parse (const char *json_text, gssize length,

@@ -707,6 +707,55 @@ START_TEST (test_session_threads_bounded)
 }
 END_TEST
 
+/* Text of a JSON array of `n` zeros. */
+static char *
+zeros_array (gsize n)
+{
+  GString *s = g_string_sized_new (2 * n + 2);
+  g_string_append_c (s, '[');
+  for (gsize i = 0; i < n; i++)
+    g_string_append (s, i ? ",0" : "0");
+  g_string_append_c (s, ']');
+  return g_string_free (s, FALSE);
+}
+
+/* json-glib spends ~80 bytes and real time per value: a header of a million
+ * values and more is refused before it parses. */
+START_TEST (test_header_too_many_values)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  char *zeros = zeros_array (1000000);
+  char *header = json_to_string (file.header, FALSE);
+  char *text = g_strdup_printf ("{\"zeros\": %s, %s", zeros, header + 1);
+  gint64 start = g_get_monotonic_time ();
+  expect_error (&file, text, VMOE_ERROR_FORMAT, "header holds more than 1000000 values");
+  gint64 ms = (g_get_monotonic_time () - start) / 1000;
+  ck_assert_msg (ms < 2000, "took %" G_GINT64_FORMAT " ms", ms);
+  g_free (text);
+  g_free (header);
+  g_free (zeros);
+}
+END_TEST
+
+/* The config may hold two values per class (labels, superclass lists)
+ * and then some: 2,065,536 values. */
+START_TEST (test_config_too_many_values)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  char *zeros = zeros_array (2065536);
+  char *config = test_config_json (NULL);
+  char *text = g_strdup_printf ("{\"zeros\": %s, %s", zeros, config + 1);
+  json_object_set_string_member (json_object_get_object_member (
+          json_node_get_object (file.header), "__metadata__"), "vmoe.config", text);
+  expect_error (&file, NULL, VMOE_ERROR_CONFIG, "vmoe.config holds more than 2065536 values");
+  g_free (text);
+  g_free (config);
+  g_free (zeros);
+}
+END_TEST
+
 /* Property: every truncation and every single-byte change of the header
  * either loads or fails with a GError; ASan/UBSan turn any crash or
  * out-of-bounds read into a failure here. */
@@ -851,6 +900,8 @@ model_suite (void)
   tcase_add_test (tc, test_non_finite_input_refused);
   tcase_add_test (tc, test_config_values_fit_float);
   tcase_add_test (tc, test_session_threads_bounded);
+  tcase_add_test (tc, test_header_too_many_values);
+  tcase_add_test (tc, test_config_too_many_values);
   tcase_add_test (tc, test_corruptions_never_crash);
   tcase_add_test (tc, test_model_shared_by_threads);
   suite_add_tcase (s, tc);
