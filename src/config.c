@@ -2,6 +2,7 @@
  * Defaults for optional keys are listed in docs/model-format.md. */
 #include "vmoe-private.h"
 
+#include <float.h>
 #include <json-glib/json-glib.h>
 #include <math.h>
 #include <string.h>
@@ -14,6 +15,8 @@
 #define MAX_DEPTH 1024
 #define MAX_CLASSES 1000000
 #define MAX_EXPERTS 4096
+/* The labels and the superclasses' class lists may each name every class. */
+#define MAX_CONFIG_VALUES (2 * MAX_CLASSES + 65536)
 
 G_DEFINE_QUARK (vmoe-error-quark, vmoe_error)
 
@@ -152,8 +155,9 @@ get_floats (JsonObject *obj, const char *key, int expected, float fallback,
         json_array_get_length (arr), expected);
   for (int i = 0; i < expected; i++) {
     double v;
-    if (!node_get_number (json_array_get_element (arr, i), &v))
-      return config_error (error, key, "must hold finite numbers");
+    /* Converting a double beyond float's range is undefined behaviour. */
+    if (!node_get_number (json_array_get_element (arr, i), &v) || fabs (v) > FLT_MAX)
+      return config_error (error, key, "must hold finite numbers within float range");
     out[i] = (float) v;
   }
   return TRUE;
@@ -372,8 +376,8 @@ parse_root (JsonObject *root, VmoeConfig *c, GError **error)
   if (c->embed_dim % c->num_heads)
     return config_error (error, "num_heads", "%d does not divide embed_dim %d",
         c->num_heads, c->embed_dim);
-  if (!(c->norm_eps > 0))
-    return config_error (error, "norm_eps", "must be positive");
+  if (!(c->norm_eps > 0 && c->norm_eps <= FLT_MAX))
+    return config_error (error, "norm_eps", "must be positive and within float range");
   if (c->pool == VMOE_POOL_TOKEN && !c->class_token)
     return config_error (error, "pool", "is \"token\" but class_token is false");
   if (!(c->crop_pct > 0 && c->crop_pct <= 1))
@@ -382,8 +386,8 @@ parse_root (JsonObject *root, VmoeConfig *c, GError **error)
       || !get_floats (root, "std", c->in_channels, 0.5f, c->std, error))
     return FALSE;
   for (int i = 0; i < c->in_channels; i++)
-    if (c->std[i] == 0)
-      return config_error (error, "std", "channel %d is zero", i);
+    if (!isfinite (1.0f / c->std[i]))
+      return config_error (error, "std", "channel %d is zero or too small to divide by", i);
   return parse_labels (root, c, error) && parse_moe (root, c, error);
 }
 
@@ -395,16 +399,27 @@ vmoe_config_parse (const char *json_text, gssize length, VmoeConfig *config,
   JsonParser *parser = json_parser_new ();
   GError *json_error = NULL;
   gboolean ok = FALSE;
-  if (!json_parser_load_from_data (parser, json_text, length, &json_error)) {
+  JsonNode *root = NULL;
+  VmoeJsonSize size;
+  vmoe_json_measure (json_text, length, &size);
+  if (size.depth > VMOE_JSON_MAX_DEPTH) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_CONFIG,
+        "vmoe.config nests deeper than %d levels of arrays and objects",
+        VMOE_JSON_MAX_DEPTH);
+  } else if (size.values > MAX_CONFIG_VALUES) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_CONFIG,
+        "vmoe.config holds more than %d values", MAX_CONFIG_VALUES);
+  } else if (!json_parser_load_from_data (parser, json_text, length, &json_error)) {
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_CONFIG,
         "vmoe.config is not valid JSON: %s", json_error->message);
     g_error_free (json_error);
-  } else if (!JSON_NODE_HOLDS_OBJECT (json_parser_get_root (parser))) {
+  } else if (!(root = json_parser_get_root (parser))
+      || !JSON_NODE_HOLDS_OBJECT (root)) {
+    /* Empty text parses, to no root at all. */
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_CONFIG,
         "vmoe.config must be a JSON object");
   } else {
-    ok = parse_root (json_node_get_object (json_parser_get_root (parser)),
-        config, error);
+    ok = parse_root (json_node_get_object (root), config, error);
   }
   g_object_unref (parser);
   if (!ok)
@@ -455,14 +470,39 @@ vmoe_token_capacity (int top_k, int tokens, double capacity_ratio, int num_exper
   return c < 1 ? 1 : (int) MIN (c, (double) top_k * tokens);
 }
 
+/* Builds the spec list and counts the required tensors and their elements as
+ * it goes, so that a config asking for more than a file can hold stops at
+ * the bound instead of first listing millions of specs. */
+typedef struct {
+  GPtrArray *specs;
+  guint64 required, elements;
+  guint64 max_required, max_elements;
+  gboolean over;
+} SpecList;
+
 static void
-add_spec (GPtrArray *specs, gboolean optional, int ndim, const gint64 *shape,
+add_spec (SpecList *list, gboolean optional, int ndim, const gint64 *shape,
     const char *fmt, ...) G_GNUC_PRINTF (5, 6);
 
 static void
-add_spec (GPtrArray *specs, gboolean optional, int ndim, const gint64 *shape,
+add_spec (SpecList *list, gboolean optional, int ndim, const gint64 *shape,
     const char *fmt, ...)
 {
+  if (list->over)
+    return;
+  if (!optional) {
+    guint64 count = 1;
+    gboolean fits = TRUE;
+    for (int i = 0; i < ndim; i++)
+      fits = fits && g_uint64_checked_mul (&count, count, (guint64) shape[i]);
+    fits = fits && g_uint64_checked_add (&list->elements, list->elements, count);
+    list->required++;
+    if (!fits || list->required > list->max_required
+        || list->elements > list->max_elements) {
+      list->over = TRUE;
+      return;
+    }
+  }
   VmoeTensorSpec *s = g_new0 (VmoeTensorSpec, 1);
   va_list args;
   va_start (args, fmt);
@@ -471,7 +511,7 @@ add_spec (GPtrArray *specs, gboolean optional, int ndim, const gint64 *shape,
   s->ndim = ndim;
   memcpy (s->shape, shape, ndim * sizeof (gint64));
   s->optional = optional;
-  g_ptr_array_add (specs, s);
+  g_ptr_array_add (list->specs, s);
 }
 
 static void
@@ -483,69 +523,90 @@ spec_free (gpointer p)
 }
 
 static void
-add_mlp_specs (GPtrArray *specs, const char *prefix, gint64 d, gint64 m)
+add_mlp_specs (SpecList *list, const char *prefix, gint64 d, gint64 m)
 {
-  add_spec (specs, FALSE, 2, (gint64[]) { m, d }, "%s.fc1.weight", prefix);
-  add_spec (specs, FALSE, 1, (gint64[]) { m }, "%s.fc1.bias", prefix);
-  add_spec (specs, FALSE, 2, (gint64[]) { d, m }, "%s.fc2.weight", prefix);
-  add_spec (specs, FALSE, 1, (gint64[]) { d }, "%s.fc2.bias", prefix);
+  add_spec (list, FALSE, 2, (gint64[]) { m, d }, "%s.fc1.weight", prefix);
+  add_spec (list, FALSE, 1, (gint64[]) { m }, "%s.fc1.bias", prefix);
+  add_spec (list, FALSE, 2, (gint64[]) { d, m }, "%s.fc2.weight", prefix);
+  add_spec (list, FALSE, 1, (gint64[]) { d }, "%s.fc2.bias", prefix);
 }
 
 GPtrArray *
-vmoe_config_tensor_specs (const VmoeConfig *c, gboolean include_optional)
+vmoe_config_tensor_specs_within (const VmoeConfig *c, gboolean include_optional,
+    guint64 max_tensors, guint64 max_elements, GError **error)
 {
-  GPtrArray *specs = g_ptr_array_new_with_free_func (spec_free);
+  SpecList list = { g_ptr_array_new_with_free_func (spec_free), 0, 0,
+    max_tensors, max_elements, FALSE };
+  SpecList *l = &list;
   gint64 d = c->embed_dim, p = c->patch_size, e = c->num_experts;
-  add_spec (specs, FALSE, 4, (gint64[]) { d, c->in_channels, p, p },
+  add_spec (l, FALSE, 4, (gint64[]) { d, c->in_channels, p, p },
       "patch_embed.proj.weight");
-  add_spec (specs, FALSE, 1, (gint64[]) { d }, "patch_embed.proj.bias");
+  add_spec (l, FALSE, 1, (gint64[]) { d }, "patch_embed.proj.bias");
   if (c->class_token)
-    add_spec (specs, FALSE, 3, (gint64[]) { 1, 1, d }, "cls_token");
-  add_spec (specs, FALSE, 3, (gint64[]) { 1, vmoe_config_tokens (c), d }, "pos_embed");
+    add_spec (l, FALSE, 3, (gint64[]) { 1, 1, d }, "cls_token");
+  add_spec (l, FALSE, 3, (gint64[]) { 1, vmoe_config_tokens (c), d }, "pos_embed");
   if (c->routing == VMOE_ROUTING_IMAGE) {
-    add_spec (specs, FALSE, 2, (gint64[]) { e, d }, "router.weight");
-    add_spec (specs, TRUE, 1, (gint64[]) { e }, "router.bias");
+    add_spec (l, FALSE, 2, (gint64[]) { e, d }, "router.weight");
+    add_spec (l, TRUE, 1, (gint64[]) { e }, "router.bias");
   }
-  for (int i = 0; i < c->depth; i++) {
-    add_spec (specs, FALSE, 1, (gint64[]) { d }, "blocks.%d.norm1.weight", i);
-    add_spec (specs, FALSE, 1, (gint64[]) { d }, "blocks.%d.norm1.bias", i);
-    add_spec (specs, FALSE, 2, (gint64[]) { 3 * d, d }, "blocks.%d.attn.qkv.weight", i);
+  for (int i = 0; i < c->depth && !l->over; i++) {
+    add_spec (l, FALSE, 1, (gint64[]) { d }, "blocks.%d.norm1.weight", i);
+    add_spec (l, FALSE, 1, (gint64[]) { d }, "blocks.%d.norm1.bias", i);
+    add_spec (l, FALSE, 2, (gint64[]) { 3 * d, d }, "blocks.%d.attn.qkv.weight", i);
     if (c->qkv_bias)
-      add_spec (specs, FALSE, 1, (gint64[]) { 3 * d }, "blocks.%d.attn.qkv.bias", i);
-    add_spec (specs, FALSE, 2, (gint64[]) { d, d }, "blocks.%d.attn.proj.weight", i);
-    add_spec (specs, FALSE, 1, (gint64[]) { d }, "blocks.%d.attn.proj.bias", i);
-    add_spec (specs, FALSE, 1, (gint64[]) { d }, "blocks.%d.norm2.weight", i);
-    add_spec (specs, FALSE, 1, (gint64[]) { d }, "blocks.%d.norm2.bias", i);
+      add_spec (l, FALSE, 1, (gint64[]) { 3 * d }, "blocks.%d.attn.qkv.bias", i);
+    add_spec (l, FALSE, 2, (gint64[]) { d, d }, "blocks.%d.attn.proj.weight", i);
+    add_spec (l, FALSE, 1, (gint64[]) { d }, "blocks.%d.attn.proj.bias", i);
+    add_spec (l, FALSE, 1, (gint64[]) { d }, "blocks.%d.norm2.weight", i);
+    add_spec (l, FALSE, 1, (gint64[]) { d }, "blocks.%d.norm2.bias", i);
     if (!vmoe_config_block_is_moe (c, i)) {
       char *prefix = g_strdup_printf ("blocks.%d.mlp", i);
-      add_mlp_specs (specs, prefix, d, c->mlp_dim);
+      add_mlp_specs (l, prefix, d, c->mlp_dim);
       g_free (prefix);
       continue;
     }
     if (c->routing == VMOE_ROUTING_TOKEN) {
-      add_spec (specs, FALSE, 2, (gint64[]) { e, d }, "blocks.%d.moe.router.weight", i);
-      add_spec (specs, TRUE, 1, (gint64[]) { e }, "blocks.%d.moe.router.bias", i);
+      add_spec (l, FALSE, 2, (gint64[]) { e, d }, "blocks.%d.moe.router.weight", i);
+      add_spec (l, TRUE, 1, (gint64[]) { e }, "blocks.%d.moe.router.bias", i);
     }
-    for (int x = 0; x < c->num_experts; x++) {
+    for (int x = 0; x < c->num_experts && !l->over; x++) {
       char *prefix = g_strdup_printf ("blocks.%d.moe.experts.%d", i, x);
-      add_mlp_specs (specs, prefix, d, c->expert_mlp_dim);
+      add_mlp_specs (l, prefix, d, c->expert_mlp_dim);
       g_free (prefix);
     }
     if (c->shared_expert) {
       /* DESIGN.md: the shared expert has the dense MLP's shape. */
       char *prefix = g_strdup_printf ("blocks.%d.moe.shared", i);
-      add_mlp_specs (specs, prefix, d, c->mlp_dim);
+      add_mlp_specs (l, prefix, d, c->mlp_dim);
       g_free (prefix);
     }
   }
-  add_spec (specs, FALSE, 1, (gint64[]) { d }, "norm.weight");
-  add_spec (specs, FALSE, 1, (gint64[]) { d }, "norm.bias");
-  add_spec (specs, FALSE, 2, (gint64[]) { c->num_classes, d }, "head.weight");
-  add_spec (specs, FALSE, 1, (gint64[]) { c->num_classes }, "head.bias");
-  if (!include_optional) {
-    for (guint i = specs->len; i-- > 0;)
-      if (((VmoeTensorSpec *) specs->pdata[i])->optional)
-        g_ptr_array_remove_index (specs, i);
+  add_spec (l, FALSE, 1, (gint64[]) { d }, "norm.weight");
+  add_spec (l, FALSE, 1, (gint64[]) { d }, "norm.bias");
+  add_spec (l, FALSE, 2, (gint64[]) { c->num_classes, d }, "head.weight");
+  add_spec (l, FALSE, 1, (gint64[]) { c->num_classes }, "head.bias");
+  if (l->over) {
+    if (l->required > max_tensors)
+      g_set_error (error, VMOE_ERROR, VMOE_ERROR_TENSOR, "the config needs more "
+          "than the %" G_GUINT64_FORMAT " tensors the header declares", max_tensors);
+    else
+      g_set_error (error, VMOE_ERROR, VMOE_ERROR_TENSOR, "the config needs more "
+          "than %" G_GUINT64_FORMAT " weights, the most its data section can hold",
+          max_elements);
+    g_ptr_array_unref (l->specs);
+    return NULL;
   }
-  return specs;
+  if (!include_optional) {
+    for (guint i = l->specs->len; i-- > 0;)
+      if (((VmoeTensorSpec *) l->specs->pdata[i])->optional)
+        g_ptr_array_remove_index (l->specs, i);
+  }
+  return l->specs;
+}
+
+GPtrArray *
+vmoe_config_tensor_specs (const VmoeConfig *c, gboolean include_optional)
+{
+  return vmoe_config_tensor_specs_within (c, include_optional, G_MAXUINT64,
+      G_MAXUINT64, NULL);
 }

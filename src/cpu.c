@@ -145,14 +145,25 @@ vmoe_gelu_forward (float *x, size_t n, VmoeActivation act)
  * precision for large |x|), e^r by its Taylor series to degree 7 on
  * |r| <= ln2 / 2, 2^n put into the exponent bits.  Relative error below
  * 3e-7 (checked against libm in the op tests); no calls, so the loops that
- * use it vectorise. */
+ * use it vectorise.
+ *
+ * NaN must come out NaN: overflowing activations reach softmax as inf - inf,
+ * and a finite result there would hide them from the session's check of the
+ * logits.  Under finite-math-only the compiler may drop a NaN in the clamp
+ * (maxss does), so NaN is recognised and returned through the bits.  All bit
+ * arithmetic is unsigned, defined for any input. */
 static inline __attribute__ ((always_inline)) float
 exp_nonpositive (float x)
 {
+  guint32 x_bits;
+  memcpy (&x_bits, &x, sizeof x_bits);
+  /* A signed compare: SSE and AVX2 have no unsigned one. */
+  gboolean is_nan = (gint32) (x_bits & 0x7fffffffu) > 0x7f800000;
   x = x < -87.0f ? -87.0f : x;            /* 2^n stays a normal float */
   /* Round to nearest by adding and removing 1.5 * 2^23 (|x log2 e| < 2^22):
-   * roundf would be a call without SSE4.1. */
-  float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+   * roundf would be a call without SSE4.1.  The sum's low bits hold n. */
+  float shifted = x * 1.44269504088896341f + 12582912.0f;
+  float n = shifted - 12582912.0f;
   float r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   /* Cephes' expf polynomial: exp(r) = 1 + r + r^2 P(r) on |r| <= ln2 / 2. */
@@ -163,10 +174,17 @@ exp_nonpositive (float x)
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
-  int32_t bits = ((int32_t) n + 127) << 23;
+  guint32 shifted_bits;
+  memcpy (&shifted_bits, &shifted, sizeof shifted_bits);
+  guint32 scale_bits = (shifted_bits - 0x4b400000u + 127u) << 23;
   float scale;
-  memcpy (&scale, &bits, sizeof scale);
-  return p * scale;
+  memcpy (&scale, &scale_bits, sizeof scale);
+  float y = p * scale;
+  guint32 y_bits;
+  memcpy (&y_bits, &y, sizeof y_bits);
+  y_bits |= 0u - (guint32) is_nan;        /* all ones is a NaN; no branch */
+  memcpy (&y, &y_bits, sizeof y);
+  return y;
 }
 
 float

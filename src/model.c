@@ -10,6 +10,9 @@
 /* The reference safetensors implementation refuses larger headers too. */
 #define MAX_HEADER_BYTES (100u * 1024u * 1024u)
 #define MAX_NDIM 8
+/* About 8 values per tensor: room for 125,000 tensors, where a V-MoE of 15
+ * billion parameters has about 3,000.  json-glib spends ~80 bytes a value. */
+#define MAX_HEADER_VALUES 1000000
 
 typedef enum { DTYPE_F32, DTYPE_F16, DTYPE_BF16, DTYPE_OTHER } ComputeDtype;
 
@@ -222,12 +225,17 @@ shape_string (int ndim, const gint64 *shape)
 /* Checks each tensor the config needs and resolves it to float32. */
 static gboolean
 load_tensors (VmoeModel *model, const Entry *entries, guint n,
-    const guint8 *data, GHashTable *floats, GError **error)
+    const guint8 *data, guint64 data_size, GHashTable *floats, GError **error)
 {
+  /* Each required tensor is a distinct entry of at least 2 bytes per value
+   * (F16, BF16), and the entries tile the data section. */
+  GPtrArray *specs = vmoe_config_tensor_specs_within (&model->config, TRUE, n,
+      data_size / 2, error);
+  if (!specs)
+    return FALSE;
   GHashTable *by_name = g_hash_table_new (g_str_hash, g_str_equal);
   for (guint i = 0; i < n; i++)
     g_hash_table_insert (by_name, (gpointer) entries[i].name, (gpointer) &entries[i]);
-  GPtrArray *specs = vmoe_config_tensor_specs (&model->config, TRUE);
   gboolean ok = TRUE;
   for (guint i = 0; ok && i < specs->len; i++) {
     const VmoeTensorSpec *spec = specs->pdata[i];
@@ -390,6 +398,17 @@ parse_file (VmoeModel *model, const char *path, GError **error)
   Entry *entries = NULL;
   GHashTable *floats = NULL;
   gboolean ok = FALSE;
+  VmoeJsonSize json_size;
+  vmoe_json_measure ((const char *) bytes + 8, (gssize) header_len, &json_size);
+  if (json_size.depth > VMOE_JSON_MAX_DEPTH) {
+    format_error (error, "header nests deeper than %d levels of arrays and objects",
+        VMOE_JSON_MAX_DEPTH);
+    goto out;
+  }
+  if (json_size.values > MAX_HEADER_VALUES) {
+    format_error (error, "header holds more than %d values", MAX_HEADER_VALUES);
+    goto out;
+  }
   if (header_len == 0 || !json_parser_load_from_data (parser,
           (const char *) bytes + 8, (gssize) header_len, &json_error)) {
     format_error (error, "header is not valid JSON: %s",
@@ -435,7 +454,7 @@ parse_file (VmoeModel *model, const char *path, GError **error)
   if (!vmoe_config_parse (config_text, -1, &model->config, error))
     goto out;
   floats = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
-  if (!load_tensors (model, entries, n, data, floats, error))
+  if (!load_tensors (model, entries, n, data, data_size, floats, error))
     goto out;
   resolve_weights (model, floats);
   ok = TRUE;

@@ -6,6 +6,7 @@
 #include "vulkan/vk-backend.h"
 #endif
 
+#include <math.h>
 #include <string.h>
 
 #define DEFAULT_TOP_K 5
@@ -135,9 +136,10 @@ vmoe_session_new (VmoeModel *model, const VmoeSessionOptions *options,
     return NULL;
   }
 #endif
-  if (options->top_k < 0 || options->threads < 0) {
+  if (options->top_k < 0 || options->threads < 0
+      || options->threads > VMOE_MAX_THREADS) {
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
-        "top_k and threads must not be negative");
+        "top_k must not be negative, threads must be 0 to %d", VMOE_MAX_THREADS);
     return NULL;
   }
   VmoeRoutingParams routing = { c->top_k, c->capacity_ratio };
@@ -276,12 +278,42 @@ fill_results (VmoeSession *s, int n)
   s->n_last = n;
 }
 
+/* Index of the first NaN or infinity among `count` floats, or -1.  No result
+ * is ever reported from non-finite numbers (docs/model-format.md): input is
+ * checked before a run and logits after it, whatever the backend. */
+static gssize
+first_non_finite (const float *values, size_t count)
+{
+  for (size_t i = 0; i < count; i++)
+    if (!isfinite (values[i]))
+      return (gssize) i;
+  return -1;
+}
+
+/* Checks the logits of a finished forward pass, then fills the results. */
+static gboolean
+finish_run (VmoeSession *s, int n, GError **error)
+{
+  int k_classes = s->model->config.num_classes;
+  gssize bad = first_non_finite (s->raw.logits, (size_t) n * k_classes);
+  if (bad >= 0) {
+    s->n_last = 0;
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_NUMERIC,
+        "the forward pass produced non-finite logits for image %d: the model's "
+        "weights overflow float32, or the input holds NaN or infinity",
+        (int) (bad / k_classes));
+    return FALSE;
+  }
+  fill_results (s, n);
+  return TRUE;
+}
+
 static gboolean
 check_batch (int n, GError **error)
 {
-  if (n < 1 || n > 65536) {
+  if (n < 1 || n > VMOE_MAX_BATCH) {
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
-        "batch size %d is outside [1, 65536]", n);
+        "batch size %d is outside [1, %d]", n, VMOE_MAX_BATCH);
     return FALSE;
   }
   return TRUE;
@@ -292,18 +324,25 @@ vmoe_session_run_f32 (VmoeSession *s, const float *input, int n, GError **error)
 {
   if (!check_batch (n, error))
     return FALSE;
+  const VmoeConfig *c = &s->model->config;
+  size_t per_image = (size_t) c->in_channels * c->image_h * c->image_w;
+  gssize bad = first_non_finite (input, per_image * n);
+  if (bad >= 0) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
+        "input image %d holds a non-finite value (%g) at element %" G_GSIZE_FORMAT,
+        (int) (bad / per_image), input[bad], (gsize) bad % per_image);
+    return FALSE;
+  }
   reserve (s, n);
 #ifdef VMOE_HAVE_VULKAN
   if (s->vulkan) {
     if (!vmoe_vulkan_forward_f32 (s->vulkan, input, n, &s->raw, error))
       return FALSE;
-    fill_results (s, n);
-    return TRUE;
+    return finish_run (s, n, error);
   }
 #endif
   vmoe_cpu_forward (s->cpu, input, n, &s->raw);
-  fill_results (s, n);
-  return TRUE;
+  return finish_run (s, n, error);
 }
 
 gboolean
@@ -317,8 +356,7 @@ vmoe_session_run_u8 (VmoeSession *s, const VmoeImage *images, int n, GError **er
     /* The raw frames go to the GPU, which pre-processes them. */
     if (!vmoe_vulkan_forward_u8 (s->vulkan, images, n, &s->raw, error))
       return FALSE;
-    fill_results (s, n);
-    return TRUE;
+    return finish_run (s, n, error);
   }
 #endif
   const VmoeConfig *c = &s->model->config;

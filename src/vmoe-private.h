@@ -43,6 +43,22 @@ struct VmoeModel {
   guint64 n_params;
 };
 
+/* Arrays and objects nest at most this deep in the safetensors header and in
+ * "vmoe.config" (the root counts as 1). */
+#define VMOE_JSON_MAX_DEPTH 64
+
+/* What json-glib would build from a text: its deepest nesting of arrays and
+ * objects, and an upper bound on its values (a container counts itself and
+ * each comma one more; strings are skipped). */
+typedef struct {
+  int depth;
+  guint64 values;
+} VmoeJsonSize;
+
+/* Measures `text` (NUL-terminated if length < 0) in one pass, without
+ * recursion: call it before handing untrusted text to json-glib. */
+void vmoe_json_measure (const char *text, gssize length, VmoeJsonSize *size);
+
 /* Parses and validates the JSON text of "vmoe.config" into `config`. */
 gboolean vmoe_config_parse (const char *json_text, gssize length,
     VmoeConfig *config, GError **error);
@@ -64,6 +80,12 @@ typedef struct {
  * router bias) are flagged.  Free with g_ptr_array_unref. */
 GPtrArray *vmoe_config_tensor_specs (const VmoeConfig *config,
     gboolean include_optional);
+/* The same, or NULL with a VMOE_ERROR_TENSOR error as soon as the required
+ * tensors outnumber `max_tensors` or hold more than `max_elements` values:
+ * the work a config can cause stays bounded by what its file can hold. */
+GPtrArray *vmoe_config_tensor_specs_within (const VmoeConfig *config,
+    gboolean include_optional, guint64 max_tensors, guint64 max_elements,
+    GError **error);
 
 /* Capacity of each expert per image for token routing (DESIGN.md). */
 int vmoe_token_capacity (int top_k, int tokens, double capacity_ratio,

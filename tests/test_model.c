@@ -4,6 +4,7 @@
 #include "testutil.h"
 
 #include <check.h>
+#include <math.h>
 #include <glib/gstdio.h>
 #include <string.h>
 
@@ -411,6 +412,350 @@ START_TEST (test_nan_weight)
 }
 END_TEST
 
+/* Text nested `levels` deep in arrays: [[[...]]]. */
+static char *
+nested_arrays (int levels)
+{
+  char *text = g_malloc (2 * (gsize) levels + 1);
+  memset (text, '[', levels);
+  memset (text + levels, ']', levels);
+  text[2 * levels] = '\0';
+  return text;
+}
+
+/* The nesting limit of docs/model-format.md, counting the root. */
+#define JSON_MAX_DEPTH 64
+
+/* 80,000 levels overflowed the stack inside json-glib's recursive parser. */
+START_TEST (test_deeply_nested_header)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  char *deep = nested_arrays (80000);
+  expect_error (&file, deep, VMOE_ERROR_FORMAT, "nests deeper than 64");
+  g_free (deep);
+}
+END_TEST
+
+START_TEST (test_deeply_nested_config)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  char *deep = nested_arrays (80000);
+  json_object_set_string_member (json_object_get_object_member (
+          json_node_get_object (file.header), "__metadata__"), "vmoe.config", deep);
+  g_free (deep);
+  expect_error (&file, NULL, VMOE_ERROR_CONFIG, "nests deeper than 64");
+}
+END_TEST
+
+/* An unknown key nested to exactly the limit loads; one level more fails.
+ * Brackets and escaped quotes inside strings are not nesting. */
+START_TEST (test_nesting_limit_boundary)
+{
+  for (int extra = 0; extra < 2; extra++) {
+    TestModelFile file;
+    valid_file (&file, NULL);
+    char *config = test_config_json (NULL);
+    char *deep = nested_arrays (JSON_MAX_DEPTH - 1 + extra);
+    /* A string "\"[[[...[\\": read as text, its brackets would nest too deep. */
+    char *brackets = g_strnfill (JSON_MAX_DEPTH + 1, '[');
+    /* The root object is level 1, the arrays the next ones. */
+    char *text = g_strdup_printf ("{\"unknown\": %s, \"note\": \"\\\"%s\\\\\", %s",
+        deep, brackets, config + 1);
+    g_free (brackets);
+    json_object_set_string_member (json_object_get_object_member (
+            json_node_get_object (file.header), "__metadata__"), "vmoe.config", text);
+    char *path = test_model_file_write (&file, NULL);
+    GError *error = NULL;
+    VmoeModel *model = vmoe_model_load (path, &error);
+    if (extra) {
+      ck_assert (model == NULL);
+      ck_assert_msg (g_error_matches (error, VMOE_ERROR, VMOE_ERROR_CONFIG)
+          && strstr (error->message, "nests deeper than 64"), "%s", error->message);
+    } else {
+      ck_assert_msg (model != NULL, "%s", error ? error->message : "");
+    }
+    g_clear_error (&error);
+    vmoe_model_unref (model);
+    g_unlink (path);
+    g_free (path);
+    g_free (text);
+    g_free (deep);
+    g_free (config);
+    test_model_file_clear (&file);
+  }
+}
+END_TEST
+
+/* "" gave a NULL root and a GLib critical, fatal under G_DEBUG=fatal-criticals. */
+START_TEST (test_config_not_an_object)
+{
+  g_log_set_always_fatal (G_LOG_LEVEL_CRITICAL | G_LOG_LEVEL_WARNING);
+  const char *texts[] = { "", "   ", "null", "[]", "0", "\"vmoe\"" };
+  for (guint i = 0; i < G_N_ELEMENTS (texts); i++) {
+    TestModelFile file;
+    valid_file (&file, NULL);
+    json_object_set_string_member (json_object_get_object_member (
+            json_node_get_object (file.header), "__metadata__"), "vmoe.config", texts[i]);
+    expect_error (&file, NULL, VMOE_ERROR_CONFIG, "vmoe.config");
+  }
+}
+END_TEST
+
+/* A tiny file whose config asks for depth 1024 with 4,096 experts in every
+ * block (16.8 million tensors) fails at once: it cannot hold them. */
+START_TEST (test_config_larger_than_file)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  JsonNode *config = test_get_config (&file);
+  JsonObject *obj = json_node_get_object (config);
+  json_object_set_int_member (obj, "depth", 1024);
+  JsonArray *layers = json_array_new ();
+  for (int i = 0; i < 1024; i++)
+    json_array_add_int_element (layers, i);
+  JsonObject *moe = json_object_new ();
+  json_object_set_array_member (moe, "layers", layers);
+  json_object_set_int_member (moe, "num_experts", 4096);
+  json_object_set_object_member (obj, "moe", moe);
+  test_set_config (&file, config);
+  json_node_unref (config);
+  gint64 start = g_get_monotonic_time ();
+  expect_error (&file, NULL, VMOE_ERROR_TENSOR, "the config needs more than");
+  gint64 ms = (g_get_monotonic_time () - start) / 1000;
+  ck_assert_msg (ms < 5000, "took %" G_GINT64_FORMAT " ms", ms);
+}
+END_TEST
+
+/* Room for 512 Ki weights in an unused tensor, but depth 64 needs 12 tensors
+ * per block, more than the file has. */
+START_TEST (test_config_needs_more_tensors_than_declared)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  gsize size;
+  const guint8 *data = g_bytes_get_data (file.data, &size);
+  gsize pad = 1 << 20;
+  guint8 *grown = g_malloc0 (size + pad);
+  memcpy (grown, data, size);
+  g_bytes_unref (file.data);
+  file.data = g_bytes_new_take (grown, size + pad);
+  JsonObject *padding = json_object_new ();
+  json_object_set_string_member (padding, "dtype", "U8");
+  JsonArray *shape = json_array_new ();
+  json_array_add_int_element (shape, (gint64) pad);
+  json_object_set_array_member (padding, "shape", shape);
+  JsonArray *offsets = json_array_new ();
+  json_array_add_int_element (offsets, (gint64) size);
+  json_array_add_int_element (offsets, (gint64) (size + pad));
+  json_object_set_array_member (padding, "data_offsets", offsets);
+  json_object_set_object_member (json_node_get_object (file.header), "padding", padding);
+  JsonNode *config = test_get_config (&file);
+  json_object_set_int_member (json_node_get_object (config), "depth", 64);
+  test_set_config (&file, config);
+  json_node_unref (config);
+  expect_error (&file, NULL, VMOE_ERROR_TENSOR, "tensors the header declares");
+}
+END_TEST
+
+/* As many tensors as the file has, but far more weights than its data
+ * section can hold at 2 bytes each. */
+START_TEST (test_config_weights_exceed_data)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  JsonNode *config = test_get_config (&file);
+  json_object_set_int_member (json_node_get_object (config), "embed_dim", 65536);
+  test_set_config (&file, config);
+  json_node_unref (config);
+  expect_error (&file, NULL, VMOE_ERROR_TENSOR, "the most its data section can hold");
+}
+END_TEST
+
+static void
+input_pattern (float *input, gsize n)
+{
+  for (gsize i = 0; i < n; i++)
+    input[i] = (float) (i % 17) / 8.0f - 1.0f;
+}
+
+/* Weights scaled to ~1e31 (a flipped exponent bit) are finite, so they
+ * load, but the activations overflow: the run must fail, not report classes
+ * from NaN logits. */
+START_TEST (test_overflowing_weights_fail_the_run)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  JsonArray *off = json_object_get_array_member (
+      test_tensor (&file, "blocks.0.attn.qkv.weight"), "data_offsets");
+  gsize size;
+  guint8 *data = g_bytes_unref_to_data (file.data, &size);
+  for (gint64 at = json_array_get_int_element (off, 0);
+      at < json_array_get_int_element (off, 1); at += 4) {
+    float w;
+    memcpy (&w, data + at, 4);
+    w *= 1e31f;
+    memcpy (data + at, &w, 4);
+  }
+  file.data = g_bytes_new_take (data, size);
+  char *path = test_model_file_write (&file, NULL);
+  test_model_file_clear (&file);
+  GError *error = NULL;
+  VmoeModel *model = vmoe_model_load (path, &error);
+  ck_assert_msg (model != NULL, "%s", error ? error->message : "");
+  VmoeSessionOptions options;
+  vmoe_session_options_init (&options);
+  options.backend = VMOE_BACKEND_CPU;
+  VmoeSession *session = vmoe_session_new (model, &options, &error);
+  ck_assert (session);
+  float input[2 * 3 * 16 * 16];
+  input_pattern (input, G_N_ELEMENTS (input));
+  ck_assert (!vmoe_session_run_f32 (session, input, 2, &error));
+  ck_assert_msg (g_error_matches (error, VMOE_ERROR, VMOE_ERROR_NUMERIC)
+      && strstr (error->message, "non-finite logits for image 0"),
+      "%s", error->message);
+  g_clear_error (&error);
+  vmoe_session_free (session);
+  vmoe_model_unref (model);
+  g_unlink (path);
+  g_free (path);
+}
+END_TEST
+
+/* A NaN in float input is refused before the forward pass, naming where. */
+START_TEST (test_non_finite_input_refused)
+{
+  char *config = test_config_json (MOE_IMAGE);
+  char *path = test_write_random_model (config);
+  VmoeModel *model = vmoe_model_load (path, NULL);
+  ck_assert (model);
+  VmoeSessionOptions options;
+  vmoe_session_options_init (&options);
+  options.backend = VMOE_BACKEND_CPU;
+  VmoeSession *session = vmoe_session_new (model, &options, NULL);
+  const float bad[] = { NAN, INFINITY, -INFINITY };
+  float input[2 * 3 * 16 * 16];
+  for (guint b = 0; b < G_N_ELEMENTS (bad); b++) {
+    input_pattern (input, G_N_ELEMENTS (input));
+    ck_assert (vmoe_session_run_f32 (session, input, 2, NULL));
+    input[3 * 16 * 16 + 100] = bad[b];
+    GError *error = NULL;
+    ck_assert (!vmoe_session_run_f32 (session, input, 2, &error));
+    ck_assert_msg (g_error_matches (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT)
+        && strstr (error->message, "image 1")
+        && strstr (error->message, "element 100"), "%s", error->message);
+    g_error_free (error);
+  }
+  vmoe_session_free (session);
+  vmoe_model_unref (model);
+  g_unlink (path);
+  g_free (path);
+  g_free (config);
+}
+END_TEST
+
+static JsonNode *
+three_doubles (double a, double b, double c)
+{
+  JsonArray *arr = json_array_new ();
+  json_array_add_double_element (arr, a);
+  json_array_add_double_element (arr, b);
+  json_array_add_double_element (arr, c);
+  JsonNode *n = json_node_new (JSON_NODE_ARRAY);
+  json_node_take_array (n, arr);
+  return n;
+}
+
+/* The engine computes in float: a double beyond its range cannot be
+ * converted (undefined behaviour), and a std that rounds to a subnormal
+ * divides to infinity. */
+START_TEST (test_config_values_fit_float)
+{
+  expect_config_error (NULL, "std", three_doubles (0.5, 1e300, 0.5), "'std'");
+  expect_config_error (NULL, "std", three_doubles (0.5, 1e-40, 0.5),
+      "'std' channel 1 is zero or too small");
+  expect_config_error (NULL, "mean", three_doubles (-1e39, 0.5, 0.5), "'mean'");
+  expect_config_error (NULL, "norm_eps", double_node (1e39), "'norm_eps'");
+}
+END_TEST
+
+/* Each CPU thread is started at once: 100,000 aborted in GLib. */
+START_TEST (test_session_threads_bounded)
+{
+  char *config = test_config_json (NULL);
+  char *path = test_write_random_model (config);
+  VmoeModel *model = vmoe_model_load (path, NULL);
+  ck_assert (model);
+  VmoeSessionOptions options;
+  vmoe_session_options_init (&options);
+  options.backend = VMOE_BACKEND_CPU;
+  options.threads = 100000;
+  GError *error = NULL;
+  ck_assert (vmoe_session_new (model, &options, &error) == NULL);
+  ck_assert_msg (g_error_matches (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT)
+      && strstr (error->message, "256"), "%s", error->message);
+  g_error_free (error);
+  options.threads = VMOE_MAX_THREADS;
+  VmoeSession *session = vmoe_session_new (model, &options, &error);
+  ck_assert_msg (session != NULL, "%s", error ? error->message : "");
+  vmoe_session_free (session);
+  vmoe_model_unref (model);
+  g_unlink (path);
+  g_free (path);
+  g_free (config);
+}
+END_TEST
+
+/* Text of a JSON array of `n` zeros. */
+static char *
+zeros_array (gsize n)
+{
+  GString *s = g_string_sized_new (2 * n + 2);
+  g_string_append_c (s, '[');
+  for (gsize i = 0; i < n; i++)
+    g_string_append (s, i ? ",0" : "0");
+  g_string_append_c (s, ']');
+  return g_string_free (s, FALSE);
+}
+
+/* json-glib spends ~80 bytes and real time per value: a header of a million
+ * values and more is refused before it parses. */
+START_TEST (test_header_too_many_values)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  char *zeros = zeros_array (1000000);
+  char *header = json_to_string (file.header, FALSE);
+  char *text = g_strdup_printf ("{\"zeros\": %s, %s", zeros, header + 1);
+  gint64 start = g_get_monotonic_time ();
+  expect_error (&file, text, VMOE_ERROR_FORMAT, "header holds more than 1000000 values");
+  gint64 ms = (g_get_monotonic_time () - start) / 1000;
+  ck_assert_msg (ms < 2000, "took %" G_GINT64_FORMAT " ms", ms);
+  g_free (text);
+  g_free (header);
+  g_free (zeros);
+}
+END_TEST
+
+/* The config may hold two values per class (labels, superclass lists)
+ * and then some: 2,065,536 values. */
+START_TEST (test_config_too_many_values)
+{
+  TestModelFile file;
+  valid_file (&file, NULL);
+  char *zeros = zeros_array (2065536);
+  char *config = test_config_json (NULL);
+  char *text = g_strdup_printf ("{\"zeros\": %s, %s", zeros, config + 1);
+  json_object_set_string_member (json_object_get_object_member (
+          json_node_get_object (file.header), "__metadata__"), "vmoe.config", text);
+  expect_error (&file, NULL, VMOE_ERROR_CONFIG, "vmoe.config holds more than 2065536 values");
+  g_free (text);
+  g_free (config);
+  g_free (zeros);
+}
+END_TEST
+
 /* Property: every truncation and every single-byte change of the header
  * either loads or fails with a GError; ASan/UBSan turn any crash or
  * out-of-bounds read into a failure here. */
@@ -544,6 +889,19 @@ model_suite (void)
   tcase_add_test (tc, test_cls_router_without_class_token);
   tcase_add_test (tc, test_unknown_enum);
   tcase_add_test (tc, test_nan_weight);
+  tcase_add_test (tc, test_deeply_nested_header);
+  tcase_add_test (tc, test_deeply_nested_config);
+  tcase_add_test (tc, test_nesting_limit_boundary);
+  tcase_add_test (tc, test_config_not_an_object);
+  tcase_add_test (tc, test_config_larger_than_file);
+  tcase_add_test (tc, test_config_weights_exceed_data);
+  tcase_add_test (tc, test_config_needs_more_tensors_than_declared);
+  tcase_add_test (tc, test_overflowing_weights_fail_the_run);
+  tcase_add_test (tc, test_non_finite_input_refused);
+  tcase_add_test (tc, test_config_values_fit_float);
+  tcase_add_test (tc, test_session_threads_bounded);
+  tcase_add_test (tc, test_header_too_many_values);
+  tcase_add_test (tc, test_config_too_many_values);
   tcase_add_test (tc, test_corruptions_never_crash);
   tcase_add_test (tc, test_model_shared_by_threads);
   suite_add_tcase (s, tc);

@@ -3,6 +3,7 @@
 #include "cpu.h"
 
 #include <check.h>
+#include <float.h>
 #include <math.h>
 #include <glib/gstdio.h>
 #include <malloc.h>
@@ -69,6 +70,28 @@ START_TEST (test_exp_matches_libm)
   }
   ck_assert_msg (worst < 3e-7, "worst relative exp error %g", worst);
   ck_assert_float_eq (vmoe_exp_nonpositive (0.0f), 1.0f);
+}
+END_TEST
+
+/* Outside the domain: NaN stays NaN, and below -87 the result is exp(-87)
+ * (the clamp keeps 2^n a normal float).  The sanitizer build turns the
+ * NaN-to-int conversion or a negative shift into a failure here. */
+START_TEST (test_exp_edge_inputs)
+{
+  ck_assert (isnan (vmoe_exp_nonpositive (NAN)));
+  ck_assert (isnan (vmoe_exp_nonpositive (-NAN)));
+  const float very_negative[] = { -INFINITY, -FLT_MAX, -1e30f, -88.0f, -87.0f };
+  for (guint i = 0; i < G_N_ELEMENTS (very_negative); i++) {
+    float y = vmoe_exp_nonpositive (very_negative[i]);
+    ck_assert_msg (fabs (y - exp (-87.0)) <= 3e-7 * exp (-87.0), "exp(%g) = %g",
+        very_negative[i], y);
+  }
+  ck_assert_float_eq (vmoe_exp_nonpositive (0.0f), 1.0f);
+  ck_assert_float_eq (vmoe_exp_nonpositive (-0.0f), 1.0f);
+  /* A row with a NaN: every probability is NaN, none made up. */
+  float row[3] = { 1.0f, NAN, 2.0f };
+  vmoe_softmax_rows (row, 1, 3);
+  ck_assert (isnan (row[0]) && isnan (row[1]) && isnan (row[2]));
 }
 END_TEST
 
@@ -722,6 +745,7 @@ ops_suite (void)
   tcase_add_test (tc, test_gelu);
   tcase_add_test (tc, test_erf_matches_libm);
   tcase_add_test (tc, test_exp_matches_libm);
+  tcase_add_test (tc, test_exp_edge_inputs);
   tcase_add_test (tc, test_softmax);
   tcase_add_test (tc, test_topk_ties_go_to_lower_index);
   tcase_add_test (tc, test_attention);

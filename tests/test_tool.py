@@ -30,6 +30,31 @@ def vmoe_vulkan(*args, env=None):
     return vmoe(*args, env=dict(env or {}, ASAN_OPTIONS=fast))
 
 
+def npy_bytes(descr, shape, data):
+    """A version 1.0 .npy file written by hand, so that the shape can be
+    anything, whatever the data."""
+    header = "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }" % (
+        descr, "".join("%d, " % d for d in shape))
+    header += " " * (63 - (10 + len(header)) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + data
+
+
+def scaled_tensor_copy(model, out, name, factor):
+    """Copies a model with one F32 tensor multiplied by `factor`."""
+    import numpy as np
+    with open(model, "rb") as f:
+        raw = bytearray(f.read())
+    n = int.from_bytes(raw[:8], "little")
+    entry = json.loads(raw[8:8 + n])[name]
+    assert entry["dtype"] == "F32"
+    begin, end = (8 + n + o for o in entry["data_offsets"])
+    values = np.frombuffer(bytes(raw[begin:end]), dtype="<f4") * np.float32(factor)
+    assert np.isfinite(values).all()
+    raw[begin:end] = values.astype("<f4").tobytes()
+    with open(out, "wb") as f:
+        f.write(raw)
+
+
 class ToolTest(unittest.TestCase):
     def assert_one_line_error(self, result, needle):
         self.assertNotEqual(result.returncode, 0)
@@ -217,6 +242,92 @@ class ToolTest(unittest.TestCase):
                 json.dump(dict(config, num_heads=3), f)
             self.assert_one_line_error(
                 vmoe("random-model", "--config", bad, "-o", out), "num_heads")
+
+    def test_overflowing_weights_are_an_error(self):
+        """Weights of ~1e31 (a flipped exponent bit) are finite and load, but
+        the activations overflow: no classes from NaN logits."""
+        with tempfile.TemporaryDirectory() as tmp:
+            for case in ("dense", "image_k1"):
+                model = os.path.join(tmp, case + ".safetensors")
+                scaled_tensor_copy(os.path.join(PARITY, case + ".safetensors"), model,
+                                   "blocks.0.attn.qkv.weight", 1e31)
+                data = os.path.join(PARITY, case + ".f32.npy")
+                self.assertEqual(vmoe("info", model).returncode, 0)
+                self.assert_one_line_error(vmoe("run", model, data, "--logits"),
+                                           "non-finite logits for image 0")
+                probe = vmoe_vulkan("run", model, data, "--backend", "vulkan",
+                                    "--device", "cpu")
+                if "Vulkan" not in probe.stderr and "vulkan" not in probe.stderr:
+                    self.assert_one_line_error(probe, "non-finite logits")
+
+    def test_non_finite_float_input_is_an_error(self):
+        import numpy as np
+        model = os.path.join(PARITY, "dense.safetensors")
+        good = np.load(os.path.join(PARITY, "dense.f32.npy"))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "bad.npy")
+            for bad in (np.nan, np.inf, -np.inf):
+                a = good.copy()
+                a[1, 2, 3, 4] = bad
+                np.save(path, a)
+                self.assert_one_line_error(vmoe("run", model, path),
+                                           "input image 1 holds a non-finite value")
+            # Batch by batch, the images before the bad one are reported.
+            result = vmoe("run", model, path, "--batch", "1")
+            self.assertNotEqual(result.returncode, 0)
+            self.assertEqual([json.loads(l)["index"] for l in result.stdout.splitlines()], [0])
+            self.assertIn("images 1 to 1: input image 0 holds a non-finite value",
+                          result.stderr)
+
+    def test_npy_shape_must_fit_int_and_data(self):
+        """Dimensions were cast to int: (1, 2^32 + 40, 30, 3) ran as a 40-row
+        frame, (1, 2^31, 1, 1) had a negative height."""
+        model = os.path.join(PARITY, "dense.safetensors")
+        cases = [("|u1", (1, 2 ** 32 + 40, 30, 3), b"\0" * 3600, "2147483647"),
+                 ("|u1", (1, 2 ** 31, 1, 1), b"\0" * 16, "2147483647"),
+                 ("|u1", (2 ** 31, 1, 1, 1), b"\0" * 16, "2147483647"),
+                 ("|u1", (2 ** 40, 2 ** 40, 1, 1), b"", "2147483647"),
+                 ("|u1", (2 ** 31 - 1,) * 3 + (1,), b"", "element count overflows"),
+                 ("|u1", (1, 8, 8, 3), b"\0" * 191, "192 bytes"),
+                 ("|u1", (1, 8, 8, 3), b"\0" * 193, "192 bytes"),
+                 ("<f4", (1, 3, 32, 32), b"\0" * (4 * 3 * 32 * 32 + 4), "12288 bytes")]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "a.npy")
+            for descr, shape, data, needle in cases:
+                with open(path, "wb") as f:
+                    f.write(npy_bytes(descr, shape, data))
+                self.assert_one_line_error(vmoe("run", model, path), needle)
+            # The writer itself is right: the same array with its exact data runs.
+            with open(path, "wb") as f:
+                f.write(npy_bytes("|u1", (2, 8, 8, 3), b"\7" * 384))
+            result = vmoe("run", model, path)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual(len(result.stdout.splitlines()), 2)
+
+    def test_huge_batch_options(self):
+        """--batch allocated its size up front: 2^31 - 1 aborted in GLib."""
+        model = os.path.join(PARITY, "dense.safetensors")
+        data = os.path.join(PARITY, "dense.f32.npy")
+        want = vmoe("run", model, data, "--batch", "8").stdout
+        result = vmoe("run", model, data, "--batch", "2147483647")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout, want)
+        self.assert_one_line_error(
+            vmoe("bench", model, "--batch", "2147483647", "--seconds", "0.1"), "--batch")
+        # --threads started that many threads, until GLib aborted.
+        for command in (("bench", model, "--seconds", "0.1"), ("run", model, data)):
+            self.assert_one_line_error(vmoe(*command, "--threads", "100000"), "threads")
+
+    def test_deeply_nested_json_is_an_error(self):
+        """80,000 levels of [[[...]]] overflowed json-glib's recursion."""
+        deep = b"[" * 80000 + b"]" * 80000
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "deep.safetensors")
+            with open(path, "wb") as f:
+                f.write(len(deep).to_bytes(8, "little") + deep)
+            self.assert_one_line_error(vmoe("info", path), "nests deeper than 64")
+            self.assert_one_line_error(
+                vmoe("run", path, os.path.join(PARITY, "dense.f32.npy")), "nests deeper")
 
 
 if __name__ == "__main__":

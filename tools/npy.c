@@ -95,17 +95,35 @@ npy_load (const char *path, NpyArray *array, GError **error)
     if (*shape == ')')
       break;
     gint64 dim = g_ascii_strtoll (shape, &end, 10);
-    if (end == shape || dim < 0 || array->ndim == NPY_MAX_DIMS
-        || !g_size_checked_mul (&count, count, (gsize) dim)) {
+    if (end == shape || dim < 0 || array->ndim == NPY_MAX_DIMS) {
       npy_error (error, path, "bad shape");
+      goto out;
+    }
+    /* Callers take dimensions as int (image sides, the batch). */
+    if (dim > G_MAXINT) {
+      char *what = g_strdup_printf ("dimension %" G_GINT64_FORMAT " is over %d",
+          dim, G_MAXINT);
+      npy_error (error, path, what);
+      g_free (what);
+      goto out;
+    }
+    if (!g_size_checked_mul (&count, count, (gsize) dim)) {
+      npy_error (error, path, "the shape's element count overflows");
       goto out;
     }
     array->shape[array->ndim++] = dim;
     shape = end;
   }
   gsize item = array->dtype == NPY_FLOAT32 ? 4 : 1, bytes_needed;
-  if (!g_size_checked_mul (&bytes_needed, count, item) || bytes_needed > size - offset) {
-    npy_error (error, path, "file is shorter than its shape says");
+  if (!g_size_checked_mul (&bytes_needed, count, item)) {
+    npy_error (error, path, "the shape's byte count overflows");
+    goto out;
+  }
+  if (bytes_needed != size - offset) {
+    char *what = g_strdup_printf ("the data is %" G_GSIZE_FORMAT " bytes, its shape "
+        "says %" G_GSIZE_FORMAT " bytes", size - offset, bytes_needed);
+    npy_error (error, path, what);
+    g_free (what);
     goto out;
   }
   array->count = count;

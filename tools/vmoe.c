@@ -238,9 +238,9 @@ make_session (const BackendArgs *args, int top_k, VmoeModel *model,
         "unknown backend '%s' (auto, cpu or vulkan)", args->backend);
     return FALSE;
   }
-  if (args->threads < 0) {
+  if (args->threads < 0 || args->threads > VMOE_MAX_THREADS) {
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
-        "--threads must not be negative");
+        "--threads must be 0 to %d", VMOE_MAX_THREADS);
     return FALSE;
   }
   options.threads = args->threads;
@@ -259,6 +259,7 @@ run_array (VmoeSession *session, const NpyArray *input, int batch,
 {
   const VmoeConfig *c = vmoe_model_get_config (vmoe_session_get_model (session));
   gint64 n = input->shape[0];
+  batch = (int) MIN (batch, n);
   VmoeImage *images = g_new0 (VmoeImage, batch);
   gboolean ok = TRUE;
   for (gint64 first = 0; ok && first < n; first += batch) {
@@ -275,6 +276,9 @@ run_array (VmoeSession *session, const NpyArray *input, int batch,
             (size_t) w * ch);
       ok = vmoe_session_run_u8 (session, images, count, error);
     }
+    if (!ok)
+      g_prefix_error (error, "images %" G_GINT64_FORMAT " to %" G_GINT64_FORMAT ": ",
+          first, first + count - 1);
     for (int i = 0; ok && i < count; i++) {
       char *line = result_to_json (c, vmoe_session_get_result (session, i),
           (gsize) (first + i), with_logits);
@@ -395,8 +399,12 @@ cmd_bench (int argc, char **argv)
     status = fail ("bench", "expects one MODEL argument (see --help)");
     goto out;
   }
-  if (batch < 1 || !(seconds > 0) || args.threads < 0 || n_sessions < 1 || n_sessions > 64) {
-    status = fail ("bench", "--batch must be at least 1, --seconds positive, --sessions 1 to 64");
+  if (batch < 1 || batch > VMOE_MAX_BATCH || !(seconds > 0) || args.threads < 0
+      || n_sessions < 1 || n_sessions > 64) {
+    char *message = g_strdup_printf ("--batch must be 1 to %d, --seconds positive, "
+        "--sessions 1 to 64", VMOE_MAX_BATCH);
+    status = fail ("bench", message);
+    g_free (message);
     goto out;
   }
   GError *error = NULL;
@@ -415,7 +423,17 @@ cmd_bench (int argc, char **argv)
   VmoeSession *session = sessions[0];
   const VmoeConfig *c = vmoe_model_get_config (model);
   size_t count = (size_t) batch * c->in_channels * c->image_h * c->image_w;
-  float *input = g_new (float, count);
+  float *input = g_try_new (float, count);
+  if (!input) {
+    char *message = g_strdup_printf ("--batch %d needs %" G_GSIZE_FORMAT
+        " bytes of input, more than can be allocated", batch, count * sizeof (float));
+    status = fail ("bench", message);
+    g_free (message);
+    for (int i = 0; i < n_sessions; i++)
+      vmoe_session_free (sessions[i]);
+    vmoe_model_unref (model);
+    goto out;
+  }
   GRand *rand = g_rand_new_with_seed (1);
   for (size_t i = 0; i < count; i++)
     input[i] = (float) g_rand_double_range (rand, -2, 2);

@@ -61,7 +61,13 @@ typedef enum {
   VMOE_ERROR_TENSOR,          /* a tensor missing, of the wrong shape, or non-finite */
   VMOE_ERROR_INVALID_ARGUMENT,/* a call's arguments do not fit the model */
   VMOE_ERROR_BACKEND,         /* the backend cannot run (no device, no memory) */
+  VMOE_ERROR_NUMERIC,         /* the forward pass produced non-finite logits */
 } VmoeErrorCode;
+
+/* Images one run takes at most (vmoe_session_run_f32 and _u8). */
+#define VMOE_MAX_BATCH 65536
+/* CPU threads a session may ask for (VmoeSessionOptions.threads). */
+#define VMOE_MAX_THREADS 256
 
 typedef enum { VMOE_ACT_GELU, VMOE_ACT_GELU_TANH } VmoeActivation;
 typedef enum { VMOE_POOL_TOKEN, VMOE_POOL_AVG } VmoePool;
