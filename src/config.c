@@ -269,6 +269,35 @@ parse_superclasses (JsonObject *moe, VmoeConfig *c, GError **error)
   return TRUE;
 }
 
+/* docs/design.md defines E3 ensembles ("ensemble_members") and aspect
+ * "stretch", which this engine does not compute yet.  Ignoring them would
+ * give a model a result other than the one it was trained for, so such a
+ * model is refused until they are implemented. */
+static gboolean
+refuse_unimplemented_ensembles (JsonObject *moe, GError **error)
+{
+  int members = 1;
+  if (!get_int (moe, "ensemble_members", FALSE, 1, 1, MAX_EXPERTS, &members, error))
+    return FALSE;
+  if (members != 1)
+    return config_error (error, "moe.ensemble_members",
+        "is %d: E3 ensembles are not implemented by this libvmoe yet", members);
+  return TRUE;
+}
+
+static gboolean
+refuse_unimplemented_aspect (JsonObject *root, GError **error)
+{
+  static const char *const aspects[] = { "crop", "stretch", NULL };
+  int aspect = 0;
+  if (!get_choice (root, "aspect", aspects, 0, &aspect, error))
+    return FALSE;
+  if (aspect != 0)
+    return config_error (error, "aspect",
+        "is \"stretch\": not implemented by this libvmoe yet (only \"crop\")");
+  return TRUE;
+}
+
 static gboolean
 parse_moe (JsonObject *root, VmoeConfig *c, GError **error)
 {
@@ -316,7 +345,8 @@ parse_moe (JsonObject *root, VmoeConfig *c, GError **error)
           &c->expert_mlp_dim, error)
       || !get_bool (moe, "shared_expert", FALSE, &c->shared_expert, error)
       || !get_double (moe, "capacity_ratio", 1.0, &c->capacity_ratio, error)
-      || !get_bool (moe, "bpr", TRUE, &c->bpr, error))
+      || !get_bool (moe, "bpr", TRUE, &c->bpr, error)
+      || !refuse_unimplemented_ensembles (moe, error))
     return FALSE;
   c->routing = routing == 0 ? VMOE_ROUTING_IMAGE : VMOE_ROUTING_TOKEN;
   c->router_input = router_input == 0 ? VMOE_ROUTER_INPUT_CLS : VMOE_ROUTER_INPUT_MEAN;
@@ -360,7 +390,8 @@ parse_root (JsonObject *root, VmoeConfig *c, GError **error)
       || !get_choice (root, "pool", pools, 0, &pool, error)
       || !get_int (root, "num_classes", TRUE, 0, 1, MAX_CLASSES, &c->num_classes, error)
       || !get_choice (root, "resize", resizes, 0, &resize, error)
-      || !get_double (root, "crop_pct", 1.0, &c->crop_pct, error))
+      || !get_double (root, "crop_pct", 1.0, &c->crop_pct, error)
+      || !refuse_unimplemented_aspect (root, error))
     return FALSE;
   c->act = act == 0 ? VMOE_ACT_GELU : VMOE_ACT_GELU_TANH;
   c->pool = pool == 0 ? VMOE_POOL_TOKEN : VMOE_POOL_AVG;

@@ -397,6 +397,30 @@ START_TEST (test_unknown_enum)
 }
 END_TEST
 
+/* aspect "stretch" and E3 ensembles are in the contract but not computed
+ * yet: a model asking for them must not load and silently get the plain
+ * forward pass; the defaults still load. */
+START_TEST (test_unimplemented_additions_refused)
+{
+  JsonNode *s = json_node_new (JSON_NODE_VALUE);
+  json_node_set_string (s, "stretch");
+  expect_config_error (NULL, "aspect", s, "'aspect' is \"stretch\": not implemented");
+  const char *moe = "{\"layers\": [1], \"num_experts\": 4, \"top_k\": 1}";
+  expect_config_error (moe, "moe.ensemble_members", int_node (2),
+      "'moe.ensemble_members' is 2: E3 ensembles are not implemented");
+  char *config = test_config_json ("{\"layers\": [1], \"num_experts\": 4, "
+      "\"top_k\": 1, \"ensemble_members\": 1}, \"aspect\": \"crop\"");
+  char *path = test_write_random_model (config);
+  GError *error = NULL;
+  VmoeModel *model = vmoe_model_load (path, &error);
+  ck_assert_msg (model != NULL, "%s", error ? error->message : "");
+  vmoe_model_unref (model);
+  g_unlink (path);
+  g_free (path);
+  g_free (config);
+}
+END_TEST
+
 START_TEST (test_nan_weight)
 {
   TestModelFile file;
@@ -888,6 +912,7 @@ model_suite (void)
   tcase_add_test (tc, test_capacity_ratio_range);
   tcase_add_test (tc, test_cls_router_without_class_token);
   tcase_add_test (tc, test_unknown_enum);
+  tcase_add_test (tc, test_unimplemented_additions_refused);
   tcase_add_test (tc, test_nan_weight);
   tcase_add_test (tc, test_deeply_nested_header);
   tcase_add_test (tc, test_deeply_nested_config);
