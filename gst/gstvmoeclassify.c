@@ -489,8 +489,10 @@ classify (GstVmoeClassify *self, GstBuffer *buf, guint64 index)
         "a result", self->failing_since);
     self->failing_since = 0;
   }
-  gst_vmoe_result_set (&self->last, vmoe_session_get_model (self->session),
+  gchar *name = gst_object_get_name (GST_OBJECT (self));
+  gst_vmoe_result_set (&self->last, vmoe_session_get_model (self->session), name,
       vmoe_session_get_result (self->session, 0), latency);
+  g_free (name);
   track_latency (self, latency);
   return GST_FLOW_OK;
 }

@@ -23,6 +23,7 @@ vmoe_meta_init (GstMeta *meta, gpointer params, GstBuffer *buffer)
   GstVmoeMeta *m = (GstVmoeMeta *) meta;
   memset ((guint8 *) m + sizeof (GstMeta), 0, sizeof *m - sizeof (GstMeta));
   m->class_id = -1;
+  m->roi_id = -1;
   m->latency = GST_CLOCK_TIME_NONE;
   return TRUE;
 }
@@ -41,6 +42,8 @@ vmoe_meta_free (GstMeta *meta, GstBuffer *buffer)
   for (guint i = 0; i < m->n_layers; i++)
     g_free (m->layers[i].tokens_per_expert);
   g_free (m->layers);
+  g_free (m->model_name);
+  g_free (m->element_name);
 }
 
 void
@@ -65,6 +68,9 @@ gst_vmoe_meta_copy_into (GstVmoeMeta *d, const GstVmoeMeta *s)
   for (guint i = 0; i < s->n_layers; i++)
     d->layers[i].tokens_per_expert = g_memdup2 (s->layers[i].tokens_per_expert,
         s->layers[i].n_experts * sizeof (guint));
+  d->model_name = g_strdup (s->model_name);
+  d->element_name = g_strdup (s->element_name);
+  d->roi_id = s->roi_id;
 }
 
 static gboolean

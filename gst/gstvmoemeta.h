@@ -48,6 +48,12 @@ typedef struct {
 
   guint n_layers;             /* token routing: per MoE block, else 0 */
   GstVmoeLayerStats *layers;
+
+  /* Who made it, so that two classifiers in a row can be told apart. */
+  gchar *model_name;          /* the model file's name without .safetensors */
+  gchar *element_name;        /* the vmoeclassify element's name */
+  gint roi_id;                /* -1: the whole frame; else the id of the
+                                 GstVideoRegionOfInterestMeta classified */
 } GstVmoeMeta;
 
 GType gst_vmoe_meta_api_get_type (void);

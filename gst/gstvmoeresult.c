@@ -6,6 +6,7 @@ void
 gst_vmoe_result_clear (GstVmoeResult *r)
 {
   g_clear_pointer (&r->model, vmoe_model_unref);
+  g_free (r->element_name);
   g_free (r->top_classes);
   g_free (r->top_scores);
   g_free (r->top_labels);
@@ -24,11 +25,12 @@ gst_vmoe_result_is_set (const GstVmoeResult *r)
 }
 
 void
-gst_vmoe_result_set (GstVmoeResult *r, VmoeModel *model, const VmoeImageResult *src,
-    GstClockTime latency)
+gst_vmoe_result_set (GstVmoeResult *r, VmoeModel *model, const gchar *element_name,
+    const VmoeImageResult *src, GstClockTime latency)
 {
   gst_vmoe_result_clear (r);
   r->model = vmoe_model_ref (model);
+  r->element_name = g_strdup (element_name);
   r->latency = latency;
   r->n_top = (guint) src->n_top;
   r->top_classes = g_memdup2 (src->top_classes, r->n_top * sizeof (gint));
@@ -81,6 +83,8 @@ gst_vmoe_result_fill_meta (const GstVmoeResult *r, GstVmoeMeta *m, guint64 frame
         r->layer_experts * sizeof (guint));
     m->layers[l].dropped = r->dropped[l];
   }
+  m->model_name = g_strdup (vmoe_model_get_name (r->model));
+  m->element_name = g_strdup (r->element_name);
 }
 
 /* Sets field `name` of `s` to a GValueArray of n ints or floats (as doubles);
@@ -119,7 +123,9 @@ gst_vmoe_result_to_structure (const GstVmoeResult *r, guint64 frame, GstClockTim
       "class-id", G_TYPE_INT, r->top_classes[0],
       "label", G_TYPE_STRING, r->top_labels[0],
       "score", G_TYPE_DOUBLE, (gdouble) r->top_scores[0],
-      "latency", G_TYPE_UINT64, r->latency, NULL);
+      "latency", G_TYPE_UINT64, r->latency,
+      "model", G_TYPE_STRING, vmoe_model_get_name (r->model),
+      "element", G_TYPE_STRING, r->element_name, NULL);
   set_array (s, "top-classes", G_TYPE_INT, r->top_classes, r->n_top);
   set_array (s, "top-scores", G_TYPE_DOUBLE, r->top_scores, r->n_top);
   if (r->n_experts) {

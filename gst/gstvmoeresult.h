@@ -14,6 +14,7 @@ G_BEGIN_DECLS
 
 typedef struct {
   VmoeModel *model;               /* a reference: it owns the label strings */
+  gchar *element_name;            /* of the element that made it */
   GstClockTime latency;           /* inference time, ns */
   guint n_top;
   gint *top_classes;
@@ -32,7 +33,7 @@ typedef struct {
 
 /* Replaces `result` with a copy of `src`, a result of a session on `model`. */
 void gst_vmoe_result_set (GstVmoeResult *result, VmoeModel *model,
-    const VmoeImageResult *src, GstClockTime latency);
+    const gchar *element_name, const VmoeImageResult *src, GstClockTime latency);
 void gst_vmoe_result_clear (GstVmoeResult *result);
 gboolean gst_vmoe_result_is_set (const GstVmoeResult *result);
 

@@ -466,6 +466,17 @@ out:
   return ok;
 }
 
+/* What results are labelled with (the `model` of DL Streamer's JSON):
+ * "models/fashion-vmoe.safetensors" is "fashion-vmoe". */
+static char *
+model_name_from_path (const char *path)
+{
+  char *base = g_path_get_basename (path);
+  if (g_str_has_suffix (base, ".safetensors"))
+    base[strlen (base) - strlen (".safetensors")] = '\0';
+  return base;
+}
+
 VmoeModel *
 vmoe_model_load (const char *path, GError **error)
 {
@@ -480,6 +491,7 @@ vmoe_model_load (const char *path, GError **error)
   }
   VmoeModel *model = g_new0 (VmoeModel, 1);
   model->refcount = 1;
+  model->name = model_name_from_path (path);
   model->file = file;
   model->owned = g_ptr_array_new_with_free_func (g_free);
   if (!parse_file (model, path, error)) {
@@ -509,7 +521,14 @@ vmoe_model_unref (VmoeModel *model)
   vmoe_config_clear (&model->config);
   g_ptr_array_unref (model->owned);
   g_mapped_file_unref (model->file);
+  g_free (model->name);
   g_free (model);
+}
+
+const char *
+vmoe_model_get_name (const VmoeModel *model)
+{
+  return model->name ? model->name : "";
 }
 
 const VmoeConfig *

@@ -29,6 +29,7 @@ typedef struct {
 
 struct VmoeModel {
   gint refcount;
+  char *name;                /* the file's name without .safetensors */
   GMappedFile *file;
   VmoeConfig config;
   GPtrArray *owned;          /* float copies of F16/BF16/unaligned tensors */

@@ -393,6 +393,12 @@ START_TEST (test_messages)
   G_GNUC_END_IGNORE_DEPRECATIONS
   /* The parity models name no super-classes, so there is no such field. */
   ck_assert (!gst_structure_has_field (s, "superclass"));
+  /* Who made it: the model file's name without .safetensors, and the element. */
+  ck_assert_str_eq (gst_structure_get_string (s, "model"), "image_k1");
+  ck_assert_str_eq (meta->model_name, "image_k1");
+  ck_assert_str_eq (gst_structure_get_string (s, "element"), GST_OBJECT_NAME (hs->element));
+  ck_assert_str_eq (meta->element_name, GST_OBJECT_NAME (hs->element));
+  ck_assert_int_eq (meta->roi_id, -1);
   gst_message_unref (msg);
   gst_buffer_unref (out);
   gst_element_set_bus (hs->element, NULL);

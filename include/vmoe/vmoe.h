@@ -152,6 +152,16 @@ VMOE_API VmoeModel *vmoe_model_ref (VmoeModel *model);
  */
 VMOE_API void vmoe_model_unref (VmoeModel *model);
 /**
+ * vmoe_model_get_name:
+ * @model: a model
+ *
+ * What results are labelled with: the model file's name without its
+ * ".safetensors" ("fashion-vmoe"), or "" for a model that has no file.
+ *
+ * Returns: (transfer none): the name, valid as long as @model.
+ */
+VMOE_API const char *vmoe_model_get_name (const VmoeModel *model);
+/**
  * vmoe_model_get_config:
  * @model: a model
  *
