@@ -56,8 +56,10 @@ layernorm (VmoeVulkan *vk, VkCommandBuffer cb, uint32_t rows, uint32_t in_off,
     uint32_t in_stride, uint32_t out_off, uint32_t w, uint32_t b)
 {
   const VmoeConfig *c = &vk->model->config;
-  VmoeLayerNormPush p = { rows, (uint32_t) c->embed_dim, in_off, in_stride, out_off,
-    (uint32_t) c->embed_dim, w, b, (float) c->norm_eps };
+  VmoeLayerNormPush p = { .rows = rows, .dim = (uint32_t) c->embed_dim,
+    .in_off = in_off, .in_stride = in_stride, .out_off = out_off,
+    .out_stride = (uint32_t) c->embed_dim, .w_off = w, .b_off = b,
+    .eps = (float) c->norm_eps };
   vmoe_vk_dispatch_flat (vk, cb, VMOE_SHADER_LAYERNORM, &p, sizeof p, rows, 1);
   vmoe_vk_full_barrier (vk, cb);
 }
@@ -73,8 +75,9 @@ experts (VmoeVulkan *vk, VkCommandBuffer cb, const BlockOffsets *o, uint32_t row
   vk->fn.vkCmdFillBuffer (cb, vk->ints.buffer, (VkDeviceSize) vk->i.counts * 4,
       (VkDeviceSize) e_count * 4, 0);
   vmoe_vk_full_barrier (vk, cb);
-  VmoeExpertsPush lists = { VMOE_EXPERTS_LISTS, rows, k, d, vk->i.entry_expert,
-    vk->a.entry_gate, vk->i.counts, vk->i.lists, vk->list_cap, 0, 0 };
+  VmoeExpertsPush lists = { .mode = VMOE_EXPERTS_LISTS, .rows = rows, .k = k, .dim = d,
+    .entry_expert_off = vk->i.entry_expert, .entry_gate_off = vk->a.entry_gate,
+    .count_off = vk->i.counts, .list_off = vk->i.lists, .list_cap = vk->list_cap };
   vmoe_vk_dispatch_flat (vk, cb, VMOE_SHADER_EXPERTS, &lists, sizeof lists, (guint64) rows * k, 256);
   vmoe_vk_full_barrier (vk, cb);
   VmoeGemmPush fc1 = { .m = rows * k, .n = me, .k = d, .a_off = vk->a.z, .a_stride = d,
@@ -91,8 +94,9 @@ experts (VmoeVulkan *vk, VkCommandBuffer cb, const BlockOffsets *o, uint32_t row
     .list_off = vk->i.lists, .count_off = vk->i.counts, .list_cap = vk->list_cap,
     .a_row_div = 1 };
   gemm (vk, cb, fc2, (int) e_count);
-  VmoeExpertsPush combine = { VMOE_EXPERTS_COMBINE, rows, k, d, vk->i.entry_expert,
-    vk->a.entry_gate, 0, 0, 0, vk->a.expert_out, vk->a.x };
+  VmoeExpertsPush combine = { .mode = VMOE_EXPERTS_COMBINE, .rows = rows, .k = k,
+    .dim = d, .entry_expert_off = vk->i.entry_expert, .entry_gate_off = vk->a.entry_gate,
+    .y_off = vk->a.expert_out, .x_off = vk->a.x };
   vmoe_vk_dispatch_flat (vk, cb, VMOE_SHADER_EXPERTS, &combine, sizeof combine, (guint64) rows * d, 256);
   vmoe_vk_full_barrier (vk, cb);
 }
@@ -125,16 +129,20 @@ record_forward (VmoeVulkan *vk, VkCommandBuffer cb, int n, gboolean frames)
   uint32_t patch_len = (uint32_t) (c->in_channels * c->patch_size * c->patch_size);
 
   if (frames) {
-    VmoePreprocessPush p = { vk->i.params, vk->a.input, (uint32_t) c->image_h,
-      (uint32_t) c->image_w, (uint32_t) c->in_channels,
-      { c->mean[0], c->mean[1], c->mean[2] }, { c->std[0], c->std[1], c->std[2] } };
+    VmoePreprocessPush p = { .params_off = vk->i.params, .out_off = vk->a.input,
+      .height = (uint32_t) c->image_h, .width = (uint32_t) c->image_w,
+      .channels = (uint32_t) c->in_channels,
+      .mean = { c->mean[0], c->mean[1], c->mean[2] },
+      .std = { c->std[0], c->std[1], c->std[2] } };
     vmoe_vk_dispatch (vk, cb, VMOE_SHADER_PREPROCESS, &p, sizeof p, (p.width + 15) / 16,
         (p.height + 15) / 16, (uint32_t) n);
     vmoe_vk_full_barrier (vk, cb);
   }
-  VmoeEmbedPush e = { VMOE_EMBED_IM2COL, (uint32_t) n, (uint32_t) c->in_channels,
-    (uint32_t) c->image_h, (uint32_t) c->image_w, (uint32_t) c->patch_size, d, t,
-    c->class_token ? 1 : 0, vk->a.input, vk->a.patches, vk->cls, vk->pos };
+  VmoeEmbedPush e = { .mode = VMOE_EMBED_IM2COL, .images = (uint32_t) n,
+    .channels = (uint32_t) c->in_channels, .height = (uint32_t) c->image_h,
+    .width = (uint32_t) c->image_w, .patch_size = (uint32_t) c->patch_size, .dim = d,
+    .tokens = t, .class_token = c->class_token ? 1 : 0, .src_off = vk->a.input,
+    .dst_off = vk->a.patches, .cls_off = vk->cls, .pos_off = vk->pos };
   vmoe_vk_dispatch_flat (vk, cb, VMOE_SHADER_EMBED, &e, sizeof e, (guint64) n * np * patch_len, 256);
   vmoe_vk_full_barrier (vk, cb);
   linear (vk, cb, vk->patch, (uint32_t) n * np, patch_len, d, vk->a.patches, vk->a.z, 0);
@@ -150,7 +158,8 @@ record_forward (VmoeVulkan *vk, VkCommandBuffer cb, int n, gboolean frames)
     const BlockOffsets *o = &vk->blocks[b];
     layernorm (vk, cb, rows, vk->a.x, d, vk->a.z, o->norm1_w, o->norm1_b);
     linear (vk, cb, o->qkv, rows, d, 3 * d, vk->a.z, vk->a.qkv, 0);
-    VmoeAttentionPush at = { t, d, (uint32_t) c->num_heads, vk->a.qkv, vk->a.attn };
+    VmoeAttentionPush at = { .tokens = t, .dim = d, .heads = (uint32_t) c->num_heads,
+      .qkv_off = vk->a.qkv, .out_off = vk->a.attn };
     if (vk->attention_online)
       vmoe_vk_dispatch (vk, cb, VMOE_SHADER_ATTENTION_ONLINE, &at, sizeof at,
           (t + VMOE_ATTENTION_ONLINE_ROWS - 1) / VMOE_ATTENTION_ONLINE_ROWS,
@@ -190,7 +199,8 @@ record_forward (VmoeVulkan *vk, VkCommandBuffer cb, int n, gboolean frames)
   } else {
     layernorm (vk, cb, rows, vk->a.x, d, vk->a.z, vk->norm_w, vk->norm_b);
     uint32_t first = c->class_token ? 1 : 0;
-    VmoePoolPush p = { (uint32_t) n, t, first, t - first, d, vk->a.z, vk->a.pooled };
+    VmoePoolPush p = { .images = (uint32_t) n, .tokens = t, .first = first,
+      .count = t - first, .dim = d, .in_off = vk->a.z, .out_off = vk->a.pooled };
     vmoe_vk_dispatch_flat (vk, cb, VMOE_SHADER_POOL, &p, sizeof p, (guint64) n * d, 64);
     vmoe_vk_full_barrier (vk, cb);
   }

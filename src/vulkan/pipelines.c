@@ -80,6 +80,30 @@ create_gemm_variants (VmoeVulkan *vk, VkShaderModule module, gboolean fp16,
   return TRUE;
 }
 
+/* The shared arrays of attention.comp, in its order; every element a float.
+ * query_block is its QB, tokens its MAX_TOKENS. */
+guint64
+vmoe_vk_attention_shared_bytes (uint32_t query_block, uint32_t tokens,
+    uint32_t head_dim)
+{
+  guint64 qs = (guint64) query_block * head_dim;
+  guint64 kv = (guint64) VMOE_ATTENTION_KEY_CHUNK * (head_dim + 1);
+  guint64 scores = (guint64) query_block * tokens;
+  guint64 partial = VMOE_ATTENTION_THREADS;
+  guint64 row_inv = query_block;
+  return 4 * (qs + kv + scores + partial + row_inv);
+}
+
+/* The shared arrays of attention_online.comp: ks and vs, a chunk of keys
+ * and of values, head_dim floats each (as vec4s). */
+guint64
+vmoe_vk_attention_online_shared_bytes (uint32_t head_dim)
+{
+  guint64 ks = (guint64) VMOE_ATTENTION_KEY_CHUNK * head_dim;
+  guint64 vs = (guint64) VMOE_ATTENTION_KEY_CHUNK * head_dim;
+  return 4 * (ks + vs);
+}
+
 gboolean
 vmoe_vk_create_pipelines (VmoeVulkan *vk, GError **error)
 {
@@ -92,7 +116,7 @@ vmoe_vk_create_pipelines (VmoeVulkan *vk, GError **error)
   VkDescriptorSetLayoutCreateInfo set_info = {
     .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
     .bindingCount = 5, .pBindings = bindings };
-  VkPushConstantRange range = { VK_SHADER_STAGE_COMPUTE_BIT, 0, 128 };
+  VkPushConstantRange range = { VK_SHADER_STAGE_COMPUTE_BIT, 0, VMOE_VK_PUSH_BYTES };
   if (!vmoe_vk_check (vk->fn.vkCreateDescriptorSetLayout (vk->device, &set_info, NULL,
               &vk->set_layout), "creating the descriptor layout", error))
     return FALSE;
@@ -116,12 +140,9 @@ vmoe_vk_create_pipelines (VmoeVulkan *vk, GError **error)
   uint32_t block = forced_block ? (uint32_t) CLAMP (atoi (forced_block), 1, 16) : 16;
   while (block & (block - 1))
     block &= block - 1;
-  const uint32_t chunk = VMOE_ATTENTION_KEY_CHUNK;
-  while (block > 1 && 4 * (block * head_dim + chunk * (head_dim + 1) + block * tokens
-          + 128 + block) > shared_limit)
+  while (block > 1 && vmoe_vk_attention_shared_bytes (block, tokens, head_dim) > shared_limit)
     block /= 2;
-  if (4 * (block * head_dim + chunk * (head_dim + 1) + block * tokens + 128 + block)
-      > shared_limit) {
+  if (vmoe_vk_attention_shared_bytes (block, tokens, head_dim) > shared_limit) {
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_BACKEND,
         "vulkan: attention over %u tokens of head size %u needs more shared "
         "memory than device %s has (%u bytes); use backend cpu", tokens, head_dim,
@@ -134,7 +155,7 @@ vmoe_vk_create_pipelines (VmoeVulkan *vk, GError **error)
   /* The online kernel holds a query row and an output row per thread in
    * vec4 registers: head sizes that are multiples of 4, up to 64. */
   gboolean online_fits = head_dim % 4 == 0 && head_dim <= 64
-      && 2 * chunk * head_dim * 4 <= shared_limit;    /* keys and values of a chunk */
+      && vmoe_vk_attention_online_shared_bytes (head_dim) <= shared_limit;
   const char *attention_kind = g_getenv ("VMOE_VULKAN_ATTENTION");
   vk->attention_online = online_fits && g_strcmp0 (attention_kind, "blocks") != 0;
   uint32_t online_const[2] = { VMOE_ATTENTION_ONLINE_ROWS, head_dim };
