@@ -109,7 +109,17 @@ vmoe_vulkan_forward_u8 (VmoeVulkan *vk, const VmoeImage *images, int n,
     VmoeResizeGeometry g;
     vmoe_resize_geometry (c, img->width, img->height, &g);
     memset (p, 0, VMOE_FRAME_PARAMS * sizeof *p);
-    p[VMOE_FRAME_FORMAT] = img->format;
+    const VmoePixelLayout *layout = vmoe_pixel_layout (img->format);
+    p[VMOE_FRAME_KIND] = layout->kind;
+    p[VMOE_FRAME_BYTES_PER_PIXEL] = layout->bytes_per_pixel;
+    p[VMOE_FRAME_RED] = layout->red;
+    p[VMOE_FRAME_GREEN] = layout->green;
+    p[VMOE_FRAME_BLUE] = layout->blue;
+    p[VMOE_FRAME_CHROMA_BYTES] = layout->chroma_bytes;
+    p[VMOE_FRAME_U_PLANE] = layout->u_plane;
+    p[VMOE_FRAME_U_OFFSET] = layout->u_offset;
+    p[VMOE_FRAME_V_PLANE] = layout->v_plane;
+    p[VMOE_FRAME_V_OFFSET] = layout->v_offset;
     p[VMOE_FRAME_WIDTH] = img->width;
     p[VMOE_FRAME_HEIGHT] = img->height;
     p[VMOE_FRAME_TOP] = g.top;
