@@ -12,8 +12,9 @@ layout(constant_id = 0) const uint MAX_TOKENS = 1024;
 layout(constant_id = 1) const uint QB = 8;
 layout(constant_id = 2) const uint HEAD_DIM = 64;
 const uint KC = 32;                // VMOE_ATTENTION_KEY_CHUNK
-const uint OUT_PER_THREAD = (QB * HEAD_DIM + 127u) / 128u;
-const uint ROW_THREADS = 128u / QB;       // QB is a power of two <= 128
+const uint THREADS = 128u;         // local_size_x; VMOE_ATTENTION_THREADS
+const uint OUT_PER_THREAD = (QB * HEAD_DIM + THREADS - 1u) / THREADS;
+const uint ROW_THREADS = THREADS / QB;     // QB is a power of two <= THREADS
 
 layout(push_constant) uniform Params {
   uint tokens, dim, heads;
@@ -23,7 +24,7 @@ layout(push_constant) uniform Params {
 shared float qs[QB][HEAD_DIM];
 shared float kv[KC][HEAD_DIM + 1];      // +1: no bank conflicts across keys
 shared float scores[QB][MAX_TOKENS];
-shared float partial[128];
+shared float partial[THREADS];
 shared float row_inv[QB];
 
 void main()
@@ -34,18 +35,18 @@ void main()
   uint base = p.qkv_off + img * p.tokens * stride + h * HEAD_DIM;
   float scale = 1.0 / sqrt(float(HEAD_DIM));
 
-  for (uint e = lid; e < QB * HEAD_DIM; e += 128u) {
+  for (uint e = lid; e < QB * HEAD_DIM; e += THREADS) {
     uint q = e / HEAD_DIM, d = e % HEAD_DIM;
     qs[q][d] = t0 + q < p.tokens ? A[base + (t0 + q) * stride + d] : 0.0;
   }
   for (uint k0 = 0u; k0 < p.tokens; k0 += KC) {
     barrier();
-    for (uint e = lid; e < KC * HEAD_DIM; e += 128u) {
+    for (uint e = lid; e < KC * HEAD_DIM; e += THREADS) {
       uint j = e / HEAD_DIM, d = e % HEAD_DIM;
       kv[j][d] = k0 + j < p.tokens ? A[base + (k0 + j) * stride + p.dim + d] : 0.0;
     }
     barrier();
-    for (uint e = lid; e < QB * KC; e += 128u) {
+    for (uint e = lid; e < QB * KC; e += THREADS) {
       uint q = e / KC, j = e % KC;
       if (k0 + j >= p.tokens)
         continue;
@@ -93,14 +94,14 @@ void main()
     acc[o] = 0.0;
   for (uint k0 = 0u; k0 < p.tokens; k0 += KC) {
     barrier();
-    for (uint e = lid; e < KC * HEAD_DIM; e += 128u) {
+    for (uint e = lid; e < KC * HEAD_DIM; e += THREADS) {
       uint j = e / HEAD_DIM, d = e % HEAD_DIM;
       kv[j][d] = k0 + j < p.tokens ? A[base + (k0 + j) * stride + 2u * p.dim + d] : 0.0;
     }
     barrier();
     uint keys = min(KC, p.tokens - k0);
     for (uint o = 0u; o < OUT_PER_THREAD; o++) {
-      uint e = lid + 128u * o;
+      uint e = lid + THREADS * o;
       if (e >= QB * HEAD_DIM)
         break;
       uint q = e / HEAD_DIM, d = e % HEAD_DIM;
@@ -111,7 +112,7 @@ void main()
     }
   }
   for (uint o = 0u; o < OUT_PER_THREAD; o++) {
-    uint e = lid + 128u * o;
+    uint e = lid + THREADS * o;
     if (e >= QB * HEAD_DIM)
       break;
     uint q = e / HEAD_DIM, d = e % HEAD_DIM;

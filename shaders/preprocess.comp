@@ -4,17 +4,21 @@
 // crop samples the virtual resized frame bilinearly (half-pixel centres),
 // converting its four source pixels to the model's channels (YUV to 8-bit
 // RGB first, BT.601 limited range), then normalises.  The raw frame planes
-// sit in the byte buffer; per-image geometry in the integer buffer.
+// sit in the byte buffer; per-image geometry and pixel layout (the table in
+// src/pixel-format.c) in the integer buffer.
 #include "common.glsl"
 layout(local_size_x = 16, local_size_y = 16) in;
 
-// Pixel formats: the values of VmoePixelFormat.
-const int GRAY8 = 0, RGB = 1, BGR = 2, RGBA = 3, BGRA = 4, ARGB = 5, ABGR = 6,
-          I420 = 7, NV12 = 8;
-// Layout of one image's parameters in I (FRAME_PARAMS ints each).
-const uint P_FORMAT = 0u, P_WIDTH = 1u, P_HEIGHT = 2u, P_PLANE = 3u,
+// Pixel kinds: the values of VmoePixelKind.
+const int KIND_GRAY = 0, KIND_RGB = 1, KIND_YUV = 2;
+// Layout of one image's parameters in I (FRAME_PARAMS ints each), as
+// VMOE_FRAME_* in src/vulkan/vk-push.h.
+const uint P_KIND = 0u, P_WIDTH = 1u, P_HEIGHT = 2u, P_PLANE = 3u,
            P_STRIDE = 6u, P_TOP = 9u, P_LEFT = 10u, P_SCALE_Y = 11u,
-           P_SCALE_X = 12u, P_IDENTITY = 13u, FRAME_PARAMS = 16u;
+           P_SCALE_X = 12u, P_IDENTITY = 13u, P_BYTES_PER_PIXEL = 14u,
+           P_RED = 15u, P_GREEN = 16u, P_BLUE = 17u, P_CHROMA_BYTES = 18u,
+           P_U_PLANE = 19u, P_U_OFFSET = 20u, P_V_PLANE = 21u,
+           P_V_OFFSET = 22u, FRAME_PARAMS = 24u;
 
 layout(push_constant) uniform Params {
   uint params_off, out_off, height, width, channels;
@@ -42,32 +46,25 @@ vec3 yuv_to_rgb(float y, float u, float v)
 // The model-channel values of pixel (x, y) in [0, 1].
 vec3 pixel_values(uint prm, uint x, uint y)
 {
-  int format = I[prm + P_FORMAT];
+  int kind = I[prm + P_KIND];
   uint plane0 = uint(I[prm + P_PLANE]), stride0 = uint(I[prm + P_STRIDE]);
   uint row = plane0 + y * stride0;
   vec3 rgb;
-  if (format == GRAY8) {
+  if (kind == KIND_GRAY) {
     float g = float(frame_byte(row + x)) / 255.0;
     return vec3(g);
-  } else if (format == RGB || format == BGR) {
-    uint o = row + 3u * x;
-    rgb = vec3(frame_byte(o), frame_byte(o + 1u), frame_byte(o + 2u));
-    if (format == BGR) rgb = rgb.bgr;
-  } else if (format >= RGBA && format <= ABGR) {
-    uint o = row + 4u * x;
-    vec4 px = vec4(frame_byte(o), frame_byte(o + 1u), frame_byte(o + 2u), frame_byte(o + 3u));
-    rgb = format == RGBA ? px.rgb : format == BGRA ? px.bgr : format == ARGB ? px.gba : px.abg;
+  } else if (kind == KIND_RGB) {
+    uint o = row + uint(I[prm + P_BYTES_PER_PIXEL]) * x;
+    rgb = vec3(frame_byte(o + uint(I[prm + P_RED])), frame_byte(o + uint(I[prm + P_GREEN])),
+               frame_byte(o + uint(I[prm + P_BLUE])));
   } else {
-    uint plane1 = uint(I[prm + P_PLANE + 1u]), stride1 = uint(I[prm + P_STRIDE + 1u]);
-    float luma = float(frame_byte(row + x));
-    if (format == I420) {
-      uint plane2 = uint(I[prm + P_PLANE + 2u]), stride2 = uint(I[prm + P_STRIDE + 2u]);
-      rgb = yuv_to_rgb(luma, float(frame_byte(plane1 + (y / 2u) * stride1 + x / 2u)),
-                       float(frame_byte(plane2 + (y / 2u) * stride2 + x / 2u)));
-    } else {
-      uint uv = plane1 + (y / 2u) * stride1 + x / 2u * 2u;
-      rgb = yuv_to_rgb(luma, float(frame_byte(uv)), float(frame_byte(uv + 1u)));
-    }
+    uint u_plane = uint(I[prm + P_U_PLANE]), v_plane = uint(I[prm + P_V_PLANE]);
+    uint chroma = x / 2u * uint(I[prm + P_CHROMA_BYTES]);
+    uint u = uint(I[prm + P_PLANE + u_plane]) + (y / 2u) * uint(I[prm + P_STRIDE + u_plane])
+        + chroma + uint(I[prm + P_U_OFFSET]);
+    uint v = uint(I[prm + P_PLANE + v_plane]) + (y / 2u) * uint(I[prm + P_STRIDE + v_plane])
+        + chroma + uint(I[prm + P_V_OFFSET]);
+    rgb = yuv_to_rgb(float(frame_byte(row + x)), float(frame_byte(u)), float(frame_byte(v)));
   }
   if (p.channels == 1u)
     return vec3((0.299 * rgb.r + 0.587 * rgb.g + 0.114 * rgb.b) / 255.0);

@@ -2,23 +2,8 @@
 #ifndef VMOE_CPU_H
 #define VMOE_CPU_H
 
-#include "vmoe-private.h"
+#include "backend.h"
 #include "workers.h"
-
-/* What a backend computes for a batch of n images; sized by the session. */
-typedef struct {
-  float *logits;              /* [n, num_classes] */
-  int *experts;               /* [n, k] image routing */
-  float *gates;               /* [n, k] */
-  int *tokens_per_expert;     /* [n, n_moe_layers, num_experts] token routing */
-  int *dropped;               /* [n, n_moe_layers] */
-} VmoeRawOutput;
-
-/* Routing as a session runs it: the model's, or the caller's overrides. */
-typedef struct {
-  int top_k;
-  double capacity_ratio;
-} VmoeRoutingParams;
 
 typedef struct VmoeCpu VmoeCpu;
 

@@ -44,44 +44,26 @@ yuv_to_rgb (int y, int u, int v, uint8_t rgb[3])
 /* The model-channel values of pixel (x, y) in [0, 1]: luma for a 1-channel
  * model, RGB for a 3-channel one (gray repeated). */
 static inline void
-pixel_values (const VmoeImage *img, int x, int y, int model_channels, float *out)
+pixel_values (const VmoeImage *img, const VmoePixelLayout *layout, int x, int y,
+    int model_channels, float *out)
 {
   const uint8_t *row = img->planes[0] + (size_t) y * img->strides[0];
   uint8_t rgb[3];
-  switch (img->format) {
-    case VMOE_PIXEL_GRAY8:
-      for (int c = 0; c < model_channels; c++)
-        out[c] = row[x] / 255.0f;
-      return;
-    case VMOE_PIXEL_RGB:
-      rgb[0] = row[3 * x], rgb[1] = row[3 * x + 1], rgb[2] = row[3 * x + 2];
-      break;
-    case VMOE_PIXEL_BGR:
-      rgb[0] = row[3 * x + 2], rgb[1] = row[3 * x + 1], rgb[2] = row[3 * x];
-      break;
-    case VMOE_PIXEL_RGBA:
-      rgb[0] = row[4 * x], rgb[1] = row[4 * x + 1], rgb[2] = row[4 * x + 2];
-      break;
-    case VMOE_PIXEL_BGRA:
-      rgb[0] = row[4 * x + 2], rgb[1] = row[4 * x + 1], rgb[2] = row[4 * x];
-      break;
-    case VMOE_PIXEL_ARGB:
-      rgb[0] = row[4 * x + 1], rgb[1] = row[4 * x + 2], rgb[2] = row[4 * x + 3];
-      break;
-    case VMOE_PIXEL_ABGR:
-      rgb[0] = row[4 * x + 3], rgb[1] = row[4 * x + 2], rgb[2] = row[4 * x + 1];
-      break;
-    case VMOE_PIXEL_I420: {
-      const uint8_t *u = img->planes[1] + (size_t) (y / 2) * img->strides[1];
-      const uint8_t *v = img->planes[2] + (size_t) (y / 2) * img->strides[2];
-      yuv_to_rgb (row[x], u[x / 2], v[x / 2], rgb);
-      break;
-    }
-    default: {                 /* NV12 */
-      const uint8_t *uv = img->planes[1] + (size_t) (y / 2) * img->strides[1];
-      yuv_to_rgb (row[x], uv[x / 2 * 2], uv[x / 2 * 2 + 1], rgb);
-      break;
-    }
+  if (layout->kind == VMOE_PIXEL_KIND_GRAY) {
+    for (int c = 0; c < model_channels; c++)
+      out[c] = row[x] / 255.0f;
+    return;
+  }
+  if (layout->kind == VMOE_PIXEL_KIND_RGB) {
+    const uint8_t *pixel = row + (size_t) x * layout->bytes_per_pixel;
+    rgb[0] = pixel[layout->red], rgb[1] = pixel[layout->green], rgb[2] = pixel[layout->blue];
+  } else {
+    size_t chroma = (size_t) (x / 2) * layout->chroma_bytes;
+    const uint8_t *u = img->planes[layout->u_plane]
+        + (size_t) (y / 2) * img->strides[layout->u_plane] + chroma + layout->u_offset;
+    const uint8_t *v = img->planes[layout->v_plane]
+        + (size_t) (y / 2) * img->strides[layout->v_plane] + chroma + layout->v_offset;
+    yuv_to_rgb (row[x], *u, *v, rgb);
   }
   if (model_channels == 1) {
     out[0] = (0.299f * rgb[0] + 0.587f * rgb[1] + 0.114f * rgb[2]) / 255.0f;
@@ -91,22 +73,24 @@ pixel_values (const VmoeImage *img, int x, int y, int model_channels, float *out
   }
 }
 
+/* Bytes of one row of a chroma plane (2x2-subsampled). */
+static size_t
+chroma_row_bytes (const VmoeImage *img, const VmoePixelLayout *layout)
+{
+  return (size_t) (img->width + 1) / 2 * layout->chroma_bytes;
+}
+
 static gboolean
 image_is_valid (const VmoeImage *img)
 {
-  static const int bytes_per_pixel[] = { 1, 3, 3, 4, 4, 4, 4, 1, 1 };
-  if (img->format < VMOE_PIXEL_GRAY8 || img->format > VMOE_PIXEL_NV12
-      || img->width < 1 || img->height < 1 || img->width > VMOE_IMAGE_MAX_SIDE
-      || img->height > VMOE_IMAGE_MAX_SIDE
-      || !img->planes[0]
-      || img->strides[0] < (size_t) img->width * bytes_per_pixel[img->format])
+  const VmoePixelLayout *layout = vmoe_pixel_layout (img->format);
+  if (!layout || img->width < 1 || img->height < 1 || img->width > VMOE_IMAGE_MAX_SIDE
+      || img->height > VMOE_IMAGE_MAX_SIDE || !img->planes[0]
+      || img->strides[0] < (size_t) img->width * layout->bytes_per_pixel)
     return FALSE;
-  size_t chroma_w = (size_t) (img->width + 1) / 2;
-  if (img->format == VMOE_PIXEL_I420)
-    return img->planes[1] && img->planes[2] && img->strides[1] >= chroma_w
-        && img->strides[2] >= chroma_w;
-  if (img->format == VMOE_PIXEL_NV12)
-    return img->planes[1] && img->strides[1] >= 2 * chroma_w;
+  for (int plane = 1; plane < layout->planes; plane++)
+    if (!img->planes[plane] || img->strides[plane] < chroma_row_bytes (img, layout))
+      return FALSE;
   return TRUE;
 }
 
@@ -125,16 +109,14 @@ vmoe_image_check (const VmoeImage *image, GError **error)
 size_t
 vmoe_image_plane_bytes (const VmoeImage *img, int plane)
 {
-  static const int bytes_per_pixel[] = { 1, 3, 3, 4, 4, 4, 4, 1, 1 };
-  int planes = img->format == VMOE_PIXEL_I420 ? 3 : img->format == VMOE_PIXEL_NV12 ? 2 : 1;
-  if (plane >= planes)
+  const VmoePixelLayout *layout = vmoe_pixel_layout (img->format);
+  if (plane >= layout->planes)
     return 0;
   if (plane == 0)
     return (size_t) (img->height - 1) * img->strides[0]
-        + (size_t) img->width * bytes_per_pixel[img->format];
-  size_t chroma_w = (size_t) (img->width + 1) / 2;
-  size_t row = img->format == VMOE_PIXEL_NV12 ? 2 * chroma_w : chroma_w;
-  return (size_t) ((img->height + 1) / 2 - 1) * img->strides[plane] + row;
+        + (size_t) img->width * layout->bytes_per_pixel;
+  return (size_t) ((img->height + 1) / 2 - 1) * img->strides[plane]
+      + chroma_row_bytes (img, layout);
 }
 
 void
@@ -184,6 +166,7 @@ vmoe_preprocess (const VmoeConfig *c, const VmoeImage *image, float *out,
   int top = g.top, left = g.left;
   float scale_y = g.scale_y, scale_x = g.scale_x;
   gboolean identity = g.identity;
+  const VmoePixelLayout *layout = vmoe_pixel_layout (image->format);
   size_t plane = (size_t) ht * wt;
 
   for (int y = 0; y < ht; y++) {
@@ -193,15 +176,15 @@ vmoe_preprocess (const VmoeConfig *c, const VmoeImage *image, float *out,
     for (int x = 0; x < wt; x++) {
       float v[3];
       if (identity) {
-        pixel_values (image, x + left, y + top, ch_out, v);
+        pixel_values (image, layout, x + left, y + top, ch_out, v);
       } else {
         int x0, x1;
         float lx, a[3], b[3], cc[3], d[3];
         source_index (x + left, scale_x, w0, &x0, &x1, &lx);
-        pixel_values (image, x0, y0, ch_out, a);
-        pixel_values (image, x1, y0, ch_out, b);
-        pixel_values (image, x0, y1, ch_out, cc);
-        pixel_values (image, x1, y1, ch_out, d);
+        pixel_values (image, layout, x0, y0, ch_out, a);
+        pixel_values (image, layout, x1, y0, ch_out, b);
+        pixel_values (image, layout, x0, y1, ch_out, cc);
+        pixel_values (image, layout, x1, y1, ch_out, d);
         for (int ch = 0; ch < ch_out; ch++)
           v[ch] = (1 - ly) * ((1 - lx) * a[ch] + lx * b[ch])
               + ly * ((1 - lx) * cc[ch] + lx * d[ch]);

@@ -1,10 +1,8 @@
 /* Sessions: option handling, the per-session buffers and the results that
  * every backend shares.  Buffers grow to the largest batch seen and are then
  * reused, so steady-state runs allocate nothing. */
+#include "backend.h"
 #include "cpu.h"
-#ifdef VMOE_HAVE_VULKAN
-#include "vulkan/vk-backend.h"
-#endif
 
 #include <math.h>
 #include <string.h>
@@ -13,19 +11,12 @@
 
 struct VmoeSession {
   VmoeModel *model;
-  VmoeBackend backend;
+  VmoeBackendInstance backend;
   VmoeRoutingParams routing;
   int n_top;
-  VmoeCpu *cpu;
-#ifdef VMOE_HAVE_VULKAN
-  VmoeVulkan *vulkan;
-#endif
 
   int reserved;                    /* images the buffers hold */
   int n_last;                      /* images of the last run */
-  float *input;                    /* [N, C, H, W] for the 8-bit path on
-                                      the CPU; made on its first use */
-  int input_images;                /* images `input` holds */
   VmoeRawOutput raw;
   float *probs;                    /* [N, K] */
   int *top_classes;                /* [N, n_top], room for [N, K] */
@@ -45,38 +36,9 @@ vmoe_session_options_init (VmoeSessionOptions *options)
   options->capacity_ratio = -1;
 }
 
-const char *
-vmoe_backend_name (VmoeBackend backend)
-{
-  switch (backend) {
-    case VMOE_BACKEND_CPU:
-      return "cpu";
-    case VMOE_BACKEND_VULKAN:
-      return "vulkan";
-    default:
-      return "auto";
-  }
-}
-
-gboolean
-vmoe_backend_from_string (const char *name, VmoeBackend *backend)
-{
-  static const VmoeBackend all[] = { VMOE_BACKEND_AUTO, VMOE_BACKEND_CPU,
-    VMOE_BACKEND_VULKAN };
-  for (guint i = 0; name && i < G_N_ELEMENTS (all); i++) {
-    if (strcmp (name, vmoe_backend_name (all[i])) == 0) {
-      *backend = all[i];
-      return TRUE;
-    }
-  }
-  return FALSE;
-}
-
 static void
 buffers_free (VmoeSession *s)
 {
-  g_clear_pointer (&s->input, g_free);
-  s->input_images = 0;
   g_clear_pointer (&s->raw.logits, g_free);
   g_clear_pointer (&s->raw.experts, g_free);
   g_clear_pointer (&s->raw.gates, g_free);
@@ -114,8 +76,6 @@ reserve (VmoeSession *s, int n)
   s->layers = g_new0 (VmoeLayerStats, MAX (n * layers, 1));
   s->results = g_new0 (VmoeImageResult, n);
   s->reserved = n;
-  if (s->cpu)
-    vmoe_cpu_reserve (s->cpu, n);
 }
 
 VmoeSession *
@@ -129,13 +89,6 @@ vmoe_session_new (VmoeModel *model, const VmoeSessionOptions *options,
     options = &defaults;
   }
   const VmoeConfig *c = &model->config;
-#ifndef VMOE_HAVE_VULKAN
-  if (options->backend == VMOE_BACKEND_VULKAN) {
-    g_set_error (error, VMOE_ERROR, VMOE_ERROR_BACKEND,
-        "the vulkan backend is not built into this libvmoe; use backend cpu");
-    return NULL;
-  }
-#endif
   if (options->top_k < 0 || options->threads < 0
       || options->threads > VMOE_MAX_THREADS) {
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
@@ -157,29 +110,12 @@ vmoe_session_new (VmoeModel *model, const VmoeSessionOptions *options,
 
   VmoeSession *s = g_new0 (VmoeSession, 1);
   s->model = vmoe_model_ref (model);
-  s->backend = VMOE_BACKEND_CPU;
   s->routing = routing;
   s->n_top = MIN (options->top_k > 0 ? options->top_k : DEFAULT_TOP_K, c->num_classes);
-#ifdef VMOE_HAVE_VULKAN
-  if (options->backend != VMOE_BACKEND_CPU) {
-    /* auto takes Vulkan only on a GPU, and falls back to the CPU quietly. */
-    gboolean automatic = options->backend == VMOE_BACKEND_AUTO;
-    GError *why = NULL;
-    s->vulkan = vmoe_vulkan_new (model, routing, options->device, automatic,
-        options->fp16, automatic ? &why : error);
-    if (s->vulkan) {
-      s->backend = VMOE_BACKEND_VULKAN;
-    } else if (!automatic) {
-      vmoe_session_free (s);
-      return NULL;
-    } else {
-      g_debug ("backend auto uses the CPU: %s", why->message);
-      g_clear_error (&why);
-    }
+  if (!vmoe_backend_open (model, routing, options, &s->backend, error)) {
+    vmoe_session_free (s);
+    return NULL;
   }
-#endif
-  if (s->backend == VMOE_BACKEND_CPU)
-    s->cpu = vmoe_cpu_new (model, routing, options->threads);
   reserve (s, 1);
   return s;
 }
@@ -190,10 +126,7 @@ vmoe_session_free (VmoeSession *s)
   if (!s)
     return;
   buffers_free (s);
-  vmoe_cpu_free (s->cpu);
-#ifdef VMOE_HAVE_VULKAN
-  vmoe_vulkan_free (s->vulkan);
-#endif
+  vmoe_backend_close (&s->backend);
   vmoe_model_unref (s->model);
   g_free (s);
 }
@@ -221,17 +154,13 @@ vmoe_session_get_model (VmoeSession *s)
 VmoeBackend
 vmoe_session_get_backend (VmoeSession *s)
 {
-  return s->backend;
+  return s->backend.ops->kind;
 }
 
 const char *
 vmoe_session_get_device (VmoeSession *s)
 {
-#ifdef VMOE_HAVE_VULKAN
-  if (s->vulkan)
-    return vmoe_vulkan_device_name (s->vulkan);
-#endif
-  return "cpu";
+  return s->backend.ops->device_name (s->backend.impl);
 }
 
 /* Turns a backend's raw output into the public per-image results. */
@@ -334,14 +263,8 @@ vmoe_session_run_f32 (VmoeSession *s, const float *input, int n, GError **error)
     return FALSE;
   }
   reserve (s, n);
-#ifdef VMOE_HAVE_VULKAN
-  if (s->vulkan) {
-    if (!vmoe_vulkan_forward_f32 (s->vulkan, input, n, &s->raw, error))
-      return FALSE;
-    return finish_run (s, n, error);
-  }
-#endif
-  vmoe_cpu_forward (s->cpu, input, n, &s->raw);
+  if (!s->backend.ops->forward_f32 (s->backend.impl, input, n, &s->raw, error))
+    return FALSE;
   return finish_run (s, n, error);
 }
 
@@ -351,25 +274,9 @@ vmoe_session_run_u8 (VmoeSession *s, const VmoeImage *images, int n, GError **er
   if (!check_batch (n, error))
     return FALSE;
   reserve (s, n);
-#ifdef VMOE_HAVE_VULKAN
-  if (s->vulkan) {
-    /* The raw frames go to the GPU, which pre-processes them. */
-    if (!vmoe_vulkan_forward_u8 (s->vulkan, images, n, &s->raw, error))
-      return FALSE;
-    return finish_run (s, n, error);
-  }
-#endif
-  const VmoeConfig *c = &s->model->config;
-  size_t per_image = (size_t) c->in_channels * c->image_h * c->image_w;
-  if (s->input_images < n) {
-    g_free (s->input);
-    s->input = g_new (float, per_image * n);
-    s->input_images = n;
-  }
-  for (int i = 0; i < n; i++)
-    if (!vmoe_preprocess (c, &images[i], s->input + i * per_image, error))
-      return FALSE;
-  return vmoe_session_run_f32 (s, s->input, n, error);
+  if (!s->backend.ops->forward_u8 (s->backend.impl, images, n, &s->raw, error))
+    return FALSE;
+  return finish_run (s, n, error);
 }
 
 const VmoeImageResult *

@@ -103,6 +103,27 @@ typedef struct {
 
 void vmoe_resize_geometry (const VmoeConfig *c, int w0, int h0,
     VmoeResizeGeometry *geometry);
+/* The byte layout of a pixel format (pixel-format.c). */
+typedef enum {
+  VMOE_PIXEL_KIND_GRAY,       /* one luma byte per pixel */
+  VMOE_PIXEL_KIND_RGB,        /* packed R, G, B (and ignored x/A) bytes */
+  VMOE_PIXEL_KIND_YUV,        /* a luma plane and 2x2-subsampled chroma */
+} VmoePixelKind;
+
+typedef struct {
+  VmoePixelKind kind;
+  int planes;
+  int bytes_per_pixel;        /* in plane 0 */
+  int red, green, blue;       /* RGB: byte offsets within a pixel */
+  /* YUV: bytes per chroma position in a chroma row, and where U and V lie:
+   * their plane and their byte offset within a position. */
+  int chroma_bytes;
+  int u_plane, u_offset, v_plane, v_offset;
+} VmoePixelLayout;
+
+/* NULL for a value outside VmoePixelFormat. */
+const VmoePixelLayout *vmoe_pixel_layout (VmoePixelFormat format);
+
 gboolean vmoe_image_check (const VmoeImage *image, GError **error);
 /* Bytes of plane `plane` from its first byte to its last used one (0 for a
  * plane the format does not have); valid for a checked image. */

@@ -418,6 +418,41 @@ START_TEST (test_preprocess_pixel_formats)
 }
 END_TEST
 
+/* The public accessors give the layouts GStreamer names (RGB, BGR, ...,
+ * ABGR; x/A bytes ignored), and a pixel laid out by them pre-processes to
+ * the colour written. */
+START_TEST (test_pixel_format_accessors)
+{
+  const struct { VmoePixelFormat format; int bytes; int rgb[3]; } packed[] = {
+    { VMOE_PIXEL_RGB, 3, { 0, 1, 2 } }, { VMOE_PIXEL_BGR, 3, { 2, 1, 0 } },
+    { VMOE_PIXEL_RGBA, 4, { 0, 1, 2 } }, { VMOE_PIXEL_BGRA, 4, { 2, 1, 0 } },
+    { VMOE_PIXEL_ARGB, 4, { 1, 2, 3 } }, { VMOE_PIXEL_ABGR, 4, { 3, 2, 1 } },
+  };
+  for (guint i = 0; i < G_N_ELEMENTS (packed); i++) {
+    int offsets[3] = { -1, -1, -1 };
+    ck_assert_int_eq (vmoe_pixel_format_bytes_per_pixel (packed[i].format), packed[i].bytes);
+    ck_assert (vmoe_pixel_format_rgb_offsets (packed[i].format, offsets));
+    ck_assert_mem_eq (offsets, packed[i].rgb, sizeof offsets);
+    guint8 pixel[4] = { 99, 99, 99, 99 };
+    pixel[offsets[0]] = 10, pixel[offsets[1]] = 20, pixel[offsets[2]] = 30;
+    VmoeImage img = { .format = packed[i].format, .width = 1, .height = 1,
+      .planes = { pixel }, .strides = { 4 } };
+    expect_rgb (&img, 10, 20, 30);
+  }
+  const VmoePixelFormat luma[] = { VMOE_PIXEL_GRAY8, VMOE_PIXEL_I420, VMOE_PIXEL_NV12 };
+  for (guint i = 0; i < G_N_ELEMENTS (luma); i++) {
+    int offsets[3] = { -1, -1, -1 };
+    ck_assert_int_eq (vmoe_pixel_format_bytes_per_pixel (luma[i]), 1);
+    ck_assert (!vmoe_pixel_format_rgb_offsets (luma[i], offsets));
+    ck_assert_int_eq (offsets[0], -1);
+  }
+  int offsets[3];
+  ck_assert_int_eq (vmoe_pixel_format_bytes_per_pixel ((VmoePixelFormat) 9), 0);
+  ck_assert_int_eq (vmoe_pixel_format_bytes_per_pixel ((VmoePixelFormat) -1), 0);
+  ck_assert (!vmoe_pixel_format_rgb_offsets ((VmoePixelFormat) 9, offsets));
+}
+END_TEST
+
 START_TEST (test_preprocess_crop_pct_resize)
 {
   /* 10 rows x 20 columns to 8x8 at crop_pct 0.5:
@@ -757,6 +792,7 @@ ops_suite (void)
   tcase_add_test (tc, test_preprocess_center_crop_and_normalise);
   tcase_add_test (tc, test_preprocess_channels);
   tcase_add_test (tc, test_preprocess_pixel_formats);
+  tcase_add_test (tc, test_pixel_format_accessors);
   tcase_add_test (tc, test_preprocess_crop_pct_resize);
   tcase_add_test (tc, test_preprocess_rejects_bad_frames);
   if (HEAP_VISIBLE_TO_MALLINFO)

@@ -3,7 +3,7 @@
  * time, plus the backend's error paths.  Runs on the device that
  * VMOE_VULKAN_DEVICE names (the tests set "cpu": Mesa's lavapipe) and exits
  * 77 (skipped) when no Vulkan device opens. */
-#include "vulkan/vk-backend.h"
+#include "vulkan/vk-internal.h"
 
 #include <check.h>
 #include <glib/gstdio.h>
@@ -179,7 +179,8 @@ START_TEST (test_layernorm)
   write_floats (VMOE_VK_ACTIVATIONS, 0, x, (size_t) rows * 2 * dim);
   write_floats (VMOE_VK_WEIGHTS, 0, w, dim);
   write_floats (VMOE_VK_WEIGHTS, dim, b, dim);
-  VmoeLayerNormPush p = { rows, dim, 0, 2 * dim, 5000, dim, 0, dim, 1e-6f };
+  VmoeLayerNormPush p = { .rows = rows, .dim = dim, .in_off = 0, .in_stride = 2 * dim,
+    .out_off = 5000, .out_stride = dim, .w_off = 0, .b_off = dim, .eps = 1e-6f };
   run_shader (VMOE_SHADER_LAYERNORM, &p, sizeof p, rows, 1, 1);
   float got[700], want[700], packed[700];
   read_back (VMOE_VK_ACTIVATIONS, 5000, got, (size_t) rows * dim);
@@ -200,7 +201,8 @@ check_attention (VmoeShader shader, int n, int t, double scale, uint32_t groups_
   size_t qkv_len = (size_t) n * t * 3 * DIM, out_len = (size_t) n * t * DIM;
   float *qkv = random_floats (qkv_len, scale);
   write_floats (VMOE_VK_ACTIVATIONS, 0, qkv, qkv_len);
-  VmoeAttentionPush p = { t, DIM, HEADS, 0, 100000 };
+  VmoeAttentionPush p = { .tokens = t, .dim = DIM, .heads = HEADS, .qkv_off = 0,
+    .out_off = 100000 };
   run_shader (shader, &p, sizeof p, groups_x, HEADS, n);
   float *got = g_new (float, out_len), *want = g_new (float, out_len);
   float *scratch = g_new (float, vmoe_attention_scratch_len (n, t, DIM, HEADS, 1));
@@ -215,6 +217,19 @@ START_TEST (test_attention)
   /* A workgroup takes a block of queries; one per token covers any block
    * size, and blocks past the last token write nothing. */
   check_attention (VMOE_SHADER_ATTENTION, 3, TOKENS, 2, TOKENS, "attention");
+}
+END_TEST
+
+/* Shared memory as the shaders declare it, counted by hand:
+ * attention.comp with QB = 16, 197 tokens, head size 64 holds qs[16][64],
+ * kv[32][65], scores[16][197], partial[128] and row_inv[16] floats;
+ * attention_online.comp with head size 64 holds ks and vs of 32 x 16 vec4. */
+START_TEST (test_shared_memory_sizes)
+{
+  ck_assert_uint_eq (vmoe_vk_attention_shared_bytes (16, 197, 64),
+      4 * (1024 + 2080 + 3152 + 128 + 16));
+  ck_assert_uint_eq (vmoe_vk_attention_shared_bytes (1, 1, 4), 4 * (4 + 160 + 1 + 128 + 1));
+  ck_assert_uint_eq (vmoe_vk_attention_online_shared_bytes (64), 2 * 32 * 16 * 16);
 }
 END_TEST
 
@@ -240,8 +255,9 @@ START_TEST (test_embed)
   const int n = 2, c = 3, side = 20, patch = 4, np = 25, len = c * patch * patch;
   float *img = random_floats ((size_t) n * c * side * side, 1);
   write_floats (VMOE_VK_ACTIVATIONS, 0, img, (size_t) n * c * side * side);
-  VmoeEmbedPush p = { VMOE_EMBED_IM2COL, n, c, side, side, patch, DIM, TOKENS, 1,
-    0, 10000, 0, 0 };
+  VmoeEmbedPush p = { .mode = VMOE_EMBED_IM2COL, .images = n, .channels = c,
+    .height = side, .width = side, .patch_size = patch, .dim = DIM, .tokens = TOKENS,
+    .class_token = 1, .src_off = 0, .dst_off = 10000, .cls_off = 0, .pos_off = 0 };
   run_shader (VMOE_SHADER_EMBED, &p, sizeof p, (n * np * len + 255) / 256, 1, 1);
   float *got = g_new (float, (size_t) n * np * len);
   read_back (VMOE_VK_ACTIVATIONS, 10000, got, (size_t) n * np * len);
@@ -260,8 +276,9 @@ START_TEST (test_embed)
   write_floats (VMOE_VK_ACTIVATIONS, 20000, rows, (size_t) n * np * DIM);
   write_floats (VMOE_VK_WEIGHTS, 0, cls, DIM);
   write_floats (VMOE_VK_WEIGHTS, 100, pos, TOKENS * DIM);
-  VmoeEmbedPush q = { VMOE_EMBED_ASSEMBLE, n, c, side, side, patch, DIM, TOKENS, 1,
-    20000, 30000, 0, 100 };
+  VmoeEmbedPush q = { .mode = VMOE_EMBED_ASSEMBLE, .images = n, .channels = c,
+    .height = side, .width = side, .patch_size = patch, .dim = DIM, .tokens = TOKENS,
+    .class_token = 1, .src_off = 20000, .dst_off = 30000, .cls_off = 0, .pos_off = 100 };
   run_shader (VMOE_SHADER_EMBED, &q, sizeof q, (n * TOKENS * DIM + 255) / 256, 1, 1);
   float *x = g_new (float, (size_t) n * TOKENS * DIM);
   read_back (VMOE_VK_ACTIVATIONS, 30000, x, (size_t) n * TOKENS * DIM);
@@ -280,7 +297,8 @@ START_TEST (test_pool)
   const int n = 3;
   float *x = random_floats ((size_t) n * TOKENS * DIM, 1);
   write_floats (VMOE_VK_ACTIVATIONS, 0, x, (size_t) n * TOKENS * DIM);
-  VmoePoolPush p = { n, TOKENS, 1, TOKENS - 1, DIM, 0, 9000 };
+  VmoePoolPush p = { .images = n, .tokens = TOKENS, .first = 1, .count = TOKENS - 1,
+    .dim = DIM, .in_off = 0, .out_off = 9000 };
   run_shader (VMOE_SHADER_POOL, &p, sizeof p, (n * DIM + 63) / 64, 1, 1);
   float got[3 * DIM];
   read_back (VMOE_VK_ACTIVATIONS, 9000, got, (size_t) n * DIM);
@@ -415,7 +433,9 @@ START_TEST (test_lists_and_combine)
   write_floats (VMOE_VK_ACTIVATIONS, 0, gate, rows * k);
   write_floats (VMOE_VK_ACTIVATIONS, 1000, y, (size_t) rows * k * DIM);
   write_floats (VMOE_VK_ACTIVATIONS, 10000, x, (size_t) rows * DIM);
-  VmoeExpertsPush p = { VMOE_EXPERTS_LISTS, rows, k, DIM, 0, 0, 1000, 2000, 100, 1000, 10000 };
+  VmoeExpertsPush p = { .mode = VMOE_EXPERTS_LISTS, .rows = rows, .k = k, .dim = DIM,
+    .entry_expert_off = 0, .entry_gate_off = 0, .count_off = 1000, .list_off = 2000,
+    .list_cap = 100, .y_off = 1000, .x_off = 10000 };
   run_shader (VMOE_SHADER_EXPERTS, &p, sizeof p, 1, 1, 1);
   int counts[EXPERTS], lists[EXPERTS * 100];
   read_back (VMOE_VK_INTEGERS, 1000, counts, EXPERTS);
@@ -562,6 +582,7 @@ main (void)
   tcase_add_test (tc, test_layernorm);
   tcase_add_test (tc, test_attention);
   tcase_add_test (tc, test_attention_online);
+  tcase_add_test (tc, test_shared_memory_sizes);
   tcase_add_test (tc, test_embed);
   tcase_add_test (tc, test_pool);
   tcase_add_test (tc, test_route_image);

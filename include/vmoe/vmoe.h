@@ -284,6 +284,27 @@ typedef enum {
 } VmoePixelFormat;
 
 /**
+ * vmoe_pixel_format_bytes_per_pixel:
+ * @format: a pixel format
+ *
+ * Returns: the bytes of one pixel in plane 0 (the luma plane of I420 and
+ *   NV12); 0 for a value outside #VmoePixelFormat
+ */
+VMOE_API int vmoe_pixel_format_bytes_per_pixel (VmoePixelFormat format);
+
+/**
+ * vmoe_pixel_format_rgb_offsets:
+ * @format: a pixel format
+ * @offsets: (out caller-allocates) (array fixed-size=3): the byte offsets of
+ *   R, G and B within one pixel
+ *
+ * Returns: TRUE for a packed RGB format; FALSE, @offsets untouched, for
+ *   gray, YUV and unknown formats
+ */
+VMOE_API gboolean vmoe_pixel_format_rgb_offsets (VmoePixelFormat format,
+    int offsets[3]);
+
+/**
  * VmoeImage:
  *
  * An 8-bit frame.  Packed formats use plane 0 only; I420 has Y, U, V planes
