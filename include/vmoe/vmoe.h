@@ -319,8 +319,13 @@ typedef struct {
   int width, height;
   const uint8_t *planes[3];
   size_t strides[3];
+  /* The part of the frame to classify, in frame pixels; a width or height
+   * of 0 means the whole frame.  It is clamped to the frame and then
+   * treated exactly as a frame of its own size (docs/design.md, Regions of
+   * interest); a region empty after clamping is an error. */
+  struct { int x, y, width, height; } region;
   /*< private >*/
-  gpointer _vmoe_reserved[8];
+  gpointer _vmoe_reserved[6];
 } VmoeImage;
 
 /**
