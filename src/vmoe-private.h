@@ -29,7 +29,7 @@ typedef struct {
 
 struct VmoeModel {
   gint refcount;
-  GMappedFile *file;
+  GBytes *bytes;              /* the file's mapping, or the caller's bytes */
   VmoeConfig config;
   GPtrArray *owned;          /* float copies of F16/BF16/unaligned tensors */
 

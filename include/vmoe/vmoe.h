@@ -71,6 +71,10 @@ typedef struct {
 typedef struct VmoeModel VmoeModel;
 
 VmoeModel *vmoe_model_load (const char *path, GError **error);
+/* The same from a whole model file in memory (a resource, a download): the
+ * model keeps a reference to `bytes` and reads its weights in place, so the
+ * bytes must not change while the model lives. */
+VmoeModel *vmoe_model_new_from_bytes (GBytes *bytes, GError **error);
 VmoeModel *vmoe_model_ref (VmoeModel *model);
 void vmoe_model_unref (VmoeModel *model);
 const VmoeConfig *vmoe_model_get_config (const VmoeModel *model);
