@@ -78,9 +78,14 @@ typedef struct {
   gboolean identity;          /* the resize is the identity */
 } VmoeResizeGeometry;
 
+/* Valid for a frame that vmoe_frame_check accepts. */
 void vmoe_resize_geometry (const VmoeConfig *c, int w0, int h0,
     VmoeResizeGeometry *geometry);
 gboolean vmoe_image_check (const VmoeImage *image, GError **error);
+/* vmoe_image_check, and the frame's resize for the model fits the int
+ * geometry and the float source coordinates. */
+gboolean vmoe_frame_check (const VmoeConfig *c, const VmoeImage *image,
+    GError **error);
 /* Bytes of plane `plane` from its first byte to its last used one (0 for a
  * plane the format does not have); valid for a checked image. */
 size_t vmoe_image_plane_bytes (const VmoeImage *image, int plane);
