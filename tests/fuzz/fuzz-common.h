@@ -31,6 +31,17 @@ fuzz_check_outcome (gboolean ok, GError *error)
   FUZZ_ASSERT (error->message && error->message[0], "error without a message");
 }
 
+/* GLib's criticals and warnings report programming errors (a NULL where
+ * none may be): each is a finding.  Called once, before the first input. */
+int LLVMFuzzerInitialize (int *argc, char ***argv);
+
+int
+LLVMFuzzerInitialize (int *argc, char ***argv)
+{
+  g_log_set_always_fatal (G_LOG_LEVEL_CRITICAL | G_LOG_LEVEL_WARNING);
+  return 0;
+}
+
 /* Reads the fuzz input front to back; past the end everything is zero. */
 typedef struct {
   const uint8_t *data;
