@@ -61,7 +61,7 @@ for h in $harnesses; do
   cov=$(grep -o 'cov: [0-9]* ft: [0-9]*' "$log" | tail -n 1)
   echo "fuzz_$h: $status, ${execs:-?} executions, $cov"
   if [ $status = FINDING ]; then
-    grep -E 'ERROR:|runtime error|SUMMARY|fuzz_[a-z]*\.c:[0-9]+: |Test unit written' "$log" \
+    grep -E 'ERROR:|runtime error|SUMMARY|CRITICAL|WARNING \*\*|fuzz_[a-z]*\.c:[0-9]+: |Test unit written' "$log" \
       | head -n 8 | sed 's/^/    /'
   fi
 done
