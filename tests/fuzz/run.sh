@@ -58,6 +58,8 @@ for h in $harnesses; do
     found="$found $h"
   fi
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+  # -fork mode prints no final stats; its progress lines start with the count.
+  [ -n "$execs" ] || execs=$(sed -n 's/^#\([0-9]*\):* *cov:.*/\1/p' "$log" | tail -n 1)
   cov=$(grep -o 'cov: [0-9]* ft: [0-9]*' "$log" | tail -n 1)
   echo "fuzz_$h: $status, ${execs:-?} executions, $cov"
   if [ $status = FINDING ]; then
