@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh Debian 12 machine: installs what is
 # missing, builds with warnings as errors, runs every test, then runs them
 # again in a build with AddressSanitizer and UndefinedBehaviorSanitizer
-# (which also reports leaks).
+# (which also reports leaks), and finally runs each libFuzzer harness for
+# ${VMOE_FUZZ_SECONDS:-60} seconds (tests/fuzz/README.md).
 set -eu
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
@@ -20,4 +21,6 @@ meson compile -C build-sanitize
 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 ASAN_OPTIONS=detect_leaks=1 \
   meson test -C build-sanitize --print-errorlogs --timeout-multiplier 4
+
+VMOE_FUZZ_SECONDS=${VMOE_FUZZ_SECONDS:-60} tests/fuzz/run.sh
 echo "all tests passed"

@@ -376,8 +376,9 @@ resolve_weights (VmoeModel *model, GHashTable *floats)
 static gboolean
 parse_file (VmoeModel *model, const char *path, GError **error)
 {
-  const guint8 *bytes = (const guint8 *) g_mapped_file_get_contents (model->file);
-  guint64 size = g_mapped_file_get_length (model->file);
+  gsize mapped_size;
+  const guint8 *bytes = g_bytes_get_data (model->bytes, &mapped_size);
+  guint64 size = mapped_size;
   if (size < 8)
     return format_error (error, "'%s' is %" G_GUINT64_FORMAT " bytes, too short "
         "for the 8-byte header length", path, size);
@@ -477,6 +478,28 @@ model_name_from_path (const char *path)
   return base;
 }
 
+/* `name` only names the model in errors. */
+static VmoeModel *
+model_new (GBytes *bytes, const char *name, GError **error)
+{
+  VmoeModel *model = g_new0 (VmoeModel, 1);
+  model->refcount = 1;
+  model->bytes = g_bytes_ref (bytes);
+  model->owned = g_ptr_array_new_with_free_func (g_free);
+  if (!parse_file (model, name, error)) {
+    vmoe_model_unref (model);
+    return NULL;
+  }
+  return model;
+}
+
+VmoeModel *
+vmoe_model_new_from_bytes (GBytes *bytes, GError **error)
+{
+  g_return_val_if_fail (bytes != NULL, NULL);
+  return model_new (bytes, "the model bytes", error);
+}
+
 VmoeModel *
 vmoe_model_load (const char *path, GError **error)
 {
@@ -489,15 +512,13 @@ vmoe_model_load (const char *path, GError **error)
     g_error_free (io_error);
     return NULL;
   }
-  VmoeModel *model = g_new0 (VmoeModel, 1);
-  model->refcount = 1;
-  model->name = model_name_from_path (path);
-  model->file = file;
-  model->owned = g_ptr_array_new_with_free_func (g_free);
-  if (!parse_file (model, path, error)) {
-    vmoe_model_unref (model);
-    return NULL;
-  }
+  /* The bytes hold the mapping, so it lives as long as the model. */
+  GBytes *bytes = g_mapped_file_get_bytes (file);
+  g_mapped_file_unref (file);
+  VmoeModel *model = model_new (bytes, path, error);
+  g_bytes_unref (bytes);
+  if (model)
+    model->name = model_name_from_path (path);
   return model;
 }
 
@@ -520,7 +541,7 @@ vmoe_model_unref (VmoeModel *model)
   }
   vmoe_config_clear (&model->config);
   g_ptr_array_unref (model->owned);
-  g_mapped_file_unref (model->file);
+  g_bytes_unref (model->bytes);
   g_free (model->name);
   g_free (model);
 }

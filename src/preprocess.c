@@ -119,18 +119,52 @@ vmoe_image_plane_bytes (const VmoeImage *img, int plane)
       + chroma_row_bytes (img, layout);
 }
 
+/* Source coordinates are computed in float as scale * (d + 0.5): exact
+ * half-pixel centres need d + 0.5 to be a float, so the virtual resized
+ * frame may not be larger than this on a side.  Only frames of extreme
+ * aspect ratio or a tiny crop_pct come near it (a 4K frame for a 224x224
+ * model resizes to 455x256 at crop_pct 0.875). */
+#define MAX_RESIZED_SIDE (1 << 23)
+
+/* The sides of the virtual resized frame (DESIGN.md step 1), in double so
+ * that any configuration and frame size can be measured before the int
+ * geometry is computed. */
+static void
+resized_sides (const VmoeConfig *c, int w0, int h0, double *rh, double *rw)
+{
+  int ht = c->image_h, wt = c->image_w;
+  if (h0 == ht && w0 == wt) {
+    *rh = ht, *rw = wt;
+    return;
+  }
+  double s = MAX ((double) ht / h0, (double) wt / w0) / c->crop_pct;
+  *rh = MAX (ht, floor (h0 * s + 0.5));
+  *rw = MAX (wt, floor (w0 * s + 0.5));
+}
+
+gboolean
+vmoe_frame_check (const VmoeConfig *c, const VmoeImage *image, GError **error)
+{
+  if (!vmoe_image_check (image, error))
+    return FALSE;
+  double rh, rw;
+  resized_sides (c, image->width, image->height, &rh, &rw);
+  if (rh <= MAX_RESIZED_SIDE && rw <= MAX_RESIZED_SIDE)
+    return TRUE;
+  g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
+      "a %dx%d frame resizes to %.0fx%.0f for this model (crop_pct %g), over "
+      "the %d-pixel limit on a side", image->width, image->height, rw, rh,
+      c->crop_pct, MAX_RESIZED_SIDE);
+  return FALSE;
+}
+
 void
 vmoe_resize_geometry (const VmoeConfig *c, int w0, int h0, VmoeResizeGeometry *g)
 {
-  int ht = c->image_h, wt = c->image_w;
-  int rh = ht, rw = wt, top = 0, left = 0;
-  if (h0 != ht || w0 != wt) {
-    double s = MAX ((double) ht / h0, (double) wt / w0) / c->crop_pct;
-    rh = MAX (ht, (int) floor (h0 * s + 0.5));
-    rw = MAX (wt, (int) floor (w0 * s + 0.5));
-    top = (rh - ht) / 2;
-    left = (rw - wt) / 2;
-  }
+  double resized_h, resized_w;
+  resized_sides (c, w0, h0, &resized_h, &resized_w);
+  int rh = (int) resized_h, rw = (int) resized_w;
+  int top = (rh - c->image_h) / 2, left = (rw - c->image_w) / 2;
   *g = (VmoeResizeGeometry) { .top = top, .left = left,
     .scale_y = (float) h0 / (float) rh, .scale_x = (float) w0 / (float) rw,
     .identity = rh == h0 && rw == w0 };
@@ -158,7 +192,7 @@ vmoe_preprocess (const VmoeConfig *c, const VmoeImage *image, float *out,
 {
   int h0 = image->height, w0 = image->width;
   int ht = c->image_h, wt = c->image_w, ch_out = c->in_channels;
-  if (!vmoe_image_check (image, error))
+  if (!vmoe_frame_check (c, image, error))
     return FALSE;
 
   VmoeResizeGeometry g;

@@ -30,7 +30,7 @@ typedef struct {
 struct VmoeModel {
   gint refcount;
   char *name;                /* the file's name without .safetensors */
-  GMappedFile *file;
+  GBytes *bytes;              /* the file's mapping, or the caller's bytes */
   VmoeConfig config;
   GPtrArray *owned;          /* float copies of F16/BF16/unaligned tensors */
 
@@ -101,6 +101,7 @@ typedef struct {
   gboolean identity;          /* the resize is the identity */
 } VmoeResizeGeometry;
 
+/* Valid for a frame that vmoe_frame_check accepts. */
 void vmoe_resize_geometry (const VmoeConfig *c, int w0, int h0,
     VmoeResizeGeometry *geometry);
 /* The byte layout of a pixel format (pixel-format.c). */
@@ -125,6 +126,10 @@ typedef struct {
 const VmoePixelLayout *vmoe_pixel_layout (VmoePixelFormat format);
 
 gboolean vmoe_image_check (const VmoeImage *image, GError **error);
+/* vmoe_image_check, and the frame's resize for the model fits the int
+ * geometry and the float source coordinates. */
+gboolean vmoe_frame_check (const VmoeConfig *c, const VmoeImage *image,
+    GError **error);
 /* Bytes of plane `plane` from its first byte to its last used one (0 for a
  * plane the format does not have); valid for a checked image. */
 size_t vmoe_image_plane_bytes (const VmoeImage *image, int plane);

@@ -502,6 +502,37 @@ START_TEST (test_preprocess_rejects_bad_frames)
 }
 END_TEST
 
+/* Found by tests/fuzz/fuzz_preprocess: a tiny crop_pct (or an extreme
+ * aspect ratio) made the virtual resized frame larger than an int, and its
+ * size was cast from double regardless (undefined behaviour, then garbage
+ * geometry).  Sides up to 2^23 pixels resize; one more is an error. */
+START_TEST (test_preprocess_rejects_huge_resize)
+{
+  /* A 2x1 frame [0, 255] for a 1x1 model: s = 1 / crop_pct and rw =
+   * floor(2 s + 0.5).  At crop_pct 2^-22, rw = 2^23 and rh = 2^22; the crop
+   * starts at left = (2^23 - 1) / 2 = 2^22 - 1, whose source x is
+   * (2^22 - 0.5) 2^-22 - 0.5 = 0.5 - 2^-23: half way between the pixels. */
+  const guint8 px[2] = { 0, 255 };
+  VmoeImage img;
+  vmoe_image_init_packed (&img, px, 2, 1, 1, 2);
+  VmoeConfig c = preprocess_config (1, 1, 1, ldexp (1.0, -22));
+  float out[1];
+  GError *error = NULL;
+  ck_assert_msg (vmoe_preprocess (&c, &img, out, &error), "%s",
+      error ? error->message : "");
+  ck_assert_double_eq_tol (out[0], 0.5, EPS);
+
+  const double too_small[] = { 2.0 / (8388608 + 1), 1e-300, 4.9e-324 };
+  for (guint i = 0; i < G_N_ELEMENTS (too_small); i++) {
+    c.crop_pct = too_small[i];
+    ck_assert (!vmoe_preprocess (&c, &img, out, &error));
+    ck_assert_int_eq (error->code, VMOE_ERROR_INVALID_ARGUMENT);
+    ck_assert_msg (strstr (error->message, "8388608-pixel limit"), "%s", error->message);
+    g_clear_error (&error);
+  }
+}
+END_TEST
+
 /* Property: after a session has seen a batch size through an entry point
  * (float input, 8-bit frames), runs of that size or smaller take no heap
  * memory (counted by glibc; ASan builds do not count, so there the property
@@ -795,6 +826,7 @@ ops_suite (void)
   tcase_add_test (tc, test_pixel_format_accessors);
   tcase_add_test (tc, test_preprocess_crop_pct_resize);
   tcase_add_test (tc, test_preprocess_rejects_bad_frames);
+  tcase_add_test (tc, test_preprocess_rejects_huge_resize);
   if (HEAP_VISIBLE_TO_MALLINFO)
     tcase_add_test (tc, test_no_allocation_per_call);
   else

@@ -138,6 +138,18 @@ typedef struct VmoeModel VmoeModel;
  */
 VMOE_API VmoeModel *vmoe_model_load (const char *path, GError **error);
 /**
+ * vmoe_model_new_from_bytes:
+ * @bytes: (transfer none): a whole model file in memory (a resource, a download)
+ * @error: return location for a VMOE_ERROR, or NULL
+ *
+ * As vmoe_model_load, from memory.  The model keeps a reference to @bytes
+ * and reads its weights in place, so the bytes must not change while the
+ * model lives.  The model's name is "".
+ *
+ * Returns: (transfer full) (nullable): the model, or NULL with @error set.
+ */
+VMOE_API VmoeModel *vmoe_model_new_from_bytes (GBytes *bytes, GError **error);
+/**
  * vmoe_model_ref:
  * @model: a model
  *

@@ -76,7 +76,7 @@ vmoe_vulkan_forward_u8 (VmoeVulkan *vk, const VmoeImage *images, int n,
   const VmoeConfig *c = &vk->model->config;
   guint64 params_bytes = (guint64) n * VMOE_FRAME_PARAMS * 4, frame_bytes = 0;
   for (int j = 0; j < n; j++) {
-    if (!vmoe_image_check (&images[j], error))
+    if (!vmoe_frame_check (c, &images[j], error))
       return FALSE;
     for (int p = 0; p < 3; p++)
       frame_bytes += (vmoe_image_plane_bytes (&images[j], p) + 3) & ~(guint64) 3;

@@ -1,0 +1,238 @@
+/* Pre-processing (docs/design.md, forward pass step 1) of random frames:
+ * any pixel format, size, stride padding and pixels, for random model
+ * sizes, crop_pct, mean and std.  Every plane is its own allocation of
+ * exactly the bytes its stride and height say, so AddressSanitizer catches a
+ * read outside the frame; the output is compared with a plain
+ * double-precision reference written from the design text, whose every pixel
+ * fetch is bounds-checked.
+ *
+ * Regions of interest (x, y, w, h) are not in the engine yet; when they are,
+ * draw one here and crop the reference's source frame to it. */
+#include "fuzz-common.h"
+#include "vmoe-private.h"
+
+#include <math.h>
+#include <string.h>
+
+int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size);
+
+#define MAX_FRAME_SIDE 300
+#define MAX_MODEL_SIDE 48
+
+typedef struct {
+  VmoeImage image;
+  size_t plane_bytes[3];
+} Frame;
+
+static int
+frame_planes (VmoePixelFormat format)
+{
+  return format == VMOE_PIXEL_I420 ? 3 : format == VMOE_PIXEL_NV12 ? 2 : 1;
+}
+
+/* Bytes a row of plane p holds, from the layouts in include/vmoe/vmoe.h. */
+static size_t
+row_bytes (VmoePixelFormat format, int width, int p)
+{
+  static const int packed[] = { 1, 3, 3, 4, 4, 4, 4 };
+  int chroma_w = (width + 1) / 2;
+  if (p == 0)
+    return (size_t) width * (format <= VMOE_PIXEL_ABGR ? packed[format] : 1);
+  return (size_t) (format == VMOE_PIXEL_NV12 ? 2 * chroma_w : chroma_w);
+}
+
+static uint8_t
+fetch (const Frame *f, int p, int x, int y)
+{
+  const VmoeImage *img = &f->image;
+  int rows = p == 0 ? img->height : (img->height + 1) / 2;
+  FUZZ_ASSERT (y >= 0 && y < rows && (size_t) x < row_bytes (img->format, img->width, p),
+      "reference fetch (%d, %d) outside plane %d", x, y, p);
+  size_t at = (size_t) y * img->strides[p] + (size_t) x;
+  FUZZ_ASSERT (at < f->plane_bytes[p], "reference fetch past plane %d", p);
+  return img->planes[p][at];
+}
+
+static uint8_t
+round_clamp (double v)
+{
+  return v <= 0 ? 0 : v >= 255 ? 255 : (uint8_t) floor (v + 0.5);
+}
+
+/* The 8-bit RGB of pixel (x, y); BT.601 limited range for YUV. */
+static void
+reference_rgb (const Frame *f, int x, int y, double rgb[3])
+{
+  static const int order[][4] = {   /* bytes per pixel, then R, G, B offsets */
+    [VMOE_PIXEL_RGB] = { 3, 0, 1, 2 }, [VMOE_PIXEL_BGR] = { 3, 2, 1, 0 },
+    [VMOE_PIXEL_RGBA] = { 4, 0, 1, 2 }, [VMOE_PIXEL_BGRA] = { 4, 2, 1, 0 },
+    [VMOE_PIXEL_ARGB] = { 4, 1, 2, 3 }, [VMOE_PIXEL_ABGR] = { 4, 3, 2, 1 },
+  };
+  VmoePixelFormat format = f->image.format;
+  if (format == VMOE_PIXEL_GRAY8) {
+    rgb[0] = rgb[1] = rgb[2] = fetch (f, 0, x, y);
+  } else if (format == VMOE_PIXEL_I420 || format == VMOE_PIXEL_NV12) {
+    double luma = fetch (f, 0, x, y), u, v;
+    if (format == VMOE_PIXEL_I420) {
+      u = fetch (f, 1, x / 2, y / 2);
+      v = fetch (f, 2, x / 2, y / 2);
+    } else {
+      u = fetch (f, 1, x / 2 * 2, y / 2);
+      v = fetch (f, 1, x / 2 * 2 + 1, y / 2);
+    }
+    double c = 1.164383 * (luma - 16), d = u - 128, e = v - 128;
+    rgb[0] = round_clamp (c + 1.596027 * e);
+    rgb[1] = round_clamp (c - 0.391762 * d - 0.812968 * e);
+    rgb[2] = round_clamp (c + 2.017232 * d);
+  } else {
+    const int *o = order[format];
+    for (int ch = 0; ch < 3; ch++)
+      rgb[ch] = fetch (f, 0, o[0] * x + o[1 + ch], y);
+  }
+}
+
+/* Channel ch of the model's input at source pixel (x, y), in [0, 1]. */
+static double
+reference_value (const Frame *f, int channels, int ch, int x, int y)
+{
+  double rgb[3];
+  reference_rgb (f, x, y, rgb);
+  if (channels == 3)
+    return rgb[ch] / 255;
+  if (f->image.format == VMOE_PIXEL_GRAY8)
+    return rgb[0] / 255;
+  return (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]) / 255;
+}
+
+/* PyTorch's interpolate(align_corners=False) source of index d. */
+static void
+reference_source (int d, int src_len, int dst_len, int *i0, int *i1, double *lambda)
+{
+  double s = (d + 0.5) * src_len / dst_len - 0.5;
+  if (s < 0)
+    s = 0;
+  *i0 = MIN ((int) floor (s), src_len - 1);
+  *i1 = MIN (*i0 + 1, src_len - 1);
+  *lambda = s - *i0;
+}
+
+/* The resize engine refuses: past this side its float source coordinates
+ * lose the half-pixel centres (src/preprocess.c). */
+#define MAX_RESIZED_SIDE (1 << 23)
+
+/* The virtual resized frame's sides; equal to the model's for a frame of
+ * the model's size. */
+static void
+reference_resized (const Frame *f, const VmoeConfig *c, double *rh, double *rw)
+{
+  int h0 = f->image.height, w0 = f->image.width, ht = c->image_h, wt = c->image_w;
+  if (h0 == ht && w0 == wt) {
+    *rh = ht, *rw = wt;
+    return;
+  }
+  double s = MAX ((double) ht / h0, (double) wt / w0) / c->crop_pct;
+  *rh = MAX (ht, floor (h0 * s + 0.5));
+  *rw = MAX (wt, floor (w0 * s + 0.5));
+}
+
+static double
+reference_pixel (const Frame *f, const VmoeConfig *c, int ch, int x, int y)
+{
+  double resized_h, resized_w;
+  reference_resized (f, c, &resized_h, &resized_w);
+  int rh = (int) resized_h, rw = (int) resized_w;
+  int top = (rh - c->image_h) / 2, left = (rw - c->image_w) / 2;
+  int y0, y1, x0, x1;
+  double ly, lx;
+  reference_source (y + top, f->image.height, rh, &y0, &y1, &ly);
+  reference_source (x + left, f->image.width, rw, &x0, &x1, &lx);
+  int channels = c->in_channels;
+  return (1 - ly) * ((1 - lx) * reference_value (f, channels, ch, x0, y0)
+          + lx * reference_value (f, channels, ch, x1, y0))
+      + ly * ((1 - lx) * reference_value (f, channels, ch, x0, y1)
+          + lx * reference_value (f, channels, ch, x1, y1));
+}
+
+/* A normalisation constant of either sign, 1/64 to 16 in magnitude. */
+static float
+fuzz_norm (FuzzInput *in)
+{
+  int v = fuzz_int (in, 1, 1024);
+  return (fuzz_take (in, 1) & 1 ? -1.0f : 1.0f) * (float) v / 64.0f;
+}
+
+int
+LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
+{
+  FuzzInput in = { data, size };
+  VmoeConfig config = { 0 };
+  config.in_channels = fuzz_take (&in, 1) & 1 ? 3 : 1;
+  config.image_h = fuzz_int (&in, 1, MAX_MODEL_SIDE);
+  config.image_w = fuzz_int (&in, 1, MAX_MODEL_SIDE);
+  /* crop_pct is any double the config accepts, (0, 1]. */
+  uint64_t crop_bits = fuzz_take (&in, 8);
+  memcpy (&config.crop_pct, &crop_bits, sizeof config.crop_pct);
+  if (!(config.crop_pct > 0 && config.crop_pct <= 1))
+    config.crop_pct = 1.0;
+  for (int ch = 0; ch < config.in_channels; ch++) {
+    config.mean[ch] = fuzz_norm (&in);
+    config.std[ch] = fuzz_norm (&in);
+  }
+
+  Frame f = { 0 };
+  VmoeImage *img = &f.image;
+  img->format = (VmoePixelFormat) fuzz_int (&in, 0, VMOE_PIXEL_NV12);
+  img->width = fuzz_int (&in, 1, MAX_FRAME_SIDE);
+  img->height = fuzz_int (&in, 1, MAX_FRAME_SIDE);
+  int planes = frame_planes (img->format);
+  for (int p = 0; p < planes; p++) {
+    int rows = p == 0 ? img->height : (img->height + 1) / 2;
+    size_t row = row_bytes (img->format, img->width, p);
+    img->strides[p] = row + (size_t) fuzz_int (&in, 0, 15);
+    f.plane_bytes[p] = (size_t) (rows - 1) * img->strides[p] + row;
+  }
+  /* The rest of the input is the pixels, repeated to fill every plane. */
+  uint8_t *owned[3] = { NULL };
+  for (int p = 0; p < planes; p++) {
+    owned[p] = g_malloc (f.plane_bytes[p]);
+    for (size_t i = 0; i < f.plane_bytes[p]; i++)
+      owned[p][i] = in.size ? in.data[i % in.size] : (uint8_t) (i * 37 + p);
+    img->planes[p] = owned[p];
+  }
+
+  size_t out_count = (size_t) config.in_channels * config.image_h * config.image_w;
+  float *out = g_new (float, out_count);
+  GError *error = NULL;
+  gboolean ok = vmoe_preprocess (&config, img, out, &error);
+  fuzz_check_outcome (ok, error);
+  double resized_h, resized_w;
+  reference_resized (&f, &config, &resized_h, &resized_w);
+  gboolean too_large = resized_h > MAX_RESIZED_SIDE || resized_w > MAX_RESIZED_SIDE;
+  FUZZ_ASSERT (ok != too_large, "a %dx%d frame of format %d resized to %.0fx%.0f: %s",
+      img->width, img->height, (int) img->format, resized_w, resized_h,
+      ok ? "accepted" : error->message);
+  g_clear_error (&error);
+
+  /* YUV frames are rounded to 8-bit RGB first: a value that lands on .5
+   * may round either way in float and double. */
+  double tolerance = img->format >= VMOE_PIXEL_I420 ? 1.0 / 255 + 1e-4 : 1e-4;
+  size_t plane = (size_t) config.image_h * config.image_w;
+  for (int ch = 0; ok && ch < config.in_channels; ch++) {
+    for (int y = 0; y < config.image_h; y++) {
+      for (int x = 0; x < config.image_w; x++) {
+        float v = out[ch * plane + (size_t) y * config.image_w + x];
+        FUZZ_ASSERT (isfinite (v), "output (%d, %d, %d) is %g", ch, y, x, v);
+        double got = (double) v * config.std[ch] + config.mean[ch];
+        double want = reference_pixel (&f, &config, ch, x, y);
+        FUZZ_ASSERT (fabs (got - want) <= tolerance,
+            "pixel (%d, %d, %d) of a %dx%d frame (format %d) to %dx%d, crop_pct %.17g: "
+            "%.6f, the reference %.6f", ch, y, x, img->width, img->height,
+            (int) img->format, config.image_w, config.image_h, config.crop_pct, got, want);
+      }
+    }
+  }
+  g_free (out);
+  for (int p = 0; p < planes; p++)
+    g_free (owned[p]);
+  return 0;
+}
