@@ -348,6 +348,37 @@ GST_START_TEST (test_field_switches)
 }
 GST_END_TEST;
 
+/* Two classifiers in a row: one line each, stacked from the top left, each
+ * as tall as a single result's box. */
+GST_START_TEST (test_results_stack)
+{
+  GstVideoInfo info;
+  GBytes *before, *after;
+  FrameDiff one = overlay_full_frame ("RGB", "background-color=0xff0000ff",
+      &info, &before, &after, NULL);
+  g_bytes_unref (before);
+  g_bytes_unref (after);
+
+  GstHarness *h = overlay_harness (&info);
+  set_properties (h, "background-color=0xff0000ff");
+  GstBuffer *input = gradient_frame (&info);
+  gint experts[] = { 3, 5 };
+  add_frame_result (input, "Sneaker", 0.87f, NULL, 2, experts);
+  add_frame_result (input, "Sneaker", 0.87f, NULL, 2, experts);
+  before = buffer_bytes (input);
+  after = push_and_pull (h, input);
+  FrameDiff two = frame_diff (&info, before, after);
+  ck_assert_int_eq (two.x0, 0);
+  ck_assert_int_eq (two.y0, 0);
+  ck_assert_int_eq (two.x1, one.x1);
+  ck_assert_int_eq (two.y1, 2 * one.y1);
+  ck_assert_int_eq (two.n_changed, 2 * one.n_changed);
+  g_bytes_unref (before);
+  g_bytes_unref (after);
+  gst_harness_teardown (h);
+}
+GST_END_TEST;
+
 /* A larger font makes a taller box. */
 GST_START_TEST (test_font_size)
 {
@@ -587,6 +618,7 @@ overlay_suite (void)
       G_N_ELEMENTS (packed_formats));
   tcase_add_test (tc, test_background_blends);
   tcase_add_test (tc, test_field_switches);
+  tcase_add_test (tc, test_results_stack);
   tcase_add_test (tc, test_font_size);
   tcase_add_loop_test (tc, test_nothing_to_draw_passes_unchanged, 0,
       G_N_ELEMENTS (packed_formats));
@@ -617,11 +649,14 @@ main (int argc, char **argv)
   srunner_run_all (runner, CK_NORMAL);
   int failed = srunner_ntests_failed (runner);
   srunner_free (runner);
+  if (failed)
+    return 1;
   /* cairo's font caches and fontconfig's configuration live until these
    * calls; without them LeakSanitizer would count them as leaks.  Every
-   * element is gone by now, so any cairo object still alive would be ours
-   * and would make cairo abort here. */
+   * element is gone by now (a failed test may leave one, hence only after
+   * success), so any cairo object still alive would be ours and would make
+   * cairo abort here. */
   cairo_debug_reset_static_data ();
   FcFini ();
-  return failed ? 1 : 0;
+  return 0;
 }
