@@ -6,11 +6,14 @@
 #include <gst/gst.h>
 
 #include "gstvmoeclassify.h"
+#include "gstvmoeoverlay.h"
 
 static gboolean
 plugin_init (GstPlugin *plugin)
 {
-  return GST_ELEMENT_REGISTER (vmoeclassify, plugin);
+  gboolean ok = GST_ELEMENT_REGISTER (vmoeclassify, plugin);
+  ok &= GST_ELEMENT_REGISTER (vmoeoverlay, plugin);
+  return ok;
 }
 
 GST_PLUGIN_DEFINE (GST_VERSION_MAJOR, GST_VERSION_MINOR, vmoe,
