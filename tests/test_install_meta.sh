@@ -39,7 +39,8 @@ marks=$(grep -c '^<!-- vmoe-example: [a-z0-9_-]*\.c -->$' "$src/README.md" || tr
 [ "$blocks" -eq "$marks" ] \
   || fail "README.md has $blocks C snippets but $marks vmoe-example marks"
 mkdir "$tmp/readme"
-for name in $(sed -n 's/^<!-- vmoe-example: \([a-z0-9_-]*\.c\) -->$/\1/p' "$src/README.md"); do
+sed -n 's/^<!-- vmoe-example: \([a-z0-9_-]*\.c\) -->$/\1/p' "$src/README.md" > "$tmp/names"
+while IFS= read -r name; do
   awk -v mark="<!-- vmoe-example: $name -->" '
     /<!-- \/vmoe-example -->/ { on = 0 }
     on && !/^```/ { print }
@@ -47,9 +48,9 @@ for name in $(sed -n 's/^<!-- vmoe-example: \([a-z0-9_-]*\.c\) -->$/\1/p' "$src/
   command=$(head -n 1 "$tmp/readme/$name" | sed -n 's|^/\* \(cc .*\)$|\1|p' | sed 's| \*/$||')
   [ -n "$command" ] || fail "README.md's $name does not begin with /* cc ... */"
   echo "README.md $name: $command"
-  (cd "$tmp/readme" && CC=${CC:-cc} sh -c "$command") \
+  (cd "$tmp/readme" && sh -c "$command") \
     || fail "README.md's $name does not compile against the installed files"
-done
+done < "$tmp/names"
 
 # pipelines/: each compile command, as written.
 commands=0
