@@ -429,11 +429,11 @@ track_latency (GstVmoeClassify *self, GstClockTime latency)
 }
 
 static void
-post_result (GstVmoeClassify *self, GstBuffer *buf, guint64 index)
+post_result (GstVmoeClassify *self, GstBuffer *buf, guint64 index, gboolean fresh)
 {
   GstBaseTransform *trans = GST_BASE_TRANSFORM (self);
   GstClockTime ts = GST_BUFFER_PTS (buf);
-  GstStructure *s = gst_vmoe_result_to_structure (&self->last, index, ts,
+  GstStructure *s = gst_vmoe_result_to_structure (&self->last, index, fresh, ts,
       gst_segment_to_stream_time (&trans->segment, GST_FORMAT_TIME, ts),
       gst_segment_to_running_time (&trans->segment, GST_FORMAT_TIME, ts));
   gst_element_post_message (GST_ELEMENT (self),
@@ -523,8 +523,11 @@ gst_vmoe_classify_transform_ip (GstBaseTransform *trans, GstBuffer *buf)
   gst_vmoe_result_fill_meta (&self->last, gst_buffer_add_vmoe_meta (buf), index, infer);
   GST_LOG_OBJECT (self, "frame %" G_GUINT64_FORMAT ": %s (%.3f)%s", index,
       self->last.top_labels[0], self->last.top_scores[0], infer ? "" : ", carried");
-  if (infer && post)
-    post_result (self, buf, index);
+  /* Every frame with a result posts, carried ones too (fresh = FALSE), so
+   * that a bus-only application sees each frame's classification as the
+   * meta gives it. */
+  if (post)
+    post_result (self, buf, index, infer);
   return GST_FLOW_OK;
 }
 
@@ -802,7 +805,7 @@ gst_vmoe_classify_class_init (GstVmoeClassifyClass *klass)
       rw | GST_PARAM_MUTABLE_READY);
   properties[PROP_POST_MESSAGES] = g_param_spec_boolean ("post-messages",
       "Post messages", "Post a 'vmoe' element message on the bus for every "
-      "classified frame", DEFAULT_POST_MESSAGES, rw | GST_PARAM_MUTABLE_PLAYING);
+      "frame with a result (field fresh: classified, not carried)", DEFAULT_POST_MESSAGES, rw | GST_PARAM_MUTABLE_PLAYING);
   properties[PROP_EXPERTS_K] = g_param_spec_int ("experts-k", "Experts k",
       "Experts per image for image routing (0: the model's k); a value the "
       "model cannot take is a warning and the value in force stays", 0, 4096, 0,

@@ -11,10 +11,30 @@ gst_vmoe_meta_api_get_type (void)
    * pixels, so every element keeps the meta. */
   static const gchar *tags[] = { NULL };
   if (g_once_init_enter (&type)) {
-    GType t = gst_meta_api_type_register ("GstVmoeMetaAPI", tags);
+    /* An earlier copy of this library may have registered it and been
+     * unloaded since (the plugin scanner opens and closes every file in a
+     * plugin folder); GType keeps the type, so reuse it. */
+    GType t = g_type_from_name ("GstVmoeMetaAPI");
+    if (t == 0)
+      t = gst_meta_api_type_register ("GstVmoeMetaAPI", tags);
     g_once_init_leave (&type, t);
   }
   return type;
+}
+
+/* Registers the API type as soon as the library is loaded, so that an
+ * application sees "GstVmoeMetaAPI" (g_type_from_name, a typelib) before any
+ * element has made a meta.  GStreamer's registration needs gst_init's
+ * quarks, so this can only happen where GStreamer is already initialised:
+ * the library dlopened by the plugin loader, by PyGObject for the typelib,
+ * or by g_module_open.  A library linked at start-up is loaded before main,
+ * hence before gst_init: there the first gst_vmoe_meta_api_get_type call
+ * registers the type, as every reader of the meta makes one. */
+__attribute__((constructor)) static void
+register_api_type_at_load (void)
+{
+  if (gst_is_initialized ())
+    gst_vmoe_meta_api_get_type ();
 }
 
 static gboolean
@@ -102,4 +122,65 @@ gst_buffer_add_vmoe_meta (GstBuffer *buffer)
 {
   g_return_val_if_fail (GST_IS_BUFFER (buffer), NULL);
   return (GstVmoeMeta *) gst_buffer_add_meta (buffer, GST_VMOE_META_INFO, NULL);
+}
+
+GstVmoeMeta *
+gst_buffer_get_vmoe_meta (GstBuffer *buffer)
+{
+  g_return_val_if_fail (GST_IS_BUFFER (buffer), NULL);
+  return (GstVmoeMeta *) gst_buffer_get_meta (buffer, GST_VMOE_META_API_TYPE);
+}
+
+const gint *
+gst_vmoe_meta_get_top_classes (const GstVmoeMeta *meta, guint *n)
+{
+  g_return_val_if_fail (meta && n, NULL);
+  *n = meta->n_top;
+  return meta->top_classes;
+}
+
+const gfloat *
+gst_vmoe_meta_get_top_scores (const GstVmoeMeta *meta, guint *n)
+{
+  g_return_val_if_fail (meta && n, NULL);
+  *n = meta->n_top;
+  return meta->top_scores;
+}
+
+const gchar *const *
+gst_vmoe_meta_get_top_labels (const GstVmoeMeta *meta)
+{
+  g_return_val_if_fail (meta, NULL);
+  return (const gchar *const *) meta->top_labels;
+}
+
+const gint *
+gst_vmoe_meta_get_experts (const GstVmoeMeta *meta, guint *n)
+{
+  g_return_val_if_fail (meta && n, NULL);
+  *n = meta->n_experts;
+  return meta->experts;
+}
+
+const gfloat *
+gst_vmoe_meta_get_gates (const GstVmoeMeta *meta, guint *n)
+{
+  g_return_val_if_fail (meta && n, NULL);
+  *n = meta->n_experts;
+  return meta->gates;
+}
+
+const GstVmoeLayerStats *
+gst_vmoe_meta_get_layer (const GstVmoeMeta *meta, guint index)
+{
+  g_return_val_if_fail (meta, NULL);
+  return index < meta->n_layers ? &meta->layers[index] : NULL;
+}
+
+const guint *
+gst_vmoe_layer_stats_get_tokens_per_expert (const GstVmoeLayerStats *layer, guint *n)
+{
+  g_return_val_if_fail (layer && n, NULL);
+  *n = layer->n_experts;
+  return layer->tokens_per_expert;
 }

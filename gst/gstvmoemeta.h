@@ -5,6 +5,9 @@
  * meta has no tags and copies itself on every transform, so it survives
  * videoconvert, videoscale and tee: a classification describes the frame's
  * content, whatever its size or format downstream.
+ *
+ * The annotations in the comments below are read by g-ir-scanner for the
+ * GstVmoe-1.0 typelib (Python: GstVmoe.buffer_get_vmoe_meta (buffer)).
  */
 #ifndef GST_VMOE_META_H
 #define GST_VMOE_META_H
@@ -16,7 +19,15 @@ G_BEGIN_DECLS
 #define GST_VMOE_META_API_TYPE (gst_vmoe_meta_api_get_type ())
 #define GST_VMOE_META_INFO (gst_vmoe_meta_get_info ())
 
-/* Token routing statistics of one MoE block. */
+/**
+ * GstVmoeLayerStats:
+ * @block: index of the MoE block in the model
+ * @n_experts: entries of @tokens_per_expert
+ * @tokens_per_expert: (array length=n_experts): tokens each expert took
+ * @dropped: assignments over capacity
+ *
+ * Token routing statistics of one MoE block.
+ */
 typedef struct {
   gint block;
   guint n_experts;
@@ -24,6 +35,32 @@ typedef struct {
   gint dropped;               /* assignments over capacity */
 } GstVmoeLayerStats;
 
+/**
+ * GstVmoeMeta:
+ * @meta: the parent
+ * @frame: index of the frame in the stream
+ * @fresh: FALSE when the result is carried from an earlier frame
+ * @latency: inference time of this result, ns
+ * @class_id: top class
+ * @label: its label
+ * @score: its softmax probability
+ * @n_top: entries of the top-k arrays
+ * @top_classes: (array length=n_top): the top-k classes, best first
+ * @top_scores: (array length=n_top): their probabilities
+ * @top_labels: (array zero-terminated=1): their labels
+ * @n_experts: image routing: chosen experts, else 0
+ * @experts: (array length=n_experts): the chosen experts
+ * @gates: (array length=n_experts): their gates
+ * @superclass: (nullable): of the first expert, NULL if unnamed
+ * @n_layers: token routing: MoE blocks, else 0
+ * @layers: (array length=n_layers): per MoE block
+ * @model_name: the model file's name without .safetensors
+ * @element_name: the vmoeclassify element's name
+ * @roi_id: -1: the whole frame; else the id of the region classified
+ *
+ * The classification of one frame.  Bindings read the arrays through the
+ * gst_vmoe_meta_get_ functions, which carry their lengths.
+ */
 typedef struct {
   GstMeta meta;
 
@@ -56,17 +93,112 @@ typedef struct {
                                  GstVideoRegionOfInterestMeta classified */
 } GstVmoeMeta;
 
+/**
+ * gst_vmoe_meta_api_get_type:
+ *
+ * Returns: the API type "GstVmoeMetaAPI", registered when the library is
+ * loaded into a process whose GStreamer is initialised, else on first call
+ */
 GType gst_vmoe_meta_api_get_type (void);
+
+/**
+ * gst_vmoe_meta_get_info:
+ *
+ * Returns: (transfer none): the meta's implementation
+ */
 const GstMetaInfo *gst_vmoe_meta_get_info (void);
 
-#define gst_buffer_get_vmoe_meta(b) \
-  ((GstVmoeMeta *) gst_buffer_get_meta ((b), GST_VMOE_META_API_TYPE))
+/**
+ * gst_buffer_get_vmoe_meta:
+ * @buffer: a #GstBuffer
+ *
+ * Returns: (transfer none) (nullable): the buffer's classification, NULL if
+ * it has none.  With several (ROI results), the first one added.
+ */
+GstVmoeMeta *gst_buffer_get_vmoe_meta (GstBuffer *buffer);
 
-/* Adds an empty meta to `buffer` (writable); the element fills it. */
+/**
+ * gst_buffer_add_vmoe_meta: (skip)
+ * @buffer: a writable #GstBuffer
+ *
+ * Adds an empty meta; the element fills it.
+ *
+ * Returns: (transfer none): the new meta
+ */
 GstVmoeMeta *gst_buffer_add_vmoe_meta (GstBuffer *buffer);
 
-/* Copies every field of `src` into the empty meta `dest`. */
+/**
+ * gst_vmoe_meta_copy_into: (skip)
+ * @dest: an empty meta
+ * @src: the meta to copy
+ *
+ * Copies every field of @src into @dest.
+ */
 void gst_vmoe_meta_copy_into (GstVmoeMeta *dest, const GstVmoeMeta *src);
+
+/**
+ * gst_vmoe_meta_get_top_classes:
+ * @meta: a #GstVmoeMeta
+ * @n: (out): number of classes
+ *
+ * Returns: (array length=n) (transfer none): the top-k classes, best first
+ */
+const gint *gst_vmoe_meta_get_top_classes (const GstVmoeMeta *meta, guint *n);
+
+/**
+ * gst_vmoe_meta_get_top_scores:
+ * @meta: a #GstVmoeMeta
+ * @n: (out): number of scores
+ *
+ * Returns: (array length=n) (transfer none): their probabilities
+ */
+const gfloat *gst_vmoe_meta_get_top_scores (const GstVmoeMeta *meta, guint *n);
+
+/**
+ * gst_vmoe_meta_get_top_labels:
+ * @meta: a #GstVmoeMeta
+ *
+ * Returns: (array zero-terminated=1) (transfer none): their labels
+ */
+const gchar *const *gst_vmoe_meta_get_top_labels (const GstVmoeMeta *meta);
+
+/**
+ * gst_vmoe_meta_get_experts:
+ * @meta: a #GstVmoeMeta
+ * @n: (out): number of experts (0 without image routing)
+ *
+ * Returns: (array length=n) (transfer none): the chosen experts
+ */
+const gint *gst_vmoe_meta_get_experts (const GstVmoeMeta *meta, guint *n);
+
+/**
+ * gst_vmoe_meta_get_gates:
+ * @meta: a #GstVmoeMeta
+ * @n: (out): number of gates (0 without image routing)
+ *
+ * Returns: (array length=n) (transfer none): the chosen experts' gates
+ */
+const gfloat *gst_vmoe_meta_get_gates (const GstVmoeMeta *meta, guint *n);
+
+/**
+ * gst_vmoe_meta_get_layer:
+ * @meta: a #GstVmoeMeta
+ * @index: 0 to n_layers - 1
+ *
+ * Returns: (transfer none) (nullable): token routing statistics of the
+ * @index-th MoE block, NULL past the last
+ */
+const GstVmoeLayerStats *gst_vmoe_meta_get_layer (const GstVmoeMeta *meta, guint index);
+
+/**
+ * gst_vmoe_layer_stats_get_tokens_per_expert:
+ * @layer: a #GstVmoeLayerStats
+ * @n: (out): number of experts
+ *
+ * Returns: (array length=n) (transfer none): tokens each expert took
+ */
+const guint *gst_vmoe_layer_stats_get_tokens_per_expert (const GstVmoeLayerStats *layer,
+    guint *n);
 
 G_END_DECLS
 

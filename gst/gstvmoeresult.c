@@ -87,12 +87,13 @@ gst_vmoe_result_fill_meta (const GstVmoeResult *r, GstVmoeMeta *m, guint64 frame
   m->element_name = g_strdup (r->element_name);
 }
 
-/* Sets field `name` of `s` to a GValueArray of n ints or floats (as doubles);
- * arrays are GValueArrays, as level posts them, so every binding reads them. */
-static void
-set_array (GstStructure *s, const char *name, GType type, const void *values, guint n)
+/* A GValueArray of n ints (G_TYPE_INT: gint or guint values) or floats (as
+ * doubles).  Message arrays are GValueArrays, as level posts them, so that
+ * every binding reads them; nested ones too (PyGObject gives lists). */
+G_GNUC_BEGIN_IGNORE_DEPRECATIONS
+static GValueArray *
+value_array (GType type, const void *values, guint n)
 {
-  G_GNUC_BEGIN_IGNORE_DEPRECATIONS
   GValueArray *arr = g_value_array_new (n);
   GValue v = G_VALUE_INIT;
   g_value_init (&v, type);
@@ -104,22 +105,51 @@ set_array (GstStructure *s, const char *name, GType type, const void *values, gu
     g_value_array_append (arr, &v);
   }
   g_value_unset (&v);
+  return arr;
+}
+
+static void
+take_array (GstStructure *s, const char *name, GValueArray *arr)
+{
   GValue field = G_VALUE_INIT;
   g_value_init (&field, g_value_array_get_type ());
   g_value_take_boxed (&field, arr);
-  G_GNUC_END_IGNORE_DEPRECATIONS
   gst_structure_take_value (s, name, &field);
 }
 
+static void
+set_array (GstStructure *s, const char *name, GType type, const void *values, guint n)
+{
+  take_array (s, name, value_array (type, values, n));
+}
+
+/* `tokens-per-expert`: one GValueArray of gint per MoE block. */
+static void
+set_tokens_per_expert (GstStructure *s, const GstVmoeResult *r)
+{
+  GValueArray *layers = g_value_array_new (r->n_layers);
+  GValue layer = G_VALUE_INIT;
+  g_value_init (&layer, g_value_array_get_type ());
+  for (guint l = 0; l < r->n_layers; l++) {
+    g_value_take_boxed (&layer, value_array (G_TYPE_INT,
+            r->tokens_per_expert + l * r->layer_experts, r->layer_experts));
+    g_value_array_append (layers, &layer);
+  }
+  g_value_unset (&layer);
+  take_array (s, "tokens-per-expert", layers);
+}
+G_GNUC_END_IGNORE_DEPRECATIONS
+
 GstStructure *
-gst_vmoe_result_to_structure (const GstVmoeResult *r, guint64 frame, GstClockTime timestamp,
-    GstClockTime stream_time, GstClockTime running_time)
+gst_vmoe_result_to_structure (const GstVmoeResult *r, guint64 frame, gboolean fresh,
+    GstClockTime timestamp, GstClockTime stream_time, GstClockTime running_time)
 {
   GstStructure *s = gst_structure_new ("vmoe",
       "timestamp", G_TYPE_UINT64, timestamp,
       "stream-time", G_TYPE_UINT64, stream_time,
       "running-time", G_TYPE_UINT64, running_time,
       "frame", G_TYPE_UINT64, frame,
+      "fresh", G_TYPE_BOOLEAN, fresh,
       "class-id", G_TYPE_INT, r->top_classes[0],
       "label", G_TYPE_STRING, r->top_labels[0],
       "score", G_TYPE_DOUBLE, (gdouble) r->top_scores[0],
@@ -134,5 +164,10 @@ gst_vmoe_result_to_structure (const GstVmoeResult *r, guint64 frame, GstClockTim
   }
   if (r->superclass)
     gst_structure_set (s, "superclass", G_TYPE_STRING, r->superclass, NULL);
+  if (r->n_layers) {
+    set_array (s, "blocks", G_TYPE_INT, r->blocks, r->n_layers);
+    set_tokens_per_expert (s, r);
+    set_array (s, "dropped", G_TYPE_INT, r->dropped, r->n_layers);
+  }
   return s;
 }

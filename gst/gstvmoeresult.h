@@ -41,9 +41,11 @@ gboolean gst_vmoe_result_is_set (const GstVmoeResult *result);
 void gst_vmoe_result_fill_meta (const GstVmoeResult *result, GstVmoeMeta *meta,
     guint64 frame, gboolean fresh);
 
-/* The `vmoe` element message's structure (README.md, docs/design.md). */
+/* The `vmoe` element message's structure (README.md, docs/design.md);
+ * `fresh` as in the meta. */
 GstStructure *gst_vmoe_result_to_structure (const GstVmoeResult *result, guint64 frame,
-    GstClockTime timestamp, GstClockTime stream_time, GstClockTime running_time);
+    gboolean fresh, GstClockTime timestamp, GstClockTime stream_time,
+    GstClockTime running_time);
 
 G_END_DECLS
 

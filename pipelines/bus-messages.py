@@ -1,10 +1,11 @@
 #!/usr/bin/python3
 """Reads vmoeclassify's bus messages from Python (PyGObject).
 
-Shows an application that only listens to the bus: every classified frame
-posts an element message named "vmoe" whose fields (class-id, label, score,
-top-classes, experts, gates, superclass, latency, timestamps) any language
-binding can read.
+Shows an application that only listens to the bus: every frame with a
+result posts an element message named "vmoe" whose fields (fresh, class-id,
+label, score, top-classes, experts, gates, superclass, for token routing
+blocks, tokens-per-expert and dropped, latency, model, element, timestamps)
+any language binding can read.
 
     /usr/bin/python3 pipelines/bus-messages.py MODEL [FRAMES]
 
@@ -60,6 +61,13 @@ def main():
                 ["%.3f" % g for g in s.get_value("gates")])
         if s.has_field("superclass"):
             line += " [%s]" % s.get_value("superclass")
+        if s.has_field("tokens-per-expert"):
+            for block, tokens, dropped in zip(s.get_value("blocks"),
+                                              s.get_value("tokens-per-expert"),
+                                              s.get_value("dropped")):
+                line += ", block %d tokens %s dropped %d" % (block, list(tokens), dropped)
+        if not s.get_value("fresh"):
+            line += " (carried)"
         print(line + ", %.2f ms" % (s.get_value("latency") / 1e6))
     pipeline.set_state(Gst.State.NULL)
     sys.exit(status)

@@ -6,11 +6,13 @@
  * GstVmoeMeta intact.
  *
  *   GST_PLUGIN_PATH=build/gst build/pipelines/read-meta MODEL [FRAMES]
- *   cc read-meta.c $(pkg-config --cflags --libs gstreamer-vmoe-1.0)   # installed
+ *
+ * Built against the installed library (tests/test_install_meta.sh runs this
+ * line as written):
+ *   cc read-meta.c $(pkg-config --cflags --libs gstreamer-vmoe-1.0) -o read-meta
  */
 #include <gst/gst.h>
-
-#include "gstvmoemeta.h"
+#include <gst/vmoe/gstvmoemeta.h>
 
 static GstPadProbeReturn
 print_meta (GstPad *pad, GstPadProbeInfo *info, gpointer user_data)

@@ -370,6 +370,10 @@ START_TEST (test_messages)
   ck_assert_uint_eq (stream_time, ts);      /* default segment from 0 */
   ck_assert_uint_eq (running_time, ts);
   ck_assert_uint_eq (frame, 0);
+  gboolean fresh;
+  ck_assert (gst_structure_get_boolean (s, "fresh", &fresh));
+  ck_assert (fresh);
+  ck_assert (meta->fresh);
   ck_assert_int_eq (class_id, meta->class_id);
   ck_assert_str_eq (gst_structure_get_string (s, "label"), meta->label);
   assert_near (score, meta->score, 1e-7);
@@ -391,8 +395,11 @@ START_TEST (test_messages)
   assert_near (g_value_get_double (g_value_array_get_nth (gates, 0)),
       meta->gates[0], 1e-7);
   G_GNUC_END_IGNORE_DEPRECATIONS
-  /* The parity models name no super-classes, so there is no such field. */
+  /* The parity models name no super-classes, so there is no such field;
+   * image routing has no token-routing statistics. */
   ck_assert (!gst_structure_has_field (s, "superclass"));
+  ck_assert (!gst_structure_has_field (s, "tokens-per-expert"));
+  ck_assert (!gst_structure_has_field (s, "dropped"));
   /* Who made it: the model file's name without .safetensors, and the element. */
   ck_assert_str_eq (gst_structure_get_string (s, "model"), "image_k1");
   ck_assert_str_eq (meta->model_name, "image_k1");
@@ -422,6 +429,19 @@ START_TEST (test_inference_interval)
     ck_assert (meta != NULL);
     ck_assert_uint_eq (meta->frame, (guint64) i);
     ck_assert_int_eq (meta->fresh, i % 3 == 0);
+    /* Carried frames post too, marked as in the meta. */
+    GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT);
+    ck_assert_msg (msg != NULL, "no message for frame %d", i);
+    const GstStructure *st = gst_message_get_structure (msg);
+    guint64 frame;
+    gboolean fresh;
+    gint message_class;
+    ck_assert (gst_structure_get (st, "frame", G_TYPE_UINT64, &frame,
+            "fresh", G_TYPE_BOOLEAN, &fresh, "class-id", G_TYPE_INT, &message_class, NULL));
+    ck_assert_uint_eq (frame, (guint64) i);
+    ck_assert_int_eq (fresh, i % 3 == 0);
+    ck_assert_int_eq (message_class, meta->class_id);
+    gst_message_unref (msg);
     if (meta->fresh) {
       int class_id, expert;
       float scores[5];
@@ -433,13 +453,8 @@ START_TEST (test_inference_interval)
     }
     gst_buffer_unref (out);
   }
-  int messages = 0;
-  GstMessage *msg;
-  while ((msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT))) {
-    messages++;
-    gst_message_unref (msg);
-  }
-  ck_assert_int_eq (messages, 3);
+  GstMessage *extra = gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT);
+  ck_assert_msg (extra == NULL, "more messages than frames");
   gst_element_set_bus (hs->element, NULL);
   gst_object_unref (bus);
   gst_harness_teardown (hs);
@@ -746,6 +761,63 @@ START_TEST (test_qos_downstream_slow_classifies_all)
 }
 END_TEST
 
+static GstBus *
+harness_bus (GstHarness *hs)
+{
+  GstBus *bus = gst_bus_new ();
+  gst_element_set_bus (hs->element, bus);
+  return bus;
+}
+
+static void
+harness_bus_free (GstHarness *hs, GstBus *bus)
+{
+  gst_element_set_bus (hs->element, NULL);
+  gst_object_unref (bus);
+}
+
+/* Assignments of token_k2_c05_bpr per block on a 32x32 image: the class
+ * token and 4x4 patches of 8 pixels, k = 2 each. */
+#define TOKEN_ASSIGNMENTS ((1 + (32 / 8) * (32 / 8)) * 2)
+
+/* The message's token-routing fields equal the meta's layers, and every
+ * block's tokens and drops add up to all the assignments. */
+static void
+expect_layer_fields (GstBus *bus, const GstVmoeMeta *meta)
+{
+  GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT);
+  ck_assert (msg != NULL);
+  const GstStructure *s = gst_message_get_structure (msg);
+  G_GNUC_BEGIN_IGNORE_DEPRECATIONS
+  GValueArray *blocks = array_field (s, "blocks");
+  GValueArray *tokens = array_field (s, "tokens-per-expert");
+  GValueArray *dropped = array_field (s, "dropped");
+  ck_assert_uint_eq (blocks->n_values, meta->n_layers);
+  ck_assert_uint_eq (tokens->n_values, meta->n_layers);
+  ck_assert_uint_eq (dropped->n_values, meta->n_layers);
+  for (guint l = 0; l < meta->n_layers; l++) {
+    const GstVmoeLayerStats *layer = &meta->layers[l];
+    ck_assert_int_eq (g_value_get_int (g_value_array_get_nth (blocks, l)), layer->block);
+    ck_assert_int_eq (g_value_get_int (g_value_array_get_nth (dropped, l)), layer->dropped);
+    GValue *row_value = g_value_array_get_nth (tokens, l);
+    ck_assert (G_VALUE_HOLDS (row_value, g_value_array_get_type ()));
+    GValueArray *row = g_value_get_boxed (row_value);
+    ck_assert_uint_eq (row->n_values, 4);
+    ck_assert_uint_eq (layer->n_experts, 4);
+    gint assigned = 0;
+    for (guint e = 0; e < row->n_values; e++) {
+      gint n = g_value_get_int (g_value_array_get_nth (row, e));
+      ck_assert_int_eq (n, (gint) layer->tokens_per_expert[e]);
+      assigned += n;
+    }
+    ck_assert_int_eq (assigned + layer->dropped, TOKEN_ASSIGNMENTS);
+  }
+  G_GNUC_END_IGNORE_DEPRECATIONS
+  ck_assert_int_eq (meta->layers[0].block, 1);      /* the model's moe.layers */
+  ck_assert_int_eq (meta->layers[1].block, 2);
+  gst_message_unref (msg);
+}
+
 START_TEST (test_routing_knobs)
 {
   GstHarness *hs = harness_for ("image_k2_norm_mean", "experts-k=1", GST_VIDEO_FORMAT_RGB, 32, 32);
@@ -764,14 +836,18 @@ START_TEST (test_routing_knobs)
 
   /* Token routing: a larger capacity ratio drops fewer assignments. */
   int dropped[2];
-  const char *ratios[] = { "capacity-ratio=0.25", "capacity-ratio=4.0" };
+  const char *ratios[] = { "post-messages=true capacity-ratio=0.25",
+    "post-messages=true capacity-ratio=4.0" };
   for (int r = 0; r < 2; r++) {
     hs = harness_for ("token_k2_c05_bpr", ratios[r], GST_VIDEO_FORMAT_RGB, 32, 32);
+    GstBus *bus = harness_bus (hs);
     out = push_frame (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, 0, rgb, &gray), 0);
     meta = gst_buffer_get_vmoe_meta (out);
     ck_assert_uint_eq (meta->n_layers, 2);
     dropped[r] = meta->layers[0].dropped + meta->layers[1].dropped;
+    expect_layer_fields (bus, meta);
     gst_buffer_unref (out);
+    harness_bus_free (hs, bus);
     gst_harness_teardown (hs);
   }
   ck_assert_int_gt (dropped[0], 0);
@@ -794,21 +870,6 @@ expect_bus_warning (GstBus *bus, GstClockTime timeout, const char *needle)
   g_error_free (err);
   g_free (debug);
   gst_message_unref (msg);
-}
-
-static GstBus *
-harness_bus (GstHarness *hs)
-{
-  GstBus *bus = gst_bus_new ();
-  gst_element_set_bus (hs->element, bus);
-  return bus;
-}
-
-static void
-harness_bus_free (GstHarness *hs, GstBus *bus)
-{
-  gst_element_set_bus (hs->element, NULL);
-  gst_object_unref (bus);
 }
 
 /* Pushes frames (counting on from *index) until one carries a meta with

@@ -28,6 +28,8 @@ out=$("$build/pipelines/read-meta" "$model" 4)
 
 out=$(/usr/bin/python3 "$src/pipelines/bus-messages.py" "$token_model" 3)
 [ "$(echo "$out" | grep -c '^frame [0-9] at ')" -eq 3 ] || fail "bus-messages: $out"
+[ "$(echo "$out" | grep -c ', block 2 tokens \[[0-9, ]*\] dropped [0-9]*')" -eq 3 ] \
+  || fail "bus-messages token routing: $out"
 
 sh -n "$src/pipelines/camera.sh" || fail "camera.sh does not parse"
 echo "pipelines: all examples ran"
