@@ -20,7 +20,17 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   FUZZ_ASSERT (config.embed_dim % config.num_heads == 0, "heads do not divide the width");
   for (int i = 0; i < config.num_classes; i++)
     FUZZ_ASSERT (config.labels && config.labels[i], "label %d missing", i);
-  GPtrArray *specs = vmoe_config_tensor_specs (&config, TRUE);
+  /* As the loader does: the spec list is bounded by what a file could hold
+   * (here a generous 64 Ki tensors and 2^28 weights), so that a config
+   * describing a huge model costs a quick error, not its whole list. */
+  GPtrArray *specs = vmoe_config_tensor_specs_within (&config, TRUE, 1 << 16,
+      (guint64) 1 << 28, &error);
+  if (!specs) {
+    fuzz_check_outcome (FALSE, error);
+    g_clear_error (&error);
+    vmoe_config_clear (&config);
+    return 0;
+  }
   for (guint i = 0; i < specs->len; i++) {
     const VmoeTensorSpec *spec = specs->pdata[i];
     for (int d = 0; d < spec->ndim; d++)
