@@ -6,11 +6,15 @@
 #include <gst/gst.h>
 
 #include "gstvmoeclassify.h"
+#include "gstvmoemetaconvert.h"
+#include "gstvmoemetapublish.h"
 
 static gboolean
 plugin_init (GstPlugin *plugin)
 {
-  return GST_ELEMENT_REGISTER (vmoeclassify, plugin);
+  return GST_ELEMENT_REGISTER (vmoeclassify, plugin)
+      && GST_ELEMENT_REGISTER (vmoemetaconvert, plugin)
+      && GST_ELEMENT_REGISTER (vmoemetapublish, plugin);
 }
 
 GST_PLUGIN_DEFINE (GST_VERSION_MAJOR, GST_VERSION_MINOR, vmoe,
