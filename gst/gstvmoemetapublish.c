@@ -299,8 +299,8 @@ gst_vmoe_meta_publish_stop (GstBaseTransform *trans)
   self->mqtt = NULL;
   GST_OBJECT_UNLOCK (self);
   if (mqtt) {
-    guint64 published = vmoe_mqtt_get_published (mqtt);
-    guint64 dropped = vmoe_mqtt_free (mqtt, DRAIN_MS);
+    guint64 published, dropped;
+    vmoe_mqtt_free (mqtt, DRAIN_MS, &published, &dropped);
     GST_OBJECT_LOCK (self);
     self->dropped += dropped;
     self->published += published;

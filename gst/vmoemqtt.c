@@ -252,7 +252,7 @@ vmoe_mqtt_new (const gchar *host, guint port, const gchar *topic, const gchar *c
   g_queue_init (&q->queue);
   q->thread = g_thread_try_new ("vmoe-mqtt", worker, q, error);
   if (!q->thread) {
-    vmoe_mqtt_free (q, 0);
+    vmoe_mqtt_free (q, 0, NULL, NULL);
     return NULL;
   }
   return q;
@@ -298,8 +298,8 @@ vmoe_mqtt_get_published (VmoeMqtt *q)
   return n;
 }
 
-guint64
-vmoe_mqtt_free (VmoeMqtt *q, guint drain_ms)
+void
+vmoe_mqtt_free (VmoeMqtt *q, guint drain_ms, guint64 *published, guint64 *dropped)
 {
   if (q->thread) {
     g_mutex_lock (&q->lock);
@@ -309,7 +309,10 @@ vmoe_mqtt_free (VmoeMqtt *q, guint drain_ms)
     g_mutex_unlock (&q->lock);
     g_thread_join (q->thread);
   }
-  guint64 dropped = q->dropped + q->queue.length;
+  if (published)
+    *published = q->published;
+  if (dropped)
+    *dropped = q->dropped + q->queue.length;
   g_queue_clear_full (&q->queue, g_free);
   g_mutex_clear (&q->lock);
   g_cond_clear (&q->cond);
@@ -317,5 +320,4 @@ vmoe_mqtt_free (VmoeMqtt *q, guint drain_ms)
   g_free (q->topic);
   g_free (q->client_id);
   g_free (q);
-  return dropped;
 }

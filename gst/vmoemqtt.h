@@ -42,9 +42,9 @@ guint64 vmoe_mqtt_get_dropped (VmoeMqtt *mqtt);
 guint64 vmoe_mqtt_get_published (VmoeMqtt *mqtt);
 
 /* Sends what is queued for up to drain_ms while connected, then stops the
- * worker and frees everything.  Returns the dropped count, what was still
- * queued included. */
-guint64 vmoe_mqtt_free (VmoeMqtt *mqtt, guint drain_ms);
+ * worker and frees everything.  The final counts go to `published` and
+ * `dropped` (what was still queued included) unless NULL. */
+void vmoe_mqtt_free (VmoeMqtt *mqtt, guint drain_ms, guint64 *published, guint64 *dropped);
 
 G_END_DECLS
 

@@ -46,8 +46,9 @@ def run_to_eos(pipeline, timeout_s=30, on_message=None):
 def value_array(gtype, items):
     """A GValueArray, the list type the ROI params of #12 use (deprecated
     in GLib, hence the silenced warning)."""
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module="gi")
-    array = GObject.ValueArray.new(len(items))
-    for x in items:
-        array.append(GObject.Value(gtype, x))
-    return GObject.Value(GObject.ValueArray, array)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        array = GObject.ValueArray.new(len(items))
+        for x in items:
+            array.append(GObject.Value(gtype, x))
+        return GObject.Value(GObject.ValueArray, array)
