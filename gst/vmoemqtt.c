@@ -154,8 +154,10 @@ worker (gpointer data)
     gint64 now = g_get_monotonic_time ();
     gchar *message = NULL;
     g_mutex_lock (&q->lock);
-    if (q->stopping && (q->state != CONNECTED || g_queue_is_empty (&q->queue)
-            || now >= q->drain_deadline)) {
+    /* At stop, what is queued gets until the deadline, a connect under way
+     * included; a broker that has already failed gets no more tries. */
+    if (q->stopping && (g_queue_is_empty (&q->queue) || now >= q->drain_deadline
+            || (q->state == DISCONNECTED && failure_reported))) {
       g_mutex_unlock (&q->lock);
       break;
     }
