@@ -7,13 +7,16 @@
 
 #include "gstvmoeclassify.h"
 #include "gstvmoeoverlay.h"
+#include "gstvmoemetaconvert.h"
+#include "gstvmoemetapublish.h"
 
 static gboolean
 plugin_init (GstPlugin *plugin)
 {
-  gboolean ok = GST_ELEMENT_REGISTER (vmoeclassify, plugin);
-  ok &= GST_ELEMENT_REGISTER (vmoeoverlay, plugin);
-  return ok;
+  return GST_ELEMENT_REGISTER (vmoeclassify, plugin)
+      && GST_ELEMENT_REGISTER (vmoeoverlay, plugin)
+      && GST_ELEMENT_REGISTER (vmoemetaconvert, plugin)
+      && GST_ELEMENT_REGISTER (vmoemetapublish, plugin);
 }
 
 GST_PLUGIN_DEFINE (GST_VERSION_MAJOR, GST_VERSION_MINOR, vmoe,

@@ -32,4 +32,8 @@ out=$(/usr/bin/python3 "$src/pipelines/bus-messages.py" "$token_model" 3)
   || fail "bus-messages token routing: $out"
 
 sh -n "$src/pipelines/camera.sh" || fail "camera.sh does not parse"
+
+port=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+n=$("$src/pipelines/mqtt.sh" "$model" 4 "$port" 2>/dev/null | grep -c '^{"objects":\[{"x":0,"y":0,"w":320,"h":240,"vmoe":{"label"')
+[ "$n" -eq 4 ] || fail "mqtt: $n messages for 4 frames"
 echo "pipelines: all examples ran"

@@ -3,6 +3,7 @@
  * stderr and a non-zero exit. */
 #include "npy.h"
 #include "vmoe/vmoe.h"
+#include "vmoejson.h"
 
 #ifdef VMOE_HAVE_GST
 #include <gst/app/gstappsink.h>
@@ -50,97 +51,62 @@ parse_options (const char *command, const char *params, const char *summary,
   return ok;
 }
 
-static void
-json_append_string (GString *out, const char *s)
-{
-  g_string_append_c (out, '"');
-  for (const unsigned char *p = (const unsigned char *) s; *p; p++) {
-    if (*p == '"' || *p == '\\')
-      g_string_append_printf (out, "\\%c", *p);
-    else if (*p < 0x20)
-      g_string_append_printf (out, "\\u%04x", *p);
-    else
-      g_string_append_c (out, (char) *p);
-  }
-  g_string_append_c (out, '"');
-}
-
-static void
-json_append_float (GString *out, double v)
-{
-  if (isfinite (v))
-    g_string_append_printf (out, "%.9g", v);
-  else
-    g_string_append (out, "null");
-}
-
-static void
-json_append_ints (GString *out, const int *v, int n)
-{
-  g_string_append_c (out, '[');
-  for (int i = 0; i < n; i++)
-    g_string_append_printf (out, "%s%d", i ? ", " : "", v[i]);
-  g_string_append_c (out, ']');
-}
-
-static void
-json_append_floats (GString *out, const float *v, int n)
-{
-  g_string_append_c (out, '[');
-  for (int i = 0; i < n; i++) {
-    if (i)
-      g_string_append (out, ", ");
-    json_append_float (out, v[i]);
-  }
-  g_string_append_c (out, ']');
-}
-
+/* One image's line of `vmoe run`: the MoE fields through the helper that
+ * vmoemetaconvert shares (gst/vmoejson.h), so both name and shape them the
+ * same way. */
 static char *
 result_to_json (const VmoeConfig *c, const VmoeImageResult *r, gsize index,
     gboolean with_logits)
 {
-  GString *out = g_string_new (NULL);
-  g_string_append_printf (out, "{\"index\": %" G_GSIZE_FORMAT ", \"top\": [", index);
+  JsonBuilder *b = json_builder_new ();
+  json_builder_begin_object (b);
+  json_builder_set_member_name (b, "index");
+  json_builder_add_int_value (b, (gint64) index);
+  json_builder_set_member_name (b, "top");
+  json_builder_begin_array (b);
   for (int j = 0; j < r->n_top; j++) {
-    g_string_append_printf (out, "%s{\"class\": %d, \"label\": ", j ? ", " : "",
-        r->top_classes[j]);
-    json_append_string (out, r->top_labels[j]);
-    g_string_append (out, ", \"score\": ");
-    json_append_float (out, r->top_scores[j]);
-    g_string_append_c (out, '}');
+    json_builder_begin_object (b);
+    json_builder_set_member_name (b, "class");
+    json_builder_add_int_value (b, r->top_classes[j]);
+    json_builder_set_member_name (b, "label");
+    json_builder_add_string_value (b, r->top_labels[j]);
+    json_builder_set_member_name (b, "score");
+    vmoe_json_add_double (b, r->top_scores[j]);
+    json_builder_end_object (b);
   }
-  g_string_append_c (out, ']');
+  json_builder_end_array (b);
   if (with_logits) {
-    g_string_append (out, ", \"logits\": ");
-    json_append_floats (out, r->logits, c->num_classes);
+    json_builder_set_member_name (b, "logits");
+    json_builder_begin_array (b);
+    for (int j = 0; j < c->num_classes; j++)
+      vmoe_json_add_double (b, r->logits[j]);
+    json_builder_end_array (b);
   }
-  if (c->routing == VMOE_ROUTING_IMAGE) {
-    g_string_append (out, ", \"experts\": ");
-    json_append_ints (out, r->experts, r->n_experts);
-    g_string_append (out, ", \"gates\": ");
-    json_append_floats (out, r->gates, r->n_experts);
-    if (c->n_superclasses) {
-      g_string_append (out, ", \"superclasses\": [");
-      for (int j = 0; j < r->n_experts; j++) {
-        g_string_append (out, j ? ", " : "");
-        json_append_string (out, r->superclasses[j]);
-      }
-      g_string_append_c (out, ']');
+  /* Token counts are never negative, so the engine's int arrays are read as
+   * the view's unsigned ones (C11 6.5p7 allows the access). */
+  VmoeJsonLayer *layers = g_new (VmoeJsonLayer, r->n_layers);
+  for (int l = 0; l < r->n_layers; l++)
+    layers[l] = (VmoeJsonLayer) { r->layers[l].block, (guint) c->num_experts,
+      (const guint *) r->layers[l].tokens_per_expert, r->layers[l].dropped };
+  VmoeJsonRouting routing = { (guint) r->n_experts, r->experts, r->gates,
+    (guint) r->n_layers, layers };
+  vmoe_json_add_routing (b, &routing);
+  g_free (layers);
+  if (r->n_experts && c->n_superclasses) {
+    json_builder_set_member_name (b, "superclasses");
+    json_builder_begin_array (b);
+    for (int j = 0; j < r->n_experts; j++) {
+      if (r->superclasses[j])
+        json_builder_add_string_value (b, r->superclasses[j]);
+      else
+        json_builder_add_null_value (b);
     }
+    json_builder_end_array (b);
   }
-  if (c->routing == VMOE_ROUTING_TOKEN) {
-    g_string_append (out, ", \"layers\": [");
-    for (int l = 0; l < r->n_layers; l++) {
-      const VmoeLayerStats *s = &r->layers[l];
-      g_string_append_printf (out, "%s{\"block\": %d, \"tokens_per_expert\": ",
-          l ? ", " : "", s->block);
-      json_append_ints (out, s->tokens_per_expert, c->num_experts);
-      g_string_append_printf (out, ", \"dropped\": %d}", s->dropped);
-    }
-    g_string_append_c (out, ']');
-  }
-  g_string_append_c (out, '}');
-  return g_string_free (out, FALSE);
+  json_builder_end_object (b);
+  char *text = vmoe_json_to_string (b, -1);
+  g_object_unref (b);
+  return text;
 }
 
 /* ------------------------------------------------------------------ info */

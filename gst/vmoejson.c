@@ -1,0 +1,66 @@
+/* The MoE fields of a classification as JSON (vmoejson.h). */
+#include "vmoejson.h"
+
+#include <math.h>
+
+void
+vmoe_json_add_double (JsonBuilder *b, gdouble value)
+{
+  if (isfinite (value))
+    json_builder_add_double_value (b, value);
+  else
+    json_builder_add_null_value (b);
+}
+
+void
+vmoe_json_add_routing (JsonBuilder *b, const VmoeJsonRouting *r)
+{
+  if (r->n_experts) {
+    json_builder_set_member_name (b, "experts");
+    json_builder_begin_array (b);
+    for (guint i = 0; i < r->n_experts; i++)
+      json_builder_add_int_value (b, r->experts[i]);
+    json_builder_end_array (b);
+    json_builder_set_member_name (b, "gates");
+    json_builder_begin_array (b);
+    for (guint i = 0; i < r->n_experts; i++)
+      vmoe_json_add_double (b, r->gates[i]);
+    json_builder_end_array (b);
+  }
+  if (r->n_layers) {
+    json_builder_set_member_name (b, "layers");
+    json_builder_begin_array (b);
+    for (guint l = 0; l < r->n_layers; l++) {
+      const VmoeJsonLayer *layer = &r->layers[l];
+      json_builder_begin_object (b);
+      json_builder_set_member_name (b, "block");
+      json_builder_add_int_value (b, layer->block);
+      json_builder_set_member_name (b, "tokens_per_expert");
+      json_builder_begin_array (b);
+      for (guint e = 0; e < layer->n_experts; e++)
+        json_builder_add_int_value (b, layer->tokens_per_expert[e]);
+      json_builder_end_array (b);
+      json_builder_set_member_name (b, "dropped");
+      json_builder_add_int_value (b, layer->dropped);
+      json_builder_end_object (b);
+    }
+    json_builder_end_array (b);
+  }
+}
+
+gchar *
+vmoe_json_to_string (JsonBuilder *b, gint indent)
+{
+  JsonNode *root = json_builder_get_root (b);
+  JsonGenerator *gen = json_generator_new ();
+  json_generator_set_root (gen, root);
+  if (indent >= 0) {
+    json_generator_set_pretty (gen, TRUE);
+    json_generator_set_indent (gen, (guint) indent);
+    json_generator_set_indent_char (gen, ' ');
+  }
+  gchar *text = json_generator_to_data (gen, NULL);
+  g_object_unref (gen);
+  json_node_unref (root);
+  return text;
+}
