@@ -73,6 +73,10 @@ typedef enum { VMOE_ACT_GELU, VMOE_ACT_GELU_TANH } VmoeActivation;
 typedef enum { VMOE_POOL_TOKEN, VMOE_POOL_AVG } VmoePool;
 typedef enum { VMOE_ROUTING_NONE, VMOE_ROUTING_IMAGE, VMOE_ROUTING_TOKEN } VmoeRouting;
 typedef enum { VMOE_ROUTER_INPUT_CLS, VMOE_ROUTER_INPUT_MEAN } VmoeRouterInput;
+/* How a frame (or region) of another shape reaches the model's size
+ * (docs/design.md, Aspect handling): keep the aspect ratio and centre-crop,
+ * or resize straight to the model's size. */
+typedef enum { VMOE_ASPECT_CROP, VMOE_ASPECT_STRETCH } VmoeAspect;
 
 typedef struct {
   char *name;
@@ -116,6 +120,9 @@ typedef struct {
   gboolean bpr;
   int n_superclasses;         /* 0, or num_experts: superclass e belongs to expert e */
   VmoeSuperclass *superclasses;
+
+  /* Appended after 0.1's fields (callers never allocate a VmoeConfig). */
+  VmoeAspect aspect;
 } VmoeConfig;
 
 /**
