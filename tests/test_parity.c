@@ -2,7 +2,8 @@
  * models of tests/parity/make_references.py.  Logits must agree to a
  * relative error of 1e-4 on the CPU backend, 1e-3 on Vulkan and 1e-2 with
  * Vulkan's fp16 weights (max |c - ref| / max |ref| per image), and every
- * routing decision exactly: experts, token counts per expert, drops.
+ * routing decision exactly: experts, token counts per expert, drops.  An
+ * input with "regions" runs its frames with those regions of interest.
  *
  *   test_parity DIR [cpu|vulkan|vulkan-fp16]
  *
@@ -36,8 +37,10 @@ relative_error (const float *got, JsonArray *want, int n)
   return max_diff / MAX (max_ref, 1e-12);
 }
 
+/* regions: NULL, or the input's "regions", one [x, y, w, h] per image. */
 static gboolean
-run_input (VmoeSession *session, const NpyArray *input, int first, int count)
+run_input (VmoeSession *session, const NpyArray *input, JsonArray *regions, int first,
+    int count)
 {
   const VmoeConfig *c = vmoe_model_get_config (vmoe_session_get_model (session));
   GError *error = NULL;
@@ -54,6 +57,13 @@ run_input (VmoeSession *session, const NpyArray *input, int first, int count)
       vmoe_image_init_packed (&images[i],
           (const guint8 *) input->data + (size_t) (first + i) * h * w * ch, w, h, ch,
           (size_t) w * ch);
+    for (int i = 0; regions && i < count; i++) {
+      JsonArray *r = json_array_get_array_element (regions, first + i);
+      images[i].region.x = (int) json_array_get_int_element (r, 0);
+      images[i].region.y = (int) json_array_get_int_element (r, 1);
+      images[i].region.width = (int) json_array_get_int_element (r, 2);
+      images[i].region.height = (int) json_array_get_int_element (r, 3);
+    }
     ok = vmoe_session_run_u8 (session, images, count, &error);
   }
   ck_assert_msg (ok, "run: %s", error ? error->message : "");
@@ -104,6 +114,49 @@ check_image (const char *what, const VmoeConfig *c, const VmoeImageResult *r,
   }
 }
 
+/* Every region of an input, all on its first frame, in one batch (the
+ * Vulkan backend uploads that frame once): each result must equal the same
+ * region run alone, within the logit tolerance (the CPU's GEMM blocking
+ * depends on the batch size) and with the same experts. */
+static void
+check_regions_of_one_frame (VmoeSession *batched, VmoeSession *single,
+    const NpyArray *input, JsonArray *regions, const char *what)
+{
+  const VmoeConfig *c = vmoe_model_get_config (vmoe_session_get_model (batched));
+  int n = (int) json_array_get_length (regions);
+  int h = (int) input->shape[1], w = (int) input->shape[2], ch = (int) input->shape[3];
+  VmoeImage images[16];
+  ck_assert_int_le (n, 16);
+  for (int i = 0; i < n; i++) {
+    JsonArray *r = json_array_get_array_element (regions, i);
+    vmoe_image_init_packed (&images[i], input->data, w, h, ch, (size_t) w * ch);
+    images[i].region.x = (int) json_array_get_int_element (r, 0);
+    images[i].region.y = (int) json_array_get_int_element (r, 1);
+    images[i].region.width = (int) json_array_get_int_element (r, 2);
+    images[i].region.height = (int) json_array_get_int_element (r, 3);
+  }
+  GError *error = NULL;
+  ck_assert_msg (vmoe_session_run_u8 (batched, images, n, &error), "%s: %s", what,
+      error ? error->message : "");
+  for (int i = 0; i < n; i++) {
+    ck_assert_msg (vmoe_session_run_u8 (single, &images[i], 1, &error), "%s: %s", what,
+        error ? error->message : "");
+    const VmoeImageResult *alone = vmoe_session_get_result (single, 0);
+    const VmoeImageResult *in_batch = vmoe_session_get_result (batched, i);
+    double max_diff = 0, max_ref = 1e-12;
+    for (int k = 0; k < c->num_classes; k++) {
+      max_diff = MAX (max_diff, fabs (in_batch->logits[k] - alone->logits[k]));
+      max_ref = MAX (max_ref, fabs (alone->logits[k]));
+    }
+    ck_assert_msg (max_diff / max_ref <= logit_tolerance,
+        "%s: region %d of one shared frame: relative logit error %g in the batch "
+        "against alone", what, i, max_diff / max_ref);
+    ck_assert_int_eq (in_batch->n_experts, alone->n_experts);
+    for (int j = 0; j < alone->n_experts; j++)
+      ck_assert_int_eq (in_batch->experts[j], alone->experts[j]);
+  }
+}
+
 START_TEST (test_case)
 {
   JsonObject *test = json_array_get_object_element (cases, _i);
@@ -129,16 +182,20 @@ START_TEST (test_case)
     int n = (int) input.shape[0];
     char *what = g_strdup_printf ("%s/%s", name,
         json_object_get_string_member (expected, "kind"));
+    JsonArray *regions = json_object_has_member (expected, "regions")
+        ? json_object_get_array_member (expected, "regions") : NULL;
     /* The whole batch at once... */
-    run_input (batched, &input, 0, n);
+    run_input (batched, &input, regions, 0, n);
     for (int i = 0; i < n; i++)
       check_image (what, c, vmoe_session_get_result (batched, i), expected, i);
     /* ...and each image alone: a frame's result never depends on the batch. */
     for (int i = 0; i < n; i++) {
-      run_input (single, &input, i, 1);
+      run_input (single, &input, regions, i, 1);
       const VmoeImageResult *r = vmoe_session_get_result (single, 0);
       check_image (what, c, r, expected, i);
     }
+    if (regions)
+      check_regions_of_one_frame (batched, single, &input, regions, what);
     g_free (what);
     npy_clear (&input);
     g_free (input_path);
@@ -204,7 +261,7 @@ main (int argc, char **argv)
   cases = json_object_get_array_member (
       json_node_get_object (json_parser_get_root (parser)), "cases");
   int n_cases = (int) json_array_get_length (cases);
-  if (n_cases < 10) {
+  if (n_cases < 11) {
     fprintf (stderr, "test_parity: only %d cases in %s\n", n_cases, expected_path);
     return 1;
   }
