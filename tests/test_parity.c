@@ -209,6 +209,73 @@ START_TEST (test_case)
 }
 END_TEST
 
+/* YUV frames with regions, which the PyTorch cases do not have: the
+ * session's backend against a CPU session (whose YUV regions test_ops
+ * checks by hand), all regions of each frame in one batch.  The frames are
+ * 33 x 27, so chroma rows and columns are rounded up, and the regions sit
+ * at odd and even offsets, reach past edges and are 1 pixel wide. */
+START_TEST (test_yuv_regions_match_cpu)
+{
+  char *path = g_build_filename (parity_dir, "image_k1.safetensors", NULL);
+  GError *error = NULL;
+  VmoeModel *model = vmoe_model_load (path, &error);
+  ck_assert_msg (model != NULL, "%s", error ? error->message : "");
+  const VmoeConfig *c = vmoe_model_get_config (model);
+  VmoeSessionOptions cpu_options;
+  vmoe_session_options_init (&cpu_options);
+  cpu_options.backend = VMOE_BACKEND_CPU;
+  VmoeSession *session = vmoe_session_new (model, &options, &error);
+  VmoeSession *cpu = session ? vmoe_session_new (model, &cpu_options, &error) : NULL;
+  ck_assert_msg (session && cpu, "%s", error ? error->message : "");
+
+  enum { W = 33, H = 27, CW = (W + 1) / 2, CH = (H + 1) / 2 };
+  guint8 y[H * W], u[CH * CW], v[CH * CW], uv[CH * CW * 2];
+  GRand *rand = g_rand_new_with_seed (12);
+  for (int i = 0; i < H * W; i++)
+    y[i] = (guint8) (40 + (i % W) * 4 + g_rand_int_range (rand, 0, 40));
+  for (int i = 0; i < CH * CW; i++) {
+    u[i] = uv[2 * i] = (guint8) g_rand_int_range (rand, 60, 200);
+    v[i] = uv[2 * i + 1] = (guint8) g_rand_int_range (rand, 60, 200);
+  }
+  g_rand_free (rand);
+  VmoeImage frames[2] = {
+    { .format = VMOE_PIXEL_I420, .width = W, .height = H, .planes = { y, u, v },
+      .strides = { W, CW, CW } },
+    { .format = VMOE_PIXEL_NV12, .width = W, .height = H, .planes = { y, uv },
+      .strides = { W, 2 * CW } } };
+  const int regions[][4] = { { 1, 3, 20, 15 }, { 2, 2, 31, 25 }, { -4, 11, 9, 40 },
+    { 32, 0, 1, 27 }, { 5, 7, 1, 1 }, { 0, 0, 0, 0 } };
+  enum { R = G_N_ELEMENTS (regions) };
+  for (int f = 0; f < 2; f++) {
+    VmoeImage images[R];
+    for (int i = 0; i < R; i++) {
+      images[i] = frames[f];
+      images[i].region.x = regions[i][0], images[i].region.y = regions[i][1];
+      images[i].region.width = regions[i][2], images[i].region.height = regions[i][3];
+    }
+    ck_assert_msg (vmoe_session_run_u8 (session, images, R, &error), "%s", error ? error->message : "");
+    ck_assert_msg (vmoe_session_run_u8 (cpu, images, R, &error), "%s", error ? error->message : "");
+    for (int i = 0; i < R; i++) {
+      const VmoeImageResult *got = vmoe_session_get_result (session, i);
+      const VmoeImageResult *want = vmoe_session_get_result (cpu, i);
+      double max_diff = 0, max_ref = 1e-12;
+      for (int k = 0; k < c->num_classes; k++) {
+        max_diff = MAX (max_diff, fabs (got->logits[k] - want->logits[k]));
+        max_ref = MAX (max_ref, fabs (want->logits[k]));
+      }
+      ck_assert_msg (max_diff / max_ref <= logit_tolerance,
+          "format %d region %d: relative logit error %g against the CPU",
+          frames[f].format, i, max_diff / max_ref);
+      ck_assert_int_eq (got->experts[0], want->experts[0]);
+    }
+  }
+  vmoe_session_free (session);
+  vmoe_session_free (cpu);
+  vmoe_model_unref (model);
+  g_free (path);
+}
+END_TEST
+
 /* Whether a Vulkan session opens on the dense case's model; says why not. */
 static gboolean
 vulkan_opens (void)
@@ -270,6 +337,7 @@ main (int argc, char **argv)
   TCase *tc = tcase_create ("pytorch");
   tcase_set_timeout (tc, 120);
   tcase_add_loop_test (tc, test_case, 0, n_cases);
+  tcase_add_test (tc, test_yuv_regions_match_cpu);
   suite_add_tcase (s, tc);
   SRunner *runner = srunner_create (s);
   /* A Vulkan instance (made by the probe above, kept for the process) does
