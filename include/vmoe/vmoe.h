@@ -392,8 +392,11 @@ VMOE_API gboolean vmoe_session_set_top_k (VmoeSession *session, int top_k,
 /* Classifies n images already pre-processed: float32 [n, C, H, W]. */
 VMOE_API gboolean vmoe_session_run_f32 (VmoeSession *session, const float *input,
     int n, GError **error);
-/* Classifies n 8-bit frames of any size through the pre-processing of
- * docs/design.md (resize, centre crop, normalise). */
+/* Classifies n 8-bit frames of any size, or their regions, through the
+ * pre-processing of docs/design.md (resize, centre crop or stretch,
+ * normalise).  The regions of one frame go in one call as images that share
+ * its planes; an image whose region is empty once clamped fails the call
+ * with VMOE_ERROR_INVALID_ARGUMENT naming its index. */
 VMOE_API gboolean vmoe_session_run_u8 (VmoeSession *session, const VmoeImage *images,
     int n, GError **error);
 /**
