@@ -5,7 +5,10 @@
 // converting its four source pixels to the model's channels (YUV to 8-bit
 // RGB first, BT.601 limited range), then normalises.  The raw frame planes
 // sit in the byte buffer; per-image geometry and pixel layout (the table in
-// src/pixel-format.c) in the integer buffer.
+// src/pixel-format.c) in the integer buffer.  A region is sampled in place:
+// source indices are clamped to the crop (P_WIDTH x P_HEIGHT), and pixels
+// read at their frame coordinates (crop + P_ORIGIN), so YUV chroma is the
+// frame's own.
 #include "common.glsl"
 layout(local_size_x = 16, local_size_y = 16) in;
 
@@ -18,7 +21,8 @@ const uint P_KIND = 0u, P_WIDTH = 1u, P_HEIGHT = 2u, P_PLANE = 3u,
            P_SCALE_X = 12u, P_IDENTITY = 13u, P_BYTES_PER_PIXEL = 14u,
            P_RED = 15u, P_GREEN = 16u, P_BLUE = 17u, P_CHROMA_BYTES = 18u,
            P_U_PLANE = 19u, P_U_OFFSET = 20u, P_V_PLANE = 21u,
-           P_V_OFFSET = 22u, FRAME_PARAMS = 24u;
+           P_V_OFFSET = 22u, P_ORIGIN_X = 23u, P_ORIGIN_Y = 24u,
+           FRAME_PARAMS = 25u;
 
 layout(push_constant) uniform Params {
   uint params_off, out_off, height, width, channels;
@@ -43,9 +47,10 @@ vec3 yuv_to_rgb(float y, float u, float v)
               clamp_round(c + 2.017232 * d));
 }
 
-// The model-channel values of pixel (x, y) in [0, 1].
-vec3 pixel_values(uint prm, uint x, uint y)
+// The model-channel values of pixel (x, y) of the crop in [0, 1].
+vec3 pixel_values(uint prm, uint cx, uint cy)
 {
+  uint x = cx + uint(I[prm + P_ORIGIN_X]), y = cy + uint(I[prm + P_ORIGIN_Y]);
   int kind = I[prm + P_KIND];
   uint plane0 = uint(I[prm + P_PLANE]), stride0 = uint(I[prm + P_STRIDE]);
   uint row = plane0 + y * stride0;

@@ -269,8 +269,8 @@ parse_superclasses (JsonObject *moe, VmoeConfig *c, GError **error)
   return TRUE;
 }
 
-/* docs/design.md defines E3 ensembles ("ensemble_members") and aspect
- * "stretch", which this engine does not compute yet.  Ignoring them would
+/* docs/design.md defines E3 ensembles ("ensemble_members"), which this
+ * engine does not compute yet.  Ignoring them would
  * give a model a result other than the one it was trained for, so such a
  * model is refused until they are implemented. */
 static gboolean
@@ -285,18 +285,6 @@ refuse_unimplemented_ensembles (JsonObject *moe, GError **error)
   return TRUE;
 }
 
-static gboolean
-refuse_unimplemented_aspect (JsonObject *root, GError **error)
-{
-  static const char *const aspects[] = { "crop", "stretch", NULL };
-  int aspect = 0;
-  if (!get_choice (root, "aspect", aspects, 0, &aspect, error))
-    return FALSE;
-  if (aspect != 0)
-    return config_error (error, "aspect",
-        "is \"stretch\": not implemented by this libvmoe yet (only \"crop\")");
-  return TRUE;
-}
 
 static gboolean
 parse_moe (JsonObject *root, VmoeConfig *c, GError **error)
@@ -368,7 +356,8 @@ parse_root (JsonObject *root, VmoeConfig *c, GError **error)
   static const char *const acts[] = { "gelu", "gelu_tanh", NULL };
   static const char *const pools[] = { "token", "avg", NULL };
   static const char *const resizes[] = { "bilinear", NULL };
-  int act, pool, resize, version;
+  static const char *const aspects[] = { "crop", "stretch", NULL };
+  int act, pool, resize, aspect, version;
 
   JsonNode *format = json_object_get_member (root, "format");
   if (!format || !JSON_NODE_HOLDS_VALUE (format)
@@ -391,8 +380,9 @@ parse_root (JsonObject *root, VmoeConfig *c, GError **error)
       || !get_int (root, "num_classes", TRUE, 0, 1, MAX_CLASSES, &c->num_classes, error)
       || !get_choice (root, "resize", resizes, 0, &resize, error)
       || !get_double (root, "crop_pct", 1.0, &c->crop_pct, error)
-      || !refuse_unimplemented_aspect (root, error))
+      || !get_choice (root, "aspect", aspects, 0, &aspect, error))
     return FALSE;
+  c->aspect = aspect == 0 ? VMOE_ASPECT_CROP : VMOE_ASPECT_STRETCH;
   c->act = act == 0 ? VMOE_ACT_GELU : VMOE_ACT_GELU_TANH;
   c->pool = pool == 0 ? VMOE_POOL_TOKEN : VMOE_POOL_AVG;
 

@@ -55,7 +55,7 @@ cpu_backend_forward_u8 (void *impl, const VmoeImage *images, int n,
     backend->input_images = n;
   }
   for (int i = 0; i < n; i++)
-    if (!vmoe_preprocess (c, &images[i], backend->input + i * per_image, error))
+    if (!vmoe_preprocess_image (c, &images[i], i, backend->input + i * per_image, error))
       return FALSE;
   return cpu_backend_forward_f32 (impl, backend->input, n, out, error);
 }

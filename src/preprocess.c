@@ -1,4 +1,10 @@
-/* Pre-processing of 8-bit frames (DESIGN.md, Forward pass step 1).
+/* Pre-processing of 8-bit frames (docs/design.md, Forward pass step 1,
+ * Aspect handling and Regions of interest).
+ *
+ * A region is sampled in place: its pixels are addressed at their frame
+ * coordinates (so a YUV pixel takes the chroma sample of its 2x2 block in
+ * the frame, exactly the RGB the whole frame has there) while the bilinear
+ * source indices are clamped to the region.
  *
  * Resize and crop are fused: each output pixel of the crop maps to a pixel of
  * the virtual resized image, whose four bilinear source pixels are converted
@@ -106,6 +112,35 @@ vmoe_image_check (const VmoeImage *image, GError **error)
   return FALSE;
 }
 
+gboolean
+vmoe_image_crop (const VmoeImage *image, int index, VmoeCrop *crop, GError **error)
+{
+  GError *frame_error = NULL;
+  if (!vmoe_image_check (image, &frame_error)) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT, "image %d: %s",
+        index, frame_error->message);
+    g_error_free (frame_error);
+    return FALSE;
+  }
+  int rx = image->region.x, ry = image->region.y;
+  int rw = image->region.width, rh = image->region.height;
+  if (rw == 0 || rh == 0) {
+    *crop = (VmoeCrop) { 0, 0, image->width, image->height };
+    return TRUE;
+  }
+  /* 64-bit: x + width may overflow an int. */
+  gint64 x0 = CLAMP ((gint64) rx, 0, image->width), x1 = CLAMP ((gint64) rx + rw, 0, image->width);
+  gint64 y0 = CLAMP ((gint64) ry, 0, image->height), y1 = CLAMP ((gint64) ry + rh, 0, image->height);
+  if (x1 <= x0 || y1 <= y0) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
+        "image %d: region x %d, y %d, width %d, height %d is empty once clamped "
+        "to the %dx%d frame", index, rx, ry, rw, rh, image->width, image->height);
+    return FALSE;
+  }
+  *crop = (VmoeCrop) { (int) x0, (int) y0, (int) (x1 - x0), (int) (y1 - y0) };
+  return TRUE;
+}
+
 size_t
 vmoe_image_plane_bytes (const VmoeImage *img, int plane)
 {
@@ -133,7 +168,7 @@ static void
 resized_sides (const VmoeConfig *c, int w0, int h0, double *rh, double *rw)
 {
   int ht = c->image_h, wt = c->image_w;
-  if (h0 == ht && w0 == wt) {
+  if ((h0 == ht && w0 == wt) || c->aspect == VMOE_ASPECT_STRETCH) {
     *rh = ht, *rw = wt;
     return;
   }
@@ -143,17 +178,18 @@ resized_sides (const VmoeConfig *c, int w0, int h0, double *rh, double *rw)
 }
 
 gboolean
-vmoe_frame_check (const VmoeConfig *c, const VmoeImage *image, GError **error)
+vmoe_frame_check (const VmoeConfig *c, const VmoeImage *image, int index,
+    VmoeCrop *crop, GError **error)
 {
-  if (!vmoe_image_check (image, error))
+  if (!vmoe_image_crop (image, index, crop, error))
     return FALSE;
   double rh, rw;
-  resized_sides (c, image->width, image->height, &rh, &rw);
+  resized_sides (c, crop->width, crop->height, &rh, &rw);
   if (rh <= MAX_RESIZED_SIDE && rw <= MAX_RESIZED_SIDE)
     return TRUE;
   g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
-      "a %dx%d frame resizes to %.0fx%.0f for this model (crop_pct %g), over "
-      "the %d-pixel limit on a side", image->width, image->height, rw, rh,
+      "image %d: a %dx%d crop resizes to %.0fx%.0f for this model (crop_pct %g), "
+      "over the %d-pixel limit on a side", index, crop->width, crop->height, rw, rh,
       c->crop_pct, MAX_RESIZED_SIDE);
   return FALSE;
 }
@@ -190,10 +226,18 @@ gboolean
 vmoe_preprocess (const VmoeConfig *c, const VmoeImage *image, float *out,
     GError **error)
 {
-  int h0 = image->height, w0 = image->width;
-  int ht = c->image_h, wt = c->image_w, ch_out = c->in_channels;
-  if (!vmoe_frame_check (c, image, error))
+  return vmoe_preprocess_image (c, image, 0, out, error);
+}
+
+gboolean
+vmoe_preprocess_image (const VmoeConfig *c, const VmoeImage *image, int index,
+    float *out, GError **error)
+{
+  VmoeCrop crop;
+  if (!vmoe_frame_check (c, image, index, &crop, error))
     return FALSE;
+  int h0 = crop.height, w0 = crop.width, ox = crop.x, oy = crop.y;
+  int ht = c->image_h, wt = c->image_w, ch_out = c->in_channels;
 
   VmoeResizeGeometry g;
   vmoe_resize_geometry (c, w0, h0, &g);
@@ -210,15 +254,15 @@ vmoe_preprocess (const VmoeConfig *c, const VmoeImage *image, float *out,
     for (int x = 0; x < wt; x++) {
       float v[3];
       if (identity) {
-        pixel_values (image, layout, x + left, y + top, ch_out, v);
+        pixel_values (image, layout, ox + x + left, oy + y + top, ch_out, v);
       } else {
         int x0, x1;
         float lx, a[3], b[3], cc[3], d[3];
         source_index (x + left, scale_x, w0, &x0, &x1, &lx);
-        pixel_values (image, layout, x0, y0, ch_out, a);
-        pixel_values (image, layout, x1, y0, ch_out, b);
-        pixel_values (image, layout, x0, y1, ch_out, cc);
-        pixel_values (image, layout, x1, y1, ch_out, d);
+        pixel_values (image, layout, ox + x0, oy + y0, ch_out, a);
+        pixel_values (image, layout, ox + x1, oy + y0, ch_out, b);
+        pixel_values (image, layout, ox + x0, oy + y1, ch_out, cc);
+        pixel_values (image, layout, ox + x1, oy + y1, ch_out, d);
         for (int ch = 0; ch < ch_out; ch++)
           v[ch] = (1 - ly) * ((1 - lx) * a[ch] + lx * b[ch])
               + ly * ((1 - lx) * cc[ch] + lx * d[ch]);

@@ -92,9 +92,9 @@ GPtrArray *vmoe_config_tensor_specs_within (const VmoeConfig *config,
 int vmoe_token_capacity (int top_k, int tokens, double capacity_ratio,
     int num_experts);
 
-/* Where the crop of a w0 x h0 frame lies in the virtual resized frame
- * (DESIGN.md step 1); shared by the CPU pre-processing and the Vulkan
- * shader's parameters. */
+/* Where the model's Ht x Wt input lies in the virtual resized frame, for a
+ * frame (or region) of w0 x h0 (docs/design.md step 1 and Aspect handling);
+ * shared by the CPU pre-processing and the Vulkan shader's parameters. */
 typedef struct {
   int top, left;
   float scale_y, scale_x;     /* source pixels per resized pixel */
@@ -126,10 +126,24 @@ typedef struct {
 const VmoePixelLayout *vmoe_pixel_layout (VmoePixelFormat format);
 
 gboolean vmoe_image_check (const VmoeImage *image, GError **error);
-/* vmoe_image_check, and the frame's resize for the model fits the int
- * geometry and the float source coordinates. */
-gboolean vmoe_frame_check (const VmoeConfig *c, const VmoeImage *image,
+
+/* The pixels one image classifies: its region clamped to the frame, or the
+ * whole frame without one (docs/design.md, Regions of interest). */
+typedef struct {
+  int x, y, width, height;
+} VmoeCrop;
+
+/* Checks image `index` of a batch (its frame and its region) and gives its
+ * crop; an error names the index. */
+gboolean vmoe_image_crop (const VmoeImage *image, int index, VmoeCrop *crop,
     GError **error);
+/* vmoe_preprocess for image `index` of a batch. */
+gboolean vmoe_preprocess_image (const VmoeConfig *config, const VmoeImage *image,
+    int index, float *out, GError **error);
+/* vmoe_image_crop, and the crop's resize for the model fits the int
+ * geometry and the float source coordinates. */
+gboolean vmoe_frame_check (const VmoeConfig *c, const VmoeImage *image, int index,
+    VmoeCrop *crop, GError **error);
 /* Bytes of plane `plane` from its first byte to its last used one (0 for a
  * plane the format does not have); valid for a checked image. */
 size_t vmoe_image_plane_bytes (const VmoeImage *image, int plane);

@@ -397,14 +397,14 @@ START_TEST (test_unknown_enum)
 }
 END_TEST
 
-/* aspect "stretch" and E3 ensembles are in the contract but not computed
- * yet: a model asking for them must not load and silently get the plain
- * forward pass; the defaults still load. */
+/* E3 ensembles are in the contract but not computed yet: a model asking
+ * for them must not load and silently get the plain forward pass; the
+ * defaults still load.  "aspect" takes "crop" and "stretch" only. */
 START_TEST (test_unimplemented_additions_refused)
 {
   JsonNode *s = json_node_new (JSON_NODE_VALUE);
-  json_node_set_string (s, "stretch");
-  expect_config_error (NULL, "aspect", s, "'aspect' is \"stretch\": not implemented");
+  json_node_set_string (s, "squash");
+  expect_config_error (NULL, "aspect", s, "'aspect' must be one of");
   const char *moe = "{\"layers\": [1], \"num_experts\": 4, \"top_k\": 1}";
   expect_config_error (moe, "moe.ensemble_members", int_node (2),
       "'moe.ensemble_members' is 2: E3 ensembles are not implemented");
@@ -414,9 +414,23 @@ START_TEST (test_unimplemented_additions_refused)
   GError *error = NULL;
   VmoeModel *model = vmoe_model_load (path, &error);
   ck_assert_msg (model != NULL, "%s", error ? error->message : "");
+  ck_assert_int_eq (vmoe_model_get_config (model)->aspect, VMOE_ASPECT_CROP);
   vmoe_model_unref (model);
   g_unlink (path);
   g_free (path);
+  g_free (config);
+
+  config = test_config_json (NULL);
+  char *stretch = g_strdup_printf ("%.*s, \"aspect\": \"stretch\"}",
+      (int) strlen (config) - 1, config);
+  path = test_write_random_model (stretch);
+  model = vmoe_model_load (path, &error);
+  ck_assert_msg (model != NULL, "%s", error ? error->message : "");
+  ck_assert_int_eq (vmoe_model_get_config (model)->aspect, VMOE_ASPECT_STRETCH);
+  vmoe_model_unref (model);
+  g_unlink (path);
+  g_free (path);
+  g_free (stretch);
   g_free (config);
 }
 END_TEST

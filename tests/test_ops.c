@@ -533,6 +533,258 @@ START_TEST (test_preprocess_rejects_huge_resize)
 }
 END_TEST
 
+/* ------------------------------------------------ regions and aspect */
+
+/* Random bytes in every plane of a w x h frame of `format`, with strides
+ * padded past the row so that the tests also check the stride use. */
+typedef struct {
+  VmoeImage image;
+  guint8 *bytes[3];
+} TestFrame;
+
+static void
+test_frame_init (TestFrame *f, VmoePixelFormat format, int w, int h, guint32 seed)
+{
+  int bpp = vmoe_pixel_format_bytes_per_pixel (format);
+  int planes = format == VMOE_PIXEL_I420 ? 3 : format == VMOE_PIXEL_NV12 ? 2 : 1;
+  GRand *rand = g_rand_new_with_seed (seed);
+  memset (f, 0, sizeof *f);
+  f->image = (VmoeImage) { .format = format, .width = w, .height = h };
+  for (int q = 0; q < planes; q++) {
+    int rows = q == 0 ? h : (h + 1) / 2;
+    size_t row = q == 0 ? (size_t) w * bpp : (size_t) (w + 1) / 2 * (planes == 2 ? 2 : 1);
+    size_t stride = row + 3;
+    f->bytes[q] = g_malloc (stride * rows);
+    for (size_t i = 0; i < stride * rows; i++)
+      f->bytes[q][i] = (guint8) g_rand_int_range (rand, 0, 256);
+    f->image.planes[q] = f->bytes[q];
+    f->image.strides[q] = stride;
+  }
+  g_rand_free (rand);
+}
+
+static void
+test_frame_clear (TestFrame *f)
+{
+  for (int q = 0; q < 3; q++)
+    g_free (f->bytes[q]);
+}
+
+/* The pixels of `region` of `src` copied into a frame of their own; chroma
+ * rows and columns from (x / 2, y / 2), so for YUV the region must start at
+ * even coordinates for the copy to hold the same colours. */
+static void
+test_frame_copy_region (TestFrame *dst, const TestFrame *src, int x, int y, int w, int h)
+{
+  VmoePixelFormat format = src->image.format;
+  test_frame_init (dst, format, w, h, 1);
+  int bpp = vmoe_pixel_format_bytes_per_pixel (format);
+  for (int r = 0; r < h; r++)
+    memcpy (dst->bytes[0] + r * dst->image.strides[0],
+        src->bytes[0] + (r + y) * src->image.strides[0] + (size_t) x * bpp, (size_t) w * bpp);
+  for (int q = 1; q < 3 && src->bytes[q]; q++) {
+    int pair = format == VMOE_PIXEL_NV12 ? 2 : 1;
+    for (int r = 0; r < (h + 1) / 2; r++)
+      memcpy (dst->bytes[q] + r * dst->image.strides[q],
+          src->bytes[q] + (r + y / 2) * src->image.strides[q] + (size_t) (x / 2) * pair,
+          (size_t) (w + 1) / 2 * pair);
+  }
+}
+
+static void
+preprocess_ok (const VmoeConfig *c, const VmoeImage *img, float *out)
+{
+  GError *error = NULL;
+  ck_assert_msg (vmoe_preprocess (c, img, out, &error), "%s", error ? error->message : "");
+}
+
+/* A region covering the whole frame, given exactly or reaching past every
+ * edge (clamped back to the frame), is the frame: bit-identical output. */
+START_TEST (test_region_whole_frame_is_the_frame)
+{
+  TestFrame f;
+  test_frame_init (&f, VMOE_PIXEL_RGB, 13, 11, 5);
+  VmoeConfig c = preprocess_config (8, 6, 3, 0.875);
+  float whole[3 * 48], exact[3 * 48], past[3 * 48];
+  for (int aspect = VMOE_ASPECT_CROP; aspect <= VMOE_ASPECT_STRETCH; aspect++) {
+    c.aspect = aspect;
+    preprocess_ok (&c, &f.image, whole);
+    VmoeImage img = f.image;
+    img.region.width = 13, img.region.height = 11;
+    preprocess_ok (&c, &img, exact);
+    img.region.x = -4, img.region.y = -9, img.region.width = 40, img.region.height = 30;
+    preprocess_ok (&c, &img, past);
+    ck_assert_mem_eq (whole, exact, sizeof whole);
+    ck_assert_mem_eq (whole, past, sizeof whole);
+  }
+  test_frame_clear (&f);
+}
+END_TEST
+
+/* A region equals its pixels copied into a frame of their own, for every
+ * pixel format and both aspect modes, at a model size that makes both
+ * resample.  Packed formats take odd offsets; YUV even ones, where the copy
+ * keeps each pixel's chroma sample (odd ones: the next test). */
+START_TEST (test_region_is_its_pixels_as_a_frame)
+{
+  const VmoePixelFormat formats[] = { VMOE_PIXEL_GRAY8, VMOE_PIXEL_RGB, VMOE_PIXEL_BGR,
+    VMOE_PIXEL_RGBA, VMOE_PIXEL_BGRA, VMOE_PIXEL_ARGB, VMOE_PIXEL_ABGR,
+    VMOE_PIXEL_I420, VMOE_PIXEL_NV12 };
+  for (guint i = 0; i < G_N_ELEMENTS (formats); i++) {
+    gboolean yuv = formats[i] == VMOE_PIXEL_I420 || formats[i] == VMOE_PIXEL_NV12;
+    int x = yuv ? 4 : 3, y = yuv ? 2 : 5, w = 7, h = 5;
+    TestFrame frame, copy;
+    test_frame_init (&frame, formats[i], 13, 11, 10 + i);
+    test_frame_copy_region (&copy, &frame, x, y, w, h);
+    for (int channels = 1; channels <= 3; channels += 2)
+      for (int aspect = VMOE_ASPECT_CROP; aspect <= VMOE_ASPECT_STRETCH; aspect++) {
+        VmoeConfig c = preprocess_config (4, 6, channels, 0.875);
+        c.aspect = aspect;
+        float from_region[3 * 24], from_copy[3 * 24];
+        VmoeImage img = frame.image;
+        img.region.x = x, img.region.y = y, img.region.width = w, img.region.height = h;
+        preprocess_ok (&c, &img, from_region);
+        preprocess_ok (&c, &copy.image, from_copy);
+        ck_assert_msg (memcmp (from_region, from_copy, sizeof (float) * channels * 24) == 0,
+            "format %d, %d channels, aspect %d: the region differs from its copy",
+            formats[i], channels, aspect);
+      }
+    test_frame_clear (&frame);
+    test_frame_clear (&copy);
+  }
+}
+END_TEST
+
+/* A YUV pixel of a region takes the chroma sample of its 2x2 block in the
+ * frame, so an odd offset does not shift the chroma.  A 4x2 frame of luma
+ * 81 with chroma (U 90, V 240) in its left block (pure red, as computed in
+ * test_preprocess_pixel_formats: 254, 0, 0) and neutral (128, 128) in its
+ * right one (gray: 1.164383 * 65 = 75.7 -> 76).  The region x 1, width 2
+ * covers one pixel of each block and is the model's size (no resampling):
+ * red, then gray.  A copy into a frame of its own would give red twice. */
+START_TEST (test_region_yuv_odd_offset_keeps_frame_chroma)
+{
+  const guint8 y[8] = { 81, 81, 81, 81, 81, 81, 81, 81 };
+  const guint8 u[2] = { 90, 128 }, v[2] = { 240, 128 }, uv[4] = { 90, 240, 128, 128 };
+  VmoeImage i420 = { .format = VMOE_PIXEL_I420, .width = 4, .height = 2,
+    .planes = { y, u, v }, .strides = { 4, 2, 2 } };
+  VmoeImage nv12 = { .format = VMOE_PIXEL_NV12, .width = 4, .height = 2,
+    .planes = { y, uv }, .strides = { 4, 4 } };
+  VmoeImage *frames[] = { &i420, &nv12 };
+  const double want[3][2] = { { 254, 76 }, { 0, 76 }, { 0, 76 } };
+  for (int i = 0; i < 2; i++) {
+    VmoeImage img = *frames[i];
+    img.region.x = 1, img.region.y = 0, img.region.width = 2, img.region.height = 2;
+    VmoeConfig c = preprocess_config (2, 2, 3, 1.0);
+    float out[12];
+    preprocess_ok (&c, &img, out);
+    for (int ch = 0; ch < 3; ch++)
+      for (int row = 0; row < 2; row++)
+        for (int col = 0; col < 2; col++)
+          ck_assert_double_eq_tol (out[ch * 4 + row * 2 + col], want[ch][col] / 255, EPS);
+  }
+}
+END_TEST
+
+/* Clamping: a region reaching past the left and bottom edges equals the
+ * region of its clamped rectangle; bilinear sources are clamped to the
+ * crop, not the frame (the copy in its own frame has nothing beyond). */
+START_TEST (test_region_clamped_to_the_frame)
+{
+  TestFrame f, copy;
+  test_frame_init (&f, VMOE_PIXEL_RGBA, 6, 10, 3);
+  test_frame_copy_region (&copy, &f, 0, 2, 5, 8);
+  VmoeConfig c = preprocess_config (5, 5, 3, 0.875);
+  float clamped[75], exact[75], copied[75];
+  VmoeImage img = f.image;
+  img.region.x = -3, img.region.y = 2, img.region.width = 8, img.region.height = 100;
+  preprocess_ok (&c, &img, clamped);
+  img.region.x = 0, img.region.width = 5, img.region.height = 8;
+  preprocess_ok (&c, &img, exact);
+  preprocess_ok (&c, &copy.image, copied);
+  ck_assert_mem_eq (clamped, exact, sizeof clamped);
+  ck_assert_mem_eq (clamped, copied, sizeof clamped);
+  test_frame_clear (&f);
+  test_frame_clear (&copy);
+}
+END_TEST
+
+/* A region empty once clamped is an error naming the image of the batch;
+ * a width or height of 0 is the whole frame, not an empty region. */
+START_TEST (test_region_empty_is_an_error)
+{
+  char *config = test_config_json (NULL);
+  char *path = test_write_random_model (config);
+  GError *error = NULL;
+  VmoeModel *model = vmoe_model_load (path, &error);
+  ck_assert_msg (model != NULL, "%s", error ? error->message : "");
+  VmoeSessionOptions options;
+  vmoe_session_options_init (&options);
+  options.backend = VMOE_BACKEND_CPU;
+  VmoeSession *session = vmoe_session_new (model, &options, &error);
+  ck_assert_msg (session != NULL, "%s", error ? error->message : "");
+  guint8 px[6 * 4 * 3] = { 0 };
+  const int empty[][4] = { { 6, 0, 3, 3 }, { -5, 0, 5, 3 }, { 0, 4, 2, 2 },
+    { 2, 1, -1, 2 }, { 1, 2, 3, -4 }, { G_MAXINT, 0, G_MAXINT, 1 } };
+  VmoeImage images[2];
+  vmoe_image_init_packed (&images[0], px, 6, 4, 3, 18);
+  vmoe_image_init_packed (&images[1], px, 6, 4, 3, 18);
+  for (guint i = 0; i < G_N_ELEMENTS (empty); i++) {
+    images[1].region.x = empty[i][0], images[1].region.y = empty[i][1];
+    images[1].region.width = empty[i][2], images[1].region.height = empty[i][3];
+    ck_assert (!vmoe_session_run_u8 (session, images, 2, &error));
+    ck_assert_int_eq (error->code, VMOE_ERROR_INVALID_ARGUMENT);
+    ck_assert_msg (strstr (error->message, "image 1: region") != NULL, "%s", error->message);
+    g_clear_error (&error);
+  }
+  images[1].region.x = 5, images[1].region.y = 3, images[1].region.width = 0;
+  ck_assert_msg (vmoe_session_run_u8 (session, images, 2, &error), "%s",
+      error ? error->message : "");
+  vmoe_session_free (session);
+  vmoe_model_unref (model);
+  g_unlink (path);
+  g_free (path);
+  g_free (config);
+}
+END_TEST
+
+/* "stretch" resizes straight to the model's size, ignoring crop_pct.  A
+ * 10 x 20 ramp, pixel (x, y) = 9 x + 7 y + 3, to 8 x 8: source row
+ * (y + 0.5) * 10/8 - 0.5 = 1.25 y + 0.125 and column
+ * (x + 0.5) * 20/8 - 0.5 = 2.5 x + 0.75, inside the frame everywhere, and
+ * bilinear reproduces the ramp there.  Then the region x 2, y 1, 10 x 8 of
+ * the same frame to 4 x 4: rows (y + 0.5) * 2 - 0.5 = 2 y + 0.5 and columns
+ * (x + 0.5) * 2.5 - 0.5 = 2.5 x + 0.75 of the region, that is frame row
+ * 2 y + 1.5 and column 2.5 x + 2.75. */
+START_TEST (test_stretch_ramp)
+{
+  guint8 px[10 * 20];
+  for (int y = 0; y < 10; y++)
+    for (int x = 0; x < 20; x++)
+      px[y * 20 + x] = (guint8) (9 * x + 7 * y + 3);
+  VmoeImage img;
+  vmoe_image_init_packed (&img, px, 20, 10, 1, 20);
+  VmoeConfig c = preprocess_config (8, 8, 1, 0.5);
+  c.aspect = VMOE_ASPECT_STRETCH;
+  float out[64];
+  preprocess_ok (&c, &img, out);
+  for (int y = 0; y < 8; y++)
+    for (int x = 0; x < 8; x++) {
+      double sy = 1.25 * y + 0.125, sx = 2.5 * x + 0.75;
+      ck_assert_double_eq_tol (out[y * 8 + x], (9 * sx + 7 * sy + 3) / 255, EPS);
+    }
+  c = preprocess_config (4, 4, 1, 0.5);
+  c.aspect = VMOE_ASPECT_STRETCH;
+  img.region.x = 2, img.region.y = 1, img.region.width = 10, img.region.height = 8;
+  preprocess_ok (&c, &img, out);
+  for (int y = 0; y < 4; y++)
+    for (int x = 0; x < 4; x++) {
+      double sy = 2 * y + 1.5, sx = 2.5 * x + 2.75;
+      ck_assert_double_eq_tol (out[y * 4 + x], (9 * sx + 7 * sy + 3) / 255, EPS);
+    }
+}
+END_TEST
+
 /* Property: after a session has seen a batch size through an entry point
  * (float input, 8-bit frames), runs of that size or smaller take no heap
  * memory (counted by glibc; ASan builds do not count, so there the property
@@ -827,6 +1079,12 @@ ops_suite (void)
   tcase_add_test (tc, test_preprocess_crop_pct_resize);
   tcase_add_test (tc, test_preprocess_rejects_bad_frames);
   tcase_add_test (tc, test_preprocess_rejects_huge_resize);
+  tcase_add_test (tc, test_region_whole_frame_is_the_frame);
+  tcase_add_test (tc, test_region_is_its_pixels_as_a_frame);
+  tcase_add_test (tc, test_region_yuv_odd_offset_keeps_frame_chroma);
+  tcase_add_test (tc, test_region_clamped_to_the_frame);
+  tcase_add_test (tc, test_region_empty_is_an_error);
+  tcase_add_test (tc, test_stretch_ramp);
   if (HEAP_VISIBLE_TO_MALLINFO)
     tcase_add_test (tc, test_no_allocation_per_call);
   else

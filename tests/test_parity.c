@@ -2,7 +2,8 @@
  * models of tests/parity/make_references.py.  Logits must agree to a
  * relative error of 1e-4 on the CPU backend, 1e-3 on Vulkan and 1e-2 with
  * Vulkan's fp16 weights (max |c - ref| / max |ref| per image), and every
- * routing decision exactly: experts, token counts per expert, drops.
+ * routing decision exactly: experts, token counts per expert, drops.  An
+ * input with "regions" runs its frames with those regions of interest.
  *
  *   test_parity DIR [cpu|vulkan|vulkan-fp16]
  *
@@ -36,8 +37,10 @@ relative_error (const float *got, JsonArray *want, int n)
   return max_diff / MAX (max_ref, 1e-12);
 }
 
+/* regions: NULL, or the input's "regions", one [x, y, w, h] per image. */
 static gboolean
-run_input (VmoeSession *session, const NpyArray *input, int first, int count)
+run_input (VmoeSession *session, const NpyArray *input, JsonArray *regions, int first,
+    int count)
 {
   const VmoeConfig *c = vmoe_model_get_config (vmoe_session_get_model (session));
   GError *error = NULL;
@@ -54,6 +57,13 @@ run_input (VmoeSession *session, const NpyArray *input, int first, int count)
       vmoe_image_init_packed (&images[i],
           (const guint8 *) input->data + (size_t) (first + i) * h * w * ch, w, h, ch,
           (size_t) w * ch);
+    for (int i = 0; regions && i < count; i++) {
+      JsonArray *r = json_array_get_array_element (regions, first + i);
+      images[i].region.x = (int) json_array_get_int_element (r, 0);
+      images[i].region.y = (int) json_array_get_int_element (r, 1);
+      images[i].region.width = (int) json_array_get_int_element (r, 2);
+      images[i].region.height = (int) json_array_get_int_element (r, 3);
+    }
     ok = vmoe_session_run_u8 (session, images, count, &error);
   }
   ck_assert_msg (ok, "run: %s", error ? error->message : "");
@@ -104,6 +114,49 @@ check_image (const char *what, const VmoeConfig *c, const VmoeImageResult *r,
   }
 }
 
+/* Every region of an input, all on its first frame, in one batch (the
+ * Vulkan backend uploads that frame once): each result must equal the same
+ * region run alone, within the logit tolerance (the CPU's GEMM blocking
+ * depends on the batch size) and with the same experts. */
+static void
+check_regions_of_one_frame (VmoeSession *batched, VmoeSession *single,
+    const NpyArray *input, JsonArray *regions, const char *what)
+{
+  const VmoeConfig *c = vmoe_model_get_config (vmoe_session_get_model (batched));
+  int n = (int) json_array_get_length (regions);
+  int h = (int) input->shape[1], w = (int) input->shape[2], ch = (int) input->shape[3];
+  VmoeImage images[16];
+  ck_assert_int_le (n, 16);
+  for (int i = 0; i < n; i++) {
+    JsonArray *r = json_array_get_array_element (regions, i);
+    vmoe_image_init_packed (&images[i], input->data, w, h, ch, (size_t) w * ch);
+    images[i].region.x = (int) json_array_get_int_element (r, 0);
+    images[i].region.y = (int) json_array_get_int_element (r, 1);
+    images[i].region.width = (int) json_array_get_int_element (r, 2);
+    images[i].region.height = (int) json_array_get_int_element (r, 3);
+  }
+  GError *error = NULL;
+  ck_assert_msg (vmoe_session_run_u8 (batched, images, n, &error), "%s: %s", what,
+      error ? error->message : "");
+  for (int i = 0; i < n; i++) {
+    ck_assert_msg (vmoe_session_run_u8 (single, &images[i], 1, &error), "%s: %s", what,
+        error ? error->message : "");
+    const VmoeImageResult *alone = vmoe_session_get_result (single, 0);
+    const VmoeImageResult *in_batch = vmoe_session_get_result (batched, i);
+    double max_diff = 0, max_ref = 1e-12;
+    for (int k = 0; k < c->num_classes; k++) {
+      max_diff = MAX (max_diff, fabs (in_batch->logits[k] - alone->logits[k]));
+      max_ref = MAX (max_ref, fabs (alone->logits[k]));
+    }
+    ck_assert_msg (max_diff / max_ref <= logit_tolerance,
+        "%s: region %d of one shared frame: relative logit error %g in the batch "
+        "against alone", what, i, max_diff / max_ref);
+    ck_assert_int_eq (in_batch->n_experts, alone->n_experts);
+    for (int j = 0; j < alone->n_experts; j++)
+      ck_assert_int_eq (in_batch->experts[j], alone->experts[j]);
+  }
+}
+
 START_TEST (test_case)
 {
   JsonObject *test = json_array_get_object_element (cases, _i);
@@ -129,16 +182,20 @@ START_TEST (test_case)
     int n = (int) input.shape[0];
     char *what = g_strdup_printf ("%s/%s", name,
         json_object_get_string_member (expected, "kind"));
+    JsonArray *regions = json_object_has_member (expected, "regions")
+        ? json_object_get_array_member (expected, "regions") : NULL;
     /* The whole batch at once... */
-    run_input (batched, &input, 0, n);
+    run_input (batched, &input, regions, 0, n);
     for (int i = 0; i < n; i++)
       check_image (what, c, vmoe_session_get_result (batched, i), expected, i);
     /* ...and each image alone: a frame's result never depends on the batch. */
     for (int i = 0; i < n; i++) {
-      run_input (single, &input, i, 1);
+      run_input (single, &input, regions, i, 1);
       const VmoeImageResult *r = vmoe_session_get_result (single, 0);
       check_image (what, c, r, expected, i);
     }
+    if (regions)
+      check_regions_of_one_frame (batched, single, &input, regions, what);
     g_free (what);
     npy_clear (&input);
     g_free (input_path);
@@ -149,6 +206,73 @@ START_TEST (test_case)
   vmoe_session_free (single);
   vmoe_model_unref (model);
   g_free (model_path);
+}
+END_TEST
+
+/* YUV frames with regions, which the PyTorch cases do not have: the
+ * session's backend against a CPU session (whose YUV regions test_ops
+ * checks by hand), all regions of each frame in one batch.  The frames are
+ * 33 x 27, so chroma rows and columns are rounded up, and the regions sit
+ * at odd and even offsets, reach past edges and are 1 pixel wide. */
+START_TEST (test_yuv_regions_match_cpu)
+{
+  char *path = g_build_filename (parity_dir, "image_k1.safetensors", NULL);
+  GError *error = NULL;
+  VmoeModel *model = vmoe_model_load (path, &error);
+  ck_assert_msg (model != NULL, "%s", error ? error->message : "");
+  const VmoeConfig *c = vmoe_model_get_config (model);
+  VmoeSessionOptions cpu_options;
+  vmoe_session_options_init (&cpu_options);
+  cpu_options.backend = VMOE_BACKEND_CPU;
+  VmoeSession *session = vmoe_session_new (model, &options, &error);
+  VmoeSession *cpu = session ? vmoe_session_new (model, &cpu_options, &error) : NULL;
+  ck_assert_msg (session && cpu, "%s", error ? error->message : "");
+
+  enum { W = 33, H = 27, CW = (W + 1) / 2, CH = (H + 1) / 2 };
+  guint8 y[H * W], u[CH * CW], v[CH * CW], uv[CH * CW * 2];
+  GRand *rand = g_rand_new_with_seed (12);
+  for (int i = 0; i < H * W; i++)
+    y[i] = (guint8) (40 + (i % W) * 4 + g_rand_int_range (rand, 0, 40));
+  for (int i = 0; i < CH * CW; i++) {
+    u[i] = uv[2 * i] = (guint8) g_rand_int_range (rand, 60, 200);
+    v[i] = uv[2 * i + 1] = (guint8) g_rand_int_range (rand, 60, 200);
+  }
+  g_rand_free (rand);
+  VmoeImage frames[2] = {
+    { .format = VMOE_PIXEL_I420, .width = W, .height = H, .planes = { y, u, v },
+      .strides = { W, CW, CW } },
+    { .format = VMOE_PIXEL_NV12, .width = W, .height = H, .planes = { y, uv },
+      .strides = { W, 2 * CW } } };
+  const int regions[][4] = { { 1, 3, 20, 15 }, { 2, 2, 31, 25 }, { -4, 11, 9, 40 },
+    { 32, 0, 1, 27 }, { 5, 7, 1, 1 }, { 0, 0, 0, 0 } };
+  enum { R = G_N_ELEMENTS (regions) };
+  for (int f = 0; f < 2; f++) {
+    VmoeImage images[R];
+    for (int i = 0; i < R; i++) {
+      images[i] = frames[f];
+      images[i].region.x = regions[i][0], images[i].region.y = regions[i][1];
+      images[i].region.width = regions[i][2], images[i].region.height = regions[i][3];
+    }
+    ck_assert_msg (vmoe_session_run_u8 (session, images, R, &error), "%s", error ? error->message : "");
+    ck_assert_msg (vmoe_session_run_u8 (cpu, images, R, &error), "%s", error ? error->message : "");
+    for (int i = 0; i < R; i++) {
+      const VmoeImageResult *got = vmoe_session_get_result (session, i);
+      const VmoeImageResult *want = vmoe_session_get_result (cpu, i);
+      double max_diff = 0, max_ref = 1e-12;
+      for (int k = 0; k < c->num_classes; k++) {
+        max_diff = MAX (max_diff, fabs (got->logits[k] - want->logits[k]));
+        max_ref = MAX (max_ref, fabs (want->logits[k]));
+      }
+      ck_assert_msg (max_diff / max_ref <= logit_tolerance,
+          "format %d region %d: relative logit error %g against the CPU",
+          frames[f].format, i, max_diff / max_ref);
+      ck_assert_int_eq (got->experts[0], want->experts[0]);
+    }
+  }
+  vmoe_session_free (session);
+  vmoe_session_free (cpu);
+  vmoe_model_unref (model);
+  g_free (path);
 }
 END_TEST
 
@@ -204,7 +328,7 @@ main (int argc, char **argv)
   cases = json_object_get_array_member (
       json_node_get_object (json_parser_get_root (parser)), "cases");
   int n_cases = (int) json_array_get_length (cases);
-  if (n_cases < 10) {
+  if (n_cases < 11) {
     fprintf (stderr, "test_parity: only %d cases in %s\n", n_cases, expected_path);
     return 1;
   }
@@ -213,6 +337,7 @@ main (int argc, char **argv)
   TCase *tc = tcase_create ("pytorch");
   tcase_set_timeout (tc, 120);
   tcase_add_loop_test (tc, test_case, 0, n_cases);
+  tcase_add_test (tc, test_yuv_regions_match_cpu);
   suite_add_tcase (s, tc);
   SRunner *runner = srunner_create (s);
   /* A Vulkan instance (made by the probe above, kept for the process) does

@@ -79,7 +79,8 @@ class ToolTest(unittest.TestCase):
             cases = {c["name"]: c for c in json.load(f)["cases"]}
         for name in ("image_k2_norm_mean", "token_k2_c05_bpr", "dense"):
             case = cases[name]
-            for entry in case["inputs"]:
+            # Inputs with a region per frame are test_parity's: --roi takes one.
+            for entry in (e for e in case["inputs"] if "regions" not in e):
                 result = vmoe("run", os.path.join(PARITY, case["model"]),
                               os.path.join(PARITY, entry["file"]), "--logits",
                               "--batch", "3", "--top-k", "2")
@@ -114,6 +115,53 @@ class ToolTest(unittest.TestCase):
         result = vmoe("run", os.path.join(PARITY, case["model"]),
                       os.path.join(PARITY, case["inputs"][0]["file"]))
         self.assertNotIn("logits", json.loads(result.stdout.splitlines()[0]))
+
+    def run_json(self, *args):
+        result = vmoe("run", *args)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    def test_run_roi_is_the_cropped_array(self):
+        """--roi classifies the region of every frame as the tool classifies
+        the same pixels cut out with numpy; a region past the edges is
+        clamped first."""
+        import numpy as np
+        frames = np.load(os.path.join(PARITY, "dense.u8.npy"))      # 5 x 40 x 30 x 3
+        with tempfile.TemporaryDirectory() as tmp:
+            for model in ("dense", "stretch_image_k2"):
+                path = os.path.join(PARITY, model + ".safetensors")
+                for roi, rows, cols in (("3,5,20,17", slice(5, 22), slice(3, 23)),
+                                        ("-4,30,100,100", slice(30, 40), slice(0, 30)),
+                                        ("29,0,1,40", slice(0, 40), slice(29, 30))):
+                    cropped = os.path.join(tmp, "cropped.npy")
+                    np.save(cropped, np.ascontiguousarray(frames[:, rows, cols]))
+                    got = self.run_json(path, os.path.join(PARITY, "dense.u8.npy"),
+                                        "--roi", roi, "--logits", "--batch", "2")
+                    want = self.run_json(path, cropped, "--logits", "--batch", "2")
+                    self.assertEqual(len(got), len(frames))
+                    self.assertEqual(got, want, "%s --roi %s" % (model, roi))
+                    whole = self.run_json(path, os.path.join(PARITY, "dense.u8.npy"),
+                                          "--logits", "--batch", "2")
+                    self.assertNotEqual(got, whole)
+
+    def test_run_roi_errors(self):
+        model = os.path.join(PARITY, "dense.safetensors")
+        frames = os.path.join(PARITY, "dense.u8.npy")
+        for bad in ("1,2,3", "1,2,3,4,5", "a,b,c,d", "1,2,0,4", "1,2,4,-1", "",
+                    "1,2,3,99999999999", "1.5,2,3,4"):
+            self.assert_one_line_error(vmoe("run", model, frames, "--roi", bad),
+                                       "must be x,y,w,h")
+        self.assert_one_line_error(
+            vmoe("run", model, os.path.join(PARITY, "dense.f32.npy"), "--roi", "0,0,8,8"),
+            "uint8")
+        self.assert_one_line_error(vmoe("run", model, frames, "--roi", "30,0,5,5"),
+                                   "image 0: region x 30, y 0, width 5, height 5 is empty")
+
+    def test_info_prints_aspect(self):
+        info = vmoe("info", os.path.join(PARITY, "stretch_image_k2.safetensors"))
+        self.assertIn("aspect:       stretch\n", info.stdout)
+        info = vmoe("info", os.path.join(PARITY, "dense.safetensors"))
+        self.assertIn("aspect:       crop, crop_pct 0.875\n", info.stdout)
 
     def test_run_errors(self):
         model = os.path.join(PARITY, "dense.safetensors")

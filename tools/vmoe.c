@@ -136,6 +136,10 @@ cmd_info (int argc, char **argv)
       c->act == VMOE_ACT_GELU ? "gelu" : "gelu_tanh",
       c->pool == VMOE_POOL_TOKEN ? "token" : "avg",
       c->class_token ? ", class token" : "");
+  if (c->aspect == VMOE_ASPECT_STRETCH)
+    printf ("aspect:       stretch\n");
+  else
+    printf ("aspect:       crop, crop_pct %g\n", c->crop_pct);
   printf ("routing:      %s\n", routing[c->routing]);
   if (c->routing != VMOE_ROUTING_NONE) {
     printf ("moe blocks:  ");
@@ -218,10 +222,33 @@ make_session (const BackendArgs *args, int top_k, VmoeModel *model,
   return *session != NULL;
 }
 
-/* Runs every image of `input` in chunks of `batch`, printing JSON lines. */
+/* Parses --roi "x,y,w,h": four integers, w and h at least 1 (x and y may
+ * lie outside the frame: the engine clamps the region). */
+static gboolean
+parse_roi (const char *text, VmoeImage *region_of, GError **error)
+{
+  g_auto (GStrv) parts = g_strsplit (text, ",", -1);
+  gint64 v[4];
+  gboolean ok = g_strv_length (parts) == 4;
+  for (int i = 0; ok && i < 4; i++)
+    ok = g_ascii_string_to_signed (g_strstrip (parts[i]), 10, G_MININT, G_MAXINT, &v[i], NULL);
+  if (!ok || v[2] < 1 || v[3] < 1) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
+        "--roi '%s' must be x,y,w,h: four integers, w and h at least 1", text);
+    return FALSE;
+  }
+  region_of->region.x = (int) v[0];
+  region_of->region.y = (int) v[1];
+  region_of->region.width = (int) v[2];
+  region_of->region.height = (int) v[3];
+  return TRUE;
+}
+
+/* Runs every image of `input` in chunks of `batch`, printing JSON lines;
+ * `roi`'s region (zero for the whole frame) applies to every 8-bit image. */
 static gboolean
 run_array (VmoeSession *session, const NpyArray *input, int batch,
-    gboolean with_logits, GError **error)
+    gboolean with_logits, const VmoeImage *roi, GError **error)
 {
   const VmoeConfig *c = vmoe_model_get_config (vmoe_session_get_model (session));
   gint64 n = input->shape[0];
@@ -236,10 +263,12 @@ run_array (VmoeSession *session, const NpyArray *input, int batch,
           (const float *) input->data + first * per_image, count, error);
     } else {
       int h = (int) input->shape[1], w = (int) input->shape[2], ch = (int) input->shape[3];
-      for (int i = 0; i < count; i++)
+      for (int i = 0; i < count; i++) {
         vmoe_image_init_packed (&images[i],
             (const guint8 *) input->data + (first + i) * (size_t) h * w * ch, w, h, ch,
             (size_t) w * ch);
+        images[i].region = roi->region;
+      }
       ok = vmoe_session_run_u8 (session, images, count, error);
     }
     if (!ok)
@@ -281,15 +310,32 @@ check_input_shape (const VmoeConfig *c, const NpyArray *a, GError **error)
   return TRUE;
 }
 
+/* Regions apply to 8-bit frames only: float input is already the model's
+ * input, with no frame left to take a region of. */
+static gboolean
+check_roi_input (const char *roi_text, const NpyArray *a, GError **error)
+{
+  if (!roi_text || a->dtype == NPY_UINT8)
+    return TRUE;
+  g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
+      "--roi applies to uint8 [N, H, W, C] frames only, not to float32 input");
+  return FALSE;
+}
+
 static int
 cmd_run (int argc, char **argv)
 {
   int status = 0, batch = 8, top_k = 5;
   BackendArgs args = { 0 };
   gboolean logits = FALSE;
+  char *roi_text = NULL;
+  VmoeImage roi = { 0 };
   GOptionEntry entries[] = {
     BACKEND_OPTIONS (args),
     { "logits", 0, 0, G_OPTION_ARG_NONE, &logits, "Print the logits too", NULL },
+    { "roi", 0, 0, G_OPTION_ARG_STRING, &roi_text, "Classify only this region of "
+      "every uint8 image, in pixels, clamped to the image (docs/design.md, Regions "
+      "of interest)", "X,Y,W,H" },
     { "batch", 0, 0, G_OPTION_ARG_INT, &batch, "Images per call (default 8)", "N" },
     { "top-k", 0, 0, G_OPTION_ARG_INT, &top_k, "Classes per image (default 5)", "K" },
     { NULL }
@@ -309,18 +355,24 @@ cmd_run (int argc, char **argv)
     goto out;
   }
   GError *error = NULL;
+  if (roi_text && !parse_roi (roi_text, &roi, &error)) {
+    status = fail_error ("run", error);
+    goto out;
+  }
   VmoeModel *model = vmoe_model_load (argv[1], &error);
   VmoeSession *session = NULL;
   NpyArray input = { 0 };
   if (!model || !npy_load (argv[2], &input, &error)
       || !check_input_shape (vmoe_model_get_config (model), &input, &error)
+      || !check_roi_input (roi_text, &input, &error)
       || !make_session (&args, top_k, model, &session, &error)
-      || !run_array (session, &input, batch, logits, &error))
+      || !run_array (session, &input, batch, logits, &roi, &error))
     status = fail_error ("run", error);
   npy_clear (&input);
   vmoe_session_free (session);
   vmoe_model_unref (model);
 out:
+  g_free (roi_text);
   backend_args_clear (&args);
   return status;
 }

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 CONFIG_DEFAULTS = {
     "in_channels": 3, "qkv_bias": True, "norm_eps": 1e-6, "act": "gelu",
     "class_token": True, "pool": "token", "resize": "bilinear", "crop_pct": 1.0,
+    "aspect": "crop",
 }
 MOE_DEFAULTS = {
     "top_k": 1, "routing": "image", "router_input": "cls",
@@ -291,10 +292,44 @@ class VisionMoE(nn.Module):
         return self.head(pooled), routing
 
 
-def preprocess_uint8(frames, config):
-    """DESIGN.md step 1 for uint8 frames [N, H, W, C] -> float32 [N, C, Ht, Wt]."""
+def clamp_region(region, h0, w0):
+    """docs/design.md, Regions of interest: region (x, y, w, h) in frame
+    pixels clamped to an h0 x w0 frame, as (x, y, w, h); a w or h of 0 is
+    the whole frame.  ValueError for a region empty once clamped."""
+    x, y, w, h = (int(v) for v in region)
+    if w == 0 or h == 0:
+        return 0, 0, w0, h0
+    x0, x1 = min(max(x, 0), w0), min(max(x + w, 0), w0)
+    y0, y1 = min(max(y, 0), h0), min(max(y + h, 0), h0)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError("region %r is empty once clamped to the %dx%d frame"
+                         % (region, w0, h0))
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def resize_to_model(x, config):
+    """docs/design.md step 1 (resize and crop) and Aspect handling for float
+    frames [N, C, h0, w0] -> [N, C, Ht, Wt]."""
     c = complete_config(config)
     ht, wt = c["image_size"]
+    h0, w0 = x.shape[2:]
+    if (h0, w0) == (ht, wt):
+        return x
+    if c["aspect"] == "stretch":
+        return F.interpolate(x, size=(ht, wt), mode="bilinear", align_corners=False)
+    s = max(ht / h0, wt / w0) / c["crop_pct"]
+    rh = max(ht, math.floor(h0 * s + 0.5))
+    rw = max(wt, math.floor(w0 * s + 0.5))
+    x = F.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False)
+    top, left = (rh - ht) // 2, (rw - wt) // 2
+    return x[:, :, top:top + ht, left:left + wt]
+
+
+def preprocess_uint8(frames, config, regions=None):
+    """DESIGN.md step 1 for uint8 frames [N, H, W, C] -> float32 [N, C, Ht, Wt].
+    regions: None, or one (x, y, w, h) per frame; each clamped crop is then
+    pre-processed as a frame of its own."""
+    c = complete_config(config)
     x = torch.from_numpy(np.array(frames, dtype=np.float32)) / 255.0
     x = x.permute(0, 3, 1, 2)                          # N, C, H, W
     if x.shape[1] == 4:
@@ -303,14 +338,15 @@ def preprocess_uint8(frames, config):
         x = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     elif c["in_channels"] == 3 and x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
-    h0, w0 = x.shape[2:]
-    if (h0, w0) != (ht, wt):
-        s = max(ht / h0, wt / w0) / c["crop_pct"]
-        rh = max(ht, math.floor(h0 * s + 0.5))
-        rw = max(wt, math.floor(w0 * s + 0.5))
-        x = F.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False)
-        top, left = (rh - ht) // 2, (rw - wt) // 2
-        x = x[:, :, top:top + ht, left:left + wt]
+    if regions is None:
+        x = resize_to_model(x, c)
+    else:
+        h0, w0 = x.shape[2:]
+        crops = []
+        for i, region in enumerate(regions):
+            rx, ry, rw, rh = clamp_region(region, h0, w0)
+            crops.append(resize_to_model(x[i:i + 1, :, ry:ry + rh, rx:rx + rw], c))
+        x = torch.cat(crops)
     mean = torch.tensor(c["mean"]).reshape(1, -1, 1, 1)
     std = torch.tensor(c["std"]).reshape(1, -1, 1, 1)
     return ((x - mean) / std).contiguous()

@@ -73,6 +73,10 @@ typedef enum { VMOE_ACT_GELU, VMOE_ACT_GELU_TANH } VmoeActivation;
 typedef enum { VMOE_POOL_TOKEN, VMOE_POOL_AVG } VmoePool;
 typedef enum { VMOE_ROUTING_NONE, VMOE_ROUTING_IMAGE, VMOE_ROUTING_TOKEN } VmoeRouting;
 typedef enum { VMOE_ROUTER_INPUT_CLS, VMOE_ROUTER_INPUT_MEAN } VmoeRouterInput;
+/* How a frame (or region) of another shape reaches the model's size
+ * (docs/design.md, Aspect handling): keep the aspect ratio and centre-crop,
+ * or resize straight to the model's size. */
+typedef enum { VMOE_ASPECT_CROP, VMOE_ASPECT_STRETCH } VmoeAspect;
 
 typedef struct {
   char *name;
@@ -116,6 +120,9 @@ typedef struct {
   gboolean bpr;
   int n_superclasses;         /* 0, or num_experts: superclass e belongs to expert e */
   VmoeSuperclass *superclasses;
+
+  /* Appended after 0.1's fields (callers never allocate a VmoeConfig). */
+  VmoeAspect aspect;
 } VmoeConfig;
 
 /**
@@ -397,8 +404,11 @@ VMOE_API gboolean vmoe_session_set_top_k (VmoeSession *session, int top_k,
 /* Classifies n images already pre-processed: float32 [n, C, H, W]. */
 VMOE_API gboolean vmoe_session_run_f32 (VmoeSession *session, const float *input,
     int n, GError **error);
-/* Classifies n 8-bit frames of any size through the pre-processing of
- * docs/design.md (resize, centre crop, normalise). */
+/* Classifies n 8-bit frames of any size, or their regions, through the
+ * pre-processing of docs/design.md (resize, centre crop or stretch,
+ * normalise).  The regions of one frame go in one call as images that share
+ * its planes; an image whose region is empty once clamped fails the call
+ * with VMOE_ERROR_INVALID_ARGUMENT naming its index. */
 VMOE_API gboolean vmoe_session_run_u8 (VmoeSession *session, const VmoeImage *images,
     int n, GError **error);
 /**

@@ -115,14 +115,17 @@ VMOE_VK_PUSH_LAYOUT (VmoeExpertsPush, 11, x_off, 10);
 /* preprocess.comp: 16x16 pixels per workgroup, z = image; per-image
  * parameters, VMOE_FRAME_PARAMS ints each, in the integer buffer.  The
  * frame's pixel layout (VmoePixelLayout) travels with each image, since a
- * batch may mix formats. */
+ * batch may mix formats.  WIDTH and HEIGHT are the crop's (the region
+ * clamped to the frame, or the frame), ORIGIN_X/Y its top-left pixel in
+ * the frame, which the planes and strides describe. */
 enum { VMOE_FRAME_KIND = 0, VMOE_FRAME_WIDTH = 1, VMOE_FRAME_HEIGHT = 2,
   VMOE_FRAME_PLANE = 3, VMOE_FRAME_STRIDE = 6, VMOE_FRAME_TOP = 9,
   VMOE_FRAME_LEFT = 10, VMOE_FRAME_SCALE_Y = 11, VMOE_FRAME_SCALE_X = 12,
   VMOE_FRAME_IDENTITY = 13, VMOE_FRAME_BYTES_PER_PIXEL = 14, VMOE_FRAME_RED = 15,
   VMOE_FRAME_GREEN = 16, VMOE_FRAME_BLUE = 17, VMOE_FRAME_CHROMA_BYTES = 18,
   VMOE_FRAME_U_PLANE = 19, VMOE_FRAME_U_OFFSET = 20, VMOE_FRAME_V_PLANE = 21,
-  VMOE_FRAME_V_OFFSET = 22, VMOE_FRAME_PARAMS = 24 };
+  VMOE_FRAME_V_OFFSET = 22, VMOE_FRAME_ORIGIN_X = 23, VMOE_FRAME_ORIGIN_Y = 24,
+  VMOE_FRAME_PARAMS = 25 };
 typedef struct {
   uint32_t params_off, out_off, height, width, channels;
   float mean[3], std[3];          /* the shader's mean0..2, std0..2 */

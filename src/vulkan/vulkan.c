@@ -67,6 +67,82 @@ vmoe_vulkan_forward_f32 (VmoeVulkan *vk, const float *input, int n,
   return run (vk, n, FALSE, &copy, &target, 1, out, error);
 }
 
+/* Whether two images describe the same frame bytes (regions aside). */
+static gboolean
+same_frame (const VmoeImage *a, const VmoeImage *b)
+{
+  if (a->format != b->format || a->width != b->width || a->height != b->height)
+    return FALSE;
+  for (int q = 0; q < 3; q++)
+    if (a->planes[q] != b->planes[q] || a->strides[q] != b->strides[q])
+      return FALSE;
+  return TRUE;
+}
+
+/* For each image, the first image of the batch with the same frame (itself
+ * if none), so that a frame whose regions fill a batch is uploaded once:
+ * the upload then costs the distinct frames' bytes, not regions x frame. */
+static int *
+first_with_same_frame (const VmoeImage *images, int n)
+{
+  int *first = g_new (int, n);
+  GHashTable *by_plane = g_hash_table_new (g_direct_hash, g_direct_equal);
+  for (int j = 0; j < n; j++) {
+    gpointer found = g_hash_table_lookup (by_plane, images[j].planes[0]);
+    int k = found ? GPOINTER_TO_INT (found) - 1 : j;
+    first[j] = same_frame (&images[k], &images[j]) ? k : j;
+    if (!found)
+      g_hash_table_insert (by_plane, (gpointer) images[j].planes[0], GINT_TO_POINTER (j + 1));
+  }
+  g_hash_table_destroy (by_plane);
+  return first;
+}
+
+/* Writes image j's parameters: its crop's geometry, its pixel layout and,
+ * unless an earlier image's frame is the same, its planes into the staging
+ * area at `*at` (advanced past them). */
+static void
+write_frame (const VmoeConfig *c, const VmoeImage *img, const VmoeCrop *crop,
+    int32_t *p, const int32_t *same_frame_params, uint8_t *frames, guint64 *at)
+{
+  VmoeResizeGeometry g;
+  vmoe_resize_geometry (c, crop->width, crop->height, &g);
+  memset (p, 0, VMOE_FRAME_PARAMS * sizeof *p);
+  const VmoePixelLayout *layout = vmoe_pixel_layout (img->format);
+  p[VMOE_FRAME_KIND] = layout->kind;
+  p[VMOE_FRAME_BYTES_PER_PIXEL] = layout->bytes_per_pixel;
+  p[VMOE_FRAME_RED] = layout->red;
+  p[VMOE_FRAME_GREEN] = layout->green;
+  p[VMOE_FRAME_BLUE] = layout->blue;
+  p[VMOE_FRAME_CHROMA_BYTES] = layout->chroma_bytes;
+  p[VMOE_FRAME_U_PLANE] = layout->u_plane;
+  p[VMOE_FRAME_U_OFFSET] = layout->u_offset;
+  p[VMOE_FRAME_V_PLANE] = layout->v_plane;
+  p[VMOE_FRAME_V_OFFSET] = layout->v_offset;
+  p[VMOE_FRAME_WIDTH] = crop->width;
+  p[VMOE_FRAME_HEIGHT] = crop->height;
+  p[VMOE_FRAME_ORIGIN_X] = crop->x;
+  p[VMOE_FRAME_ORIGIN_Y] = crop->y;
+  p[VMOE_FRAME_TOP] = g.top;
+  p[VMOE_FRAME_LEFT] = g.left;
+  memcpy (&p[VMOE_FRAME_SCALE_Y], &g.scale_y, 4);
+  memcpy (&p[VMOE_FRAME_SCALE_X], &g.scale_x, 4);
+  p[VMOE_FRAME_IDENTITY] = g.identity;
+  for (int q = 0; q < 3; q++) {
+    size_t bytes = vmoe_image_plane_bytes (img, q);
+    if (!bytes)
+      continue;
+    p[VMOE_FRAME_STRIDE + q] = (int32_t) img->strides[q];
+    if (same_frame_params) {
+      p[VMOE_FRAME_PLANE + q] = same_frame_params[VMOE_FRAME_PLANE + q];
+      continue;
+    }
+    p[VMOE_FRAME_PLANE + q] = (int32_t) *at;
+    memcpy (frames + *at, img->planes[q], bytes);
+    *at += (bytes + 3) & ~(guint64) 3;
+  }
+}
+
 gboolean
 vmoe_vulkan_forward_u8 (VmoeVulkan *vk, const VmoeImage *images, int n,
     VmoeRawOutput *out, GError **error)
@@ -74,13 +150,15 @@ vmoe_vulkan_forward_u8 (VmoeVulkan *vk, const VmoeImage *images, int n,
   if (!vmoe_vk_reserve (vk, n, error))
     return FALSE;
   const VmoeConfig *c = &vk->model->config;
+  g_autofree VmoeCrop *crops = g_new (VmoeCrop, n);
   guint64 params_bytes = (guint64) n * VMOE_FRAME_PARAMS * 4, frame_bytes = 0;
-  for (int j = 0; j < n; j++) {
-    if (!vmoe_frame_check (c, &images[j], error))
+  for (int j = 0; j < n; j++)
+    if (!vmoe_frame_check (c, &images[j], j, &crops[j], error))
       return FALSE;
-    for (int p = 0; p < 3; p++)
+  g_autofree int *first = first_with_same_frame (images, n);
+  for (int j = 0; j < n; j++)
+    for (int p = 0; p < 3 && first[j] == j; p++)
       frame_bytes += (vmoe_image_plane_bytes (&images[j], p) + 3) & ~(guint64) 3;
-  }
   if (frame_bytes >= G_MAXINT32) {      /* plane offsets are int32 in the shader */
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
         "vulkan: %d frames of %" G_GUINT64_FORMAT " bytes are too large for one call",
@@ -103,40 +181,10 @@ vmoe_vulkan_forward_u8 (VmoeVulkan *vk, const VmoeImage *images, int n,
   uint8_t *staging = vk->upload.mapped;
   int32_t *params = (int32_t *) staging;
   guint64 at = 0;
-  for (int j = 0; j < n; j++) {
-    const VmoeImage *img = &images[j];
-    int32_t *p = params + j * VMOE_FRAME_PARAMS;
-    VmoeResizeGeometry g;
-    vmoe_resize_geometry (c, img->width, img->height, &g);
-    memset (p, 0, VMOE_FRAME_PARAMS * sizeof *p);
-    const VmoePixelLayout *layout = vmoe_pixel_layout (img->format);
-    p[VMOE_FRAME_KIND] = layout->kind;
-    p[VMOE_FRAME_BYTES_PER_PIXEL] = layout->bytes_per_pixel;
-    p[VMOE_FRAME_RED] = layout->red;
-    p[VMOE_FRAME_GREEN] = layout->green;
-    p[VMOE_FRAME_BLUE] = layout->blue;
-    p[VMOE_FRAME_CHROMA_BYTES] = layout->chroma_bytes;
-    p[VMOE_FRAME_U_PLANE] = layout->u_plane;
-    p[VMOE_FRAME_U_OFFSET] = layout->u_offset;
-    p[VMOE_FRAME_V_PLANE] = layout->v_plane;
-    p[VMOE_FRAME_V_OFFSET] = layout->v_offset;
-    p[VMOE_FRAME_WIDTH] = img->width;
-    p[VMOE_FRAME_HEIGHT] = img->height;
-    p[VMOE_FRAME_TOP] = g.top;
-    p[VMOE_FRAME_LEFT] = g.left;
-    memcpy (&p[VMOE_FRAME_SCALE_Y], &g.scale_y, 4);
-    memcpy (&p[VMOE_FRAME_SCALE_X], &g.scale_x, 4);
-    p[VMOE_FRAME_IDENTITY] = g.identity;
-    for (int q = 0; q < 3; q++) {
-      size_t bytes = vmoe_image_plane_bytes (img, q);
-      if (!bytes)
-        continue;
-      p[VMOE_FRAME_PLANE + q] = (int32_t) at;
-      p[VMOE_FRAME_STRIDE + q] = (int32_t) img->strides[q];
-      memcpy (staging + params_bytes + at, img->planes[q], bytes);
-      at += (bytes + 3) & ~(guint64) 3;
-    }
-  }
+  for (int j = 0; j < n; j++)
+    write_frame (c, &images[j], &crops[j], params + j * VMOE_FRAME_PARAMS,
+        first[j] == j ? NULL : params + first[j] * VMOE_FRAME_PARAMS,
+        staging + params_bytes, &at);
   VkBufferCopy copies[2] = {
     { 0, (VkDeviceSize) vk->i.params * 4, params_bytes },
     { params_bytes, 0, MAX (at, 4) } };

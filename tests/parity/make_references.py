@@ -53,7 +53,24 @@ CASES = [
     ("token_k2_bf16", {"moe": {"layers": [1, 2], "num_experts": 4, "top_k": 2,
                                "routing": "token", "capacity_ratio": 0.75}},
      "BF16", (4, 28, 40, 3)),
+    # crop_pct stays 0.875 from BASE: stretch must ignore it.
+    ("stretch_image_k2", {"aspect": "stretch",
+                          "moe": {"layers": [1, 2], "num_experts": 4, "top_k": 2,
+                                  "routing": "image"}}, "F32", (5, 40, 30, 3)),
 ]
+
+
+def regions_for(n, h, w, ht, wt):
+    """One region per frame (x, y, w, h), cycling through the shapes the
+    engine must get right: odd offsets, clamping on every side, a 1-pixel
+    wide crop, the whole frame, and (where it fits) a crop of exactly the
+    model size at an offset, which is used without resampling."""
+    shapes = [(1, 3, w - 4, h - 5), (-5, h // 2, w // 2 + 3, h),
+              (w // 2, 1, 1, h - 2), (w - 7, h - 9, 20, 30), (0, 0, 0, 0),
+              (3, -2, w // 3, h // 2 + 1)]
+    if h >= ht + 3 and w >= wt + 3:
+        shapes[4] = (3, 1, wt, ht)
+    return [shapes[i % len(shapes)] for i in range(n)]
 
 
 def randomize(model, seed):
@@ -103,15 +120,19 @@ def run_case(outdir, index, name, overrides, dtype, u8_shape):
     low = rng.integers(0, 128, size=(u8_shape[0], 1, 1, u8_shape[3]))
     span = rng.integers(16, 128, size=(u8_shape[0], 1, 1, 1))
     u8 = (low + rng.random(u8_shape) * span).astype(np.uint8)
+    regions = regions_for(u8_shape[0], u8_shape[1], u8_shape[2], h, w)
     inputs = []
-    for kind, array, tensor in (
-            ("f32", f32, torch.from_numpy(f32)),
-            ("u8", u8, vmoe_torch.preprocess_uint8(u8, config))):
+    for kind, array, tensor, extra in (
+            ("f32", f32, torch.from_numpy(f32), {}),
+            ("u8", u8, vmoe_torch.preprocess_uint8(u8, config), {}),
+            ("u8_roi", u8, vmoe_torch.preprocess_uint8(u8, config, regions),
+             {"regions": regions})):
         npy = "%s.%s.npy" % (name, kind)
         np.save(os.path.join(outdir, npy), array)
         with torch.no_grad():
             logits, routing = model(tensor)
         entry = {"file": npy, "kind": kind, "logits": logits.tolist()}
+        entry.update(extra)
         entry.update(routing_summary(routing, c))
         inputs.append(entry)
     return {"name": name, "model": name + ".safetensors", "inputs": inputs}
