@@ -4,7 +4,7 @@
 // values) are staged in shared memory, so each key and value is read from
 // global memory once per block rather than once per query.  Scores for the
 // block's rows stay in shared memory for the softmax over keys.  qkv rows
-// hold q for all heads, then k, then v (DESIGN.md).  The backend picks QB
+// hold q for all heads, then k, then v (docs/design.md).  The backend picks QB
 // (a specialization constant) to fit the device's shared memory.
 #include "common.glsl"
 layout(local_size_x = 128) in;

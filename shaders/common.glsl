@@ -1,4 +1,4 @@
-// The one descriptor-set layout every vmoe pipeline shares (DESIGN.md,
+// The one descriptor-set layout every vmoe pipeline shares (docs/design.md,
 // Backends): each buffer is a large pool and every op finds its tensors by
 // element offsets passed in push constants.
 #extension GL_GOOGLE_include_directive : require

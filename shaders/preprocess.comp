@@ -1,5 +1,5 @@
 #version 450
-// Pre-processing of 8-bit frames on the GPU (DESIGN.md, Forward pass step
+// Pre-processing of 8-bit frames on the GPU (docs/design.md, Forward pass step
 // 1), the same computation as src/preprocess.c: each output pixel of the
 // crop samples the virtual resized frame bilinearly (half-pixel centres),
 // converting its four source pixels to the model's channels (YUV to 8-bit

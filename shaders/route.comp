@@ -1,5 +1,5 @@
 #version 450
-// Routing decided on the GPU (DESIGN.md, Forward pass step 4); one
+// Routing decided on the GPU (docs/design.md, Step 4: routing); one
 // invocation per image, so an image's result never depends on the batch.
 // Both modes end with the same per-entry decision that the expert GEMMs and
 // the combine step read: entry (row, j) = j-th choice of token row, its

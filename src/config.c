@@ -1,4 +1,4 @@
-/* Parsing and validation of the "vmoe.config" JSON (DESIGN.md, Model file).
+/* Parsing and validation of the "vmoe.config" JSON (docs/design.md, The model file).
  * Defaults for optional keys are listed in docs/model-format.md. */
 #include "vmoe-private.h"
 
@@ -596,7 +596,7 @@ vmoe_config_tensor_specs_within (const VmoeConfig *c, gboolean include_optional,
       g_free (prefix);
     }
     if (c->shared_expert) {
-      /* DESIGN.md: the shared expert has the dense MLP's shape. */
+      /* docs/design.md: the shared expert has the dense MLP's shape. */
       char *prefix = g_strdup_printf ("blocks.%d.moe.shared", i);
       add_mlp_specs (l, prefix, d, c->mlp_dim);
       g_free (prefix);

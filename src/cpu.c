@@ -1,4 +1,4 @@
-/* The CPU backend.  The forward pass reads top to bottom like DESIGN.md's
+/* The CPU backend.  The forward pass reads top to bottom like docs/design.md's
  * "Forward pass".  The backend runs its own threads (workers.c) and calls
  * OpenBLAS single-threaded from each: the token rows of the batch are split
  * into one slice per thread, and each thread runs everything that is row by
@@ -473,7 +473,7 @@ mlp_forward (float *out, const float *inp, const VmoeMlp *mlp, int rows,
   linear_forward (out, hidden, &mlp->fc2, rows, accumulate);
 }
 
-/* Puts the DESIGN.md token-routing assignment of one image in
+/* Puts the docs/design.md token-routing assignment of one image in
  * assigned_expert [T*k] (-1: dropped) and counts per expert; returns the
  * number of dropped assignments. choice/choice_p are [T, k], best first. */
 int

@@ -1,4 +1,4 @@
-/* The CPU backend: the forward pass of DESIGN.md on OpenBLAS. */
+/* The CPU backend: the forward pass of docs/design.md on OpenBLAS. */
 #ifndef VMOE_CPU_H
 #define VMOE_CPU_H
 
@@ -36,7 +36,7 @@ size_t vmoe_attention_scratch_len (int n_images, int tokens, int dim, int heads,
 /* workers may be NULL (all in the caller). */
 void vmoe_attention_forward (float *out, const float *qkv, float *scratch,
     VmoeWorkers *workers, int n_images, int tokens, int dim, int heads);
-/* Token-routing assignment of one image (DESIGN.md, token routing). */
+/* Token-routing assignment of one image (docs/design.md, token routing). */
 int vmoe_assign_tokens (const int *choice, const float *choice_p, int tokens,
     int top_k, int num_experts, int capacity, gboolean bpr, int *order,
     int *assigned_expert, int *tokens_per_expert);

@@ -161,7 +161,7 @@ vmoe_image_plane_bytes (const VmoeImage *img, int plane)
  * model resizes to 455x256 at crop_pct 0.875). */
 #define MAX_RESIZED_SIDE (1 << 23)
 
-/* The sides of the virtual resized frame (DESIGN.md step 1), in double so
+/* The sides of the virtual resized frame (docs/design.md, Step 1), in double so
  * that any configuration and frame size can be measured before the int
  * geometry is computed. */
 static void

@@ -88,7 +88,7 @@ GPtrArray *vmoe_config_tensor_specs_within (const VmoeConfig *config,
     gboolean include_optional, guint64 max_tensors, guint64 max_elements,
     GError **error);
 
-/* Capacity of each expert per image for token routing (DESIGN.md). */
+/* Capacity of each expert per image for token routing (docs/design.md). */
 int vmoe_token_capacity (int top_k, int tokens, double capacity_ratio,
     int num_experts);
 

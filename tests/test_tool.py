@@ -1,5 +1,5 @@
 """Tests of the `vmoe` command line as a user runs it: output formats of
-DESIGN.md, --help for every sub-command, one-line errors with a non-zero exit.
+docs/design.md, --help for every sub-command, one-line errors with a non-zero exit.
 
     /usr/bin/python3 tests/test_tool.py VMOE_BINARY PARITY_DIR
 """

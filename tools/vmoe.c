@@ -1,4 +1,4 @@
-/* vmoe: the command-line tool (DESIGN.md, Command-line tool).
+/* vmoe: the command-line tool (docs/design.md, The vmoe tool).
  * One binary, one function per sub-command; each error is one line on
  * stderr and a non-zero exit. */
 #include "npy.h"

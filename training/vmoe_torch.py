@@ -1,7 +1,7 @@
-"""The one PyTorch definition of the DESIGN.md model.
+"""The one PyTorch definition of the docs/design.md model.
 
 Module names are the model file's tensor names (timm's ViT naming), and the
-forward pass follows DESIGN.md's "Forward pass" step by step, so a state_dict
+forward pass follows docs/design.md's "The forward pass" step by step, so a state_dict
 exported from here loads into the C engine unchanged and the two agree to
 float32 rounding.  It serves three masters: training (training/train.py),
 export, and the parity references of tests/parity.
@@ -135,7 +135,7 @@ class MoE(nn.Module):
         if moe["routing"] == "token":
             self.router = nn.Linear(d, e)
         if moe["shared_expert"]:
-            # DESIGN.md: the shared expert has the dense MLP's shape.
+            # docs/design.md: the shared expert has the dense MLP's shape.
             self.shared = Mlp(d, c["mlp_dim"], c["act"])
 
     def combine(self, z, rows, weights, expert):
@@ -326,7 +326,7 @@ def resize_to_model(x, config):
 
 
 def preprocess_uint8(frames, config, regions=None):
-    """DESIGN.md step 1 for uint8 frames [N, H, W, C] -> float32 [N, C, Ht, Wt].
+    """docs/design.md, Step 1 for uint8 frames [N, H, W, C] -> float32 [N, C, Ht, Wt].
     regions: None, or one (x, y, w, h) per frame; each clamped crop is then
     pre-processed as a frame of its own."""
     c = complete_config(config)

@@ -1,4 +1,4 @@
-/* Forward recording: the forward pass of DESIGN.md for one batch size as
+/* Forward recording: the forward pass of docs/design.md for one batch size as
  * a command buffer, recorded once and replayed.  Routing happens on the
  * GPU: the expert GEMMs read their rows from lists the routing shaders
  * wrote, so nothing is read back mid-pass.  The push constants are filled

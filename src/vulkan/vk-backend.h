@@ -1,4 +1,4 @@
-/* The Vulkan backend: the forward pass of DESIGN.md in compute shaders. */
+/* The Vulkan backend: the forward pass of docs/design.md in compute shaders. */
 #ifndef VMOE_VK_BACKEND_H
 #define VMOE_VK_BACKEND_H
 
