@@ -29,7 +29,7 @@
  * GStreamer's log; streams not reaching EOS within 10 s of the end; and
  * RSS spreading more than 1024 kB (max - min) over the samples taken after
  * the warm-up (the first fifth of the run, at least 10 s) while every stream
- * was PLAYING (one in READY has freed its model).  GLib warnings and
+ * was PLAYING with the model it was last given (see all_settled).  GLib warnings and
  * criticals abort.  It ends with one summary line, and prints progress
  * every 60 s (every second with VMOE_SOAK_TRACE=1).
  */
@@ -45,6 +45,13 @@
 #include "gstvmoemeta.h"
 
 #define RSS_SPREAD_LIMIT_KB 1024
+/* AddressSanitizer holds freed memory in quarantine on purpose, so RSS says
+ * nothing there; LeakSanitizer checks for leaks instead. */
+#ifdef __SANITIZE_ADDRESS__
+#define CHECK_RSS FALSE
+#else
+#define CHECK_RSS TRUE
+#endif
 #define SWAP_PERIOD_S 2
 #define STATE_PERIOD_S 6
 #define STALL_LIMIT_S 5
@@ -117,6 +124,7 @@ typedef struct {
   /* kB; min/max over the samples after warm-up with every stream PLAYING. */
   guint64 rss_start, rss_end, rss_min, rss_max;
   guint rss_samples;
+  guint rss_max_at;             /* second of the run */
   guint warmup_s;
   guint eos_seen;
   guint eos_timeout;            /* source id while waiting for EOS */
@@ -449,31 +457,46 @@ finish (void)
   soak.eos_timeout = g_timeout_add_seconds (EOS_WAIT_S, on_eos_timeout, NULL);
 }
 
+/* Every stream PLAYING and classifying with the model it was last given.
+ * A stream in READY has freed its model and buffers; one whose swap is
+ * still under way holds two models (the 900 s run of bench/RESULTS.md
+ * caught one such sample, 2 MB over the others, on the loaded machine). */
 static gboolean
-all_playing (void)
+all_settled (void)
 {
-  for (guint i = 0; i < N_STREAMS; i++)
-    if (soak.streams[i].down_state != GST_STATE_VOID_PENDING)
+  for (guint i = 0; i < N_STREAMS; i++) {
+    Stream *s = &soak.streams[i];
+    if (s->down_state != GST_STATE_VOID_PENDING)
       return FALSE;
+    g_mutex_lock (&s->lock);
+    VmoeRouting seen = s->last_fresh_routing;
+    g_mutex_unlock (&s->lock);
+    if (seen != soak.models[s->model].routing)
+      return FALSE;
+  }
   return TRUE;
 }
 
-/* Once a second: RSS first, then the actions due.  Only samples with every
- * stream PLAYING count: one in READY has freed its model and buffers. */
+/* Once a second: RSS first, then the actions due.  Only samples taken with
+ * every stream settled count. */
 static gboolean
 on_tick (gpointer data)
 {
   guint64 rss = read_rss_kb ();
   guint t = ++soak.tick;
   soak.rss_end = rss;
-  if (t > soak.warmup_s && all_playing ()) {
+  gboolean settled = all_settled ();
+  if (t > soak.warmup_s && settled) {
     soak.rss_samples++;
     soak.rss_min = soak.rss_min ? MIN (soak.rss_min, rss) : rss;
-    soak.rss_max = MAX (soak.rss_max, rss);
+    if (rss > soak.rss_max) {
+      soak.rss_max = rss;
+      soak.rss_max_at = t;
+    }
   }
   if (t % PROGRESS_PERIOD_S == 0 || g_getenv ("VMOE_SOAK_TRACE"))
     g_print ("soak: %u s, frames %" G_GUINT64_FORMAT ", RSS %" G_GUINT64_FORMAT " kB%s\n", t,
-        total_frames (), rss, all_playing () ? "" : ", a stream down");
+        total_frames (), rss, settled ? "" : ", not settled");
   if (t >= soak.seconds) {
     finish ();
     return G_SOURCE_REMOVE;
@@ -620,7 +643,7 @@ main (int argc, char **argv)
   g_main_loop_unref (soak.loop);
 
   guint64 spread = soak.rss_max - soak.rss_min;
-  if (started && spread > RSS_SPREAD_LIMIT_KB)
+  if (CHECK_RSS && started && spread > RSS_SPREAD_LIMIT_KB)
     fail ("RSS spread %" G_GUINT64_FORMAT " kB after the %u s warm-up, over %d kB",
         spread, soak.warmup_s, RSS_SPREAD_LIMIT_KB);
   gboolean passed = started && soak.failures == 0;
@@ -628,10 +651,10 @@ main (int argc, char **argv)
       G_GUINT64_FORMAT ", carried %" G_GUINT64_FORMAT "), messages %" G_GUINT64_FORMAT
       " (%" G_GUINT64_FORMAT " for frames flushed by READY), model swaps %u, state changes %u, warnings %d, RSS kB start %" G_GUINT64_FORMAT
       " end %" G_GUINT64_FORMAT ", after %u s warm-up min %" G_GUINT64_FORMAT " max %"
-      G_GUINT64_FORMAT " over %u samples (spread %" G_GUINT64_FORMAT ", limit %d), failures %u\n",
+      G_GUINT64_FORMAT " (at %u s) over %u samples (spread %" G_GUINT64_FORMAT ", limit %d), failures %u\n",
       passed ? "PASS" : "FAIL", elapsed, (guint) N_STREAMS, frames, fresh, frames - fresh,
       messages, flushed, soak.swaps, soak.state_changes, soak.warnings, soak.rss_start,
-      soak.rss_end, soak.warmup_s, soak.rss_min, soak.rss_max, soak.rss_samples, spread,
+      soak.rss_end, soak.warmup_s, soak.rss_min, soak.rss_max, soak.rss_max_at, soak.rss_samples, spread,
       RSS_SPREAD_LIMIT_KB, soak.failures);
   return passed ? 0 : 1;
 }
