@@ -121,7 +121,7 @@ typedef struct {
   guint state_changes;
   gint warnings;                /* bus and log warnings and errors, atomic */
   guint failures;
-  /* kB; min/max over the samples after warm-up with every stream PLAYING. */
+  /* kB; min/max over the samples after warm-up with every stream settled. */
   guint64 rss_start, rss_end, rss_min, rss_max;
   guint rss_samples;
   guint rss_max_at;             /* second of the run */
@@ -592,6 +592,8 @@ int
 main (int argc, char **argv)
 {
   pin_allocator ();
+  /* Progress lines of an hours-long run reach a pipe (tee) as they come. */
+  setvbuf (stdout, NULL, _IOLBF, 0);
   gst_init (&argc, &argv);
   if (argc != 4 || atoi (argv[1]) <= 0) {
     g_printerr ("usage: %s SECONDS MODEL_A MODEL_B\n", argv[0]);
