@@ -459,8 +459,7 @@ finish (void)
 
 /* Every stream PLAYING and classifying with the model it was last given.
  * A stream in READY has freed its model and buffers; one whose swap is
- * still under way holds two models (the 900 s run of bench/RESULTS.md
- * caught one such sample, 2 MB over the others, on the loaded machine). */
+ * still under way holds two models for a moment. */
 static gboolean
 all_settled (void)
 {
