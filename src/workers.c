@@ -103,7 +103,17 @@ vmoe_workers_new (int threads)
     WorkerArg *arg = g_new (WorkerArg, 1);
     arg->pool = w;
     arg->slot = i;
-    w->thread[i - 1] = g_thread_new ("vmoe-worker", worker_main, arg);
+    GError *error = NULL;
+    w->thread[i - 1] = g_thread_try_new ("vmoe-worker", worker_main, arg, &error);
+    if (!w->thread[i - 1]) {
+      /* The process is out of threads (a limit, or another process holding
+       * thousands): run on the ones there are rather than abort. */
+      g_debug ("vmoe: %d of %d worker threads: %s", i, w->threads, error->message);
+      g_error_free (error);
+      g_free (arg);
+      w->threads = i;
+      break;
+    }
   }
   /* A thread's start-up (GLib's and the C library's per-thread set-up,
    * allocations included) is over before the pool is handed out: nothing

@@ -8,6 +8,7 @@
 #include <glib/gstdio.h>
 #include <malloc.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -848,6 +849,38 @@ START_TEST (test_workers_in_forked_child)
 }
 END_TEST
 
+/* A process out of threads (here: out of address space for their stacks)
+ * gets a smaller pool, not an abort; the pool still runs every item once. */
+START_TEST (test_workers_without_threads_to_spare)
+{
+  pid_t pid = fork ();
+  ck_assert_int_ge (pid, 0);
+  if (pid == 0) {
+    /* Room for no thread stack (8 MiB each by default) beyond what is
+     * mapped now. */
+    char *status = NULL;
+    g_file_get_contents ("/proc/self/status", &status, NULL, NULL);
+    const char *vm = status ? strstr (status, "VmSize:") : NULL;
+    if (!vm)
+      _exit (2);
+    struct rlimit limit;
+    limit.rlim_cur = limit.rlim_max = (g_ascii_strtoull (vm + 7, NULL, 10) + 2048) * 1024;
+    g_free (status);
+    if (setrlimit (RLIMIT_AS, &limit) != 0)
+      _exit (3);
+    VmoeWorkers *workers = vmoe_workers_new (4);
+    gint counts[20] = { 0 };
+    vmoe_workers_run (workers, 20, count_item, counts);
+    gboolean ok = vmoe_workers_threads (workers) < 4;
+    for (int i = 0; i < 20; i++)
+      ok &= counts[i] == 1;
+    vmoe_workers_free (workers);
+    _exit (ok ? 0 : 1);
+  }
+  expect_child_success (pid);
+}
+END_TEST
+
 /* 145 tokens of width 128 per image, so that a batch of 4 is split three
  * ways everywhere (test_threads_agree checks the sizes against the
  * threshold); all three kinds of MoE layer. */
@@ -1098,6 +1131,9 @@ ops_suite (void)
   tcase_add_test (threads, test_attention_tiles_against_double);
   tcase_add_test (threads, test_workers_run_each_item_once);
   tcase_add_test (threads, test_workers_in_forked_child);
+  /* ASan reserves terabytes of address space up front: no room to limit. */
+  if (HEAP_VISIBLE_TO_MALLINFO)
+    tcase_add_test (threads, test_workers_without_threads_to_spare);
   tcase_add_test (threads, test_threads_agree);
   tcase_add_test (threads, test_session_in_forked_child);
   suite_add_tcase (s, threads);
