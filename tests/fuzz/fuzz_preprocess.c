@@ -1,16 +1,16 @@
-/* Pre-processing (docs/design.md, forward pass step 1) of random frames:
- * any pixel format, size, stride padding and pixels, for random model
- * sizes, crop_pct, mean and std.  Every plane is its own allocation of
- * exactly the bytes its stride and height say, so AddressSanitizer catches a
- * read outside the frame; the output is compared with a plain
- * double-precision reference written from the design text, whose every pixel
- * fetch is bounds-checked.
- *
- * Regions of interest (x, y, w, h) are not in the engine yet; when they are,
- * draw one here and crop the reference's source frame to it. */
+/* Pre-processing (docs/design.md, forward pass step 1, Aspect handling and
+ * Regions of interest) of random frames: any pixel format, size, stride
+ * padding and pixels, any region (negative, huge, empty once clamped, or
+ * none), for random model sizes, aspect, crop_pct, mean and std.  Every
+ * plane is its own allocation of exactly the bytes its stride and height
+ * say, so AddressSanitizer catches a read outside the frame; the output is
+ * compared with a plain double-precision reference written from the design
+ * text, whose every pixel fetch is bounds-checked against the frame and
+ * whose bilinear sources are checked against the region. */
 #include "fuzz-common.h"
 #include "vmoe-private.h"
 
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 
@@ -22,6 +22,8 @@ int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size);
 typedef struct {
   VmoeImage image;
   size_t plane_bytes[3];
+  /* The image's region clamped to the frame, computed here. */
+  VmoeCrop crop;
 } Frame;
 
 static int
@@ -114,19 +116,38 @@ reference_source (int d, int src_len, int dst_len, int *i0, int *i1, double *lam
   *i0 = MIN ((int) floor (s), src_len - 1);
   *i1 = MIN (*i0 + 1, src_len - 1);
   *lambda = s - *i0;
+  FUZZ_ASSERT (*i0 >= 0 && *i1 < src_len, "reference source %d, %d outside 0..%d",
+      *i0, *i1, src_len - 1);
+}
+
+/* The region clamped to the frame in 64 bits; FALSE when that is empty.
+ * A width or height of 0 is the whole frame. */
+static gboolean
+reference_crop (const VmoeImage *img, VmoeCrop *crop)
+{
+  gint64 x = img->region.x, y = img->region.y;
+  gint64 w = img->region.width, h = img->region.height;
+  if (w == 0 || h == 0) {
+    *crop = (VmoeCrop) { 0, 0, img->width, img->height };
+    return TRUE;
+  }
+  gint64 left = CLAMP (x, 0, img->width), right = CLAMP (x + w, 0, img->width);
+  gint64 top = CLAMP (y, 0, img->height), bottom = CLAMP (y + h, 0, img->height);
+  *crop = (VmoeCrop) { (int) left, (int) top, (int) (right - left), (int) (bottom - top) };
+  return right > left && bottom > top;
 }
 
 /* The resize engine refuses: past this side its float source coordinates
  * lose the half-pixel centres (src/preprocess.c). */
 #define MAX_RESIZED_SIDE (1 << 23)
 
-/* The virtual resized frame's sides; equal to the model's for a frame of
- * the model's size. */
+/* The virtual resized crop's sides; the model's for stretch and for a crop
+ * of the model's size. */
 static void
 reference_resized (const Frame *f, const VmoeConfig *c, double *rh, double *rw)
 {
-  int h0 = f->image.height, w0 = f->image.width, ht = c->image_h, wt = c->image_w;
-  if (h0 == ht && w0 == wt) {
+  int h0 = f->crop.height, w0 = f->crop.width, ht = c->image_h, wt = c->image_w;
+  if ((h0 == ht && w0 == wt) || c->aspect == VMOE_ASPECT_STRETCH) {
     *rh = ht, *rw = wt;
     return;
   }
@@ -144,13 +165,36 @@ reference_pixel (const Frame *f, const VmoeConfig *c, int ch, int x, int y)
   int top = (rh - c->image_h) / 2, left = (rw - c->image_w) / 2;
   int y0, y1, x0, x1;
   double ly, lx;
-  reference_source (y + top, f->image.height, rh, &y0, &y1, &ly);
-  reference_source (x + left, f->image.width, rw, &x0, &x1, &lx);
+  /* The crop is a frame of its own size whose pixels keep their frame
+   * coordinates (YUV chroma pairs with the frame's 2x2 blocks). */
+  reference_source (y + top, f->crop.height, rh, &y0, &y1, &ly);
+  reference_source (x + left, f->crop.width, rw, &x0, &x1, &lx);
+  x0 += f->crop.x, x1 += f->crop.x, y0 += f->crop.y, y1 += f->crop.y;
   int channels = c->in_channels;
   return (1 - ly) * ((1 - lx) * reference_value (f, channels, ch, x0, y0)
           + lx * reference_value (f, channels, ch, x1, y0))
       + ly * ((1 - lx) * reference_value (f, channels, ch, x0, y1)
           + lx * reference_value (f, channels, ch, x1, y1));
+}
+
+/* A region coordinate or side: mostly near the frame, sometimes an extreme
+ * int or any int, and 0 (the whole frame for a side) when the input has
+ * run out. */
+static int
+fuzz_region_int (FuzzInput *in)
+{
+  static const int extremes[] = { INT_MIN, INT_MIN + 1, -MAX_FRAME_SIDE - 1, -1, 1,
+    INT_MAX - MAX_FRAME_SIDE, INT_MAX - 1, INT_MAX };
+  switch (fuzz_take (in, 1) % 4) {
+  case 0:
+    return 0;
+  case 1:
+    return fuzz_int (in, -16, MAX_FRAME_SIDE + 16);
+  case 2:
+    return extremes[fuzz_take (in, 1) % G_N_ELEMENTS (extremes)];
+  default:
+    return (int) (int32_t) (uint32_t) fuzz_take (in, 4);
+  }
 }
 
 /* A normalisation constant of either sign, 1/64 to 16 in magnitude. */
@@ -191,6 +235,13 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     img->strides[p] = row + (size_t) fuzz_int (&in, 0, 15);
     f.plane_bytes[p] = (size_t) (rows - 1) * img->strides[p] + row;
   }
+  /* Drawn after the frame so that an input that ends early is the whole
+   * frame with aspect crop. */
+  config.aspect = fuzz_take (&in, 1) & 1 ? VMOE_ASPECT_STRETCH : VMOE_ASPECT_CROP;
+  img->region.x = fuzz_region_int (&in);
+  img->region.y = fuzz_region_int (&in);
+  img->region.width = fuzz_region_int (&in);
+  img->region.height = fuzz_region_int (&in);
   /* The rest of the input is the pixels, repeated to fill every plane. */
   uint8_t *owned[3] = { NULL };
   for (int p = 0; p < planes; p++) {
@@ -205,12 +256,18 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   GError *error = NULL;
   gboolean ok = vmoe_preprocess (&config, img, out, &error);
   fuzz_check_outcome (ok, error);
-  double resized_h, resized_w;
-  reference_resized (&f, &config, &resized_h, &resized_w);
+  gboolean empty = !reference_crop (img, &f.crop);
+  double resized_h = 0, resized_w = 0;
+  if (!empty)
+    reference_resized (&f, &config, &resized_h, &resized_w);
   gboolean too_large = resized_h > MAX_RESIZED_SIDE || resized_w > MAX_RESIZED_SIDE;
-  FUZZ_ASSERT (ok != too_large, "a %dx%d frame of format %d resized to %.0fx%.0f: %s",
-      img->width, img->height, (int) img->format, resized_w, resized_h,
-      ok ? "accepted" : error->message);
+  FUZZ_ASSERT (ok == !(empty || too_large), "a %dx%d frame of format %d, region x %d, "
+      "y %d, width %d, height %d (%s), aspect %d, resized to %.0fx%.0f: %s",
+      img->width, img->height, (int) img->format, img->region.x, img->region.y,
+      img->region.width, img->region.height, empty ? "empty" : "not empty",
+      (int) config.aspect, resized_w, resized_h, ok ? "accepted" : error->message);
+  FUZZ_ASSERT (ok || error->code == VMOE_ERROR_INVALID_ARGUMENT,
+      "refused with error code %d: %s", error->code, error->message);
   g_clear_error (&error);
 
   /* YUV frames are rounded to 8-bit RGB first: a value that lands on .5
@@ -225,9 +282,11 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
         double got = (double) v * config.std[ch] + config.mean[ch];
         double want = reference_pixel (&f, &config, ch, x, y);
         FUZZ_ASSERT (fabs (got - want) <= tolerance,
-            "pixel (%d, %d, %d) of a %dx%d frame (format %d) to %dx%d, crop_pct %.17g: "
-            "%.6f, the reference %.6f", ch, y, x, img->width, img->height,
-            (int) img->format, config.image_w, config.image_h, config.crop_pct, got, want);
+            "pixel (%d, %d, %d) of a %dx%d frame (format %d), crop %dx%d at (%d, %d), "
+            "to %dx%d, aspect %d, crop_pct %.17g: %.6f, the reference %.6f", ch, y, x,
+            img->width, img->height, (int) img->format, f.crop.width, f.crop.height,
+            f.crop.x, f.crop.y, config.image_w, config.image_h, (int) config.aspect,
+            config.crop_pct, got, want);
       }
     }
   }
