@@ -13,6 +13,8 @@
 #include <limits.h>
 #include <math.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size);
 
@@ -205,6 +207,153 @@ fuzz_norm (FuzzInput *in)
   return (fuzz_take (in, 1) & 1 ? -1.0f : 1.0f) * (float) v / 64.0f;
 }
 
+/* Runs vmoe_preprocess on frame f (its region included) and checks the
+ * outcome and every output value against the reference.  Returns the
+ * output, or NULL when the engine refused, as it must, an empty region or
+ * an oversized resize. */
+static float *
+check_preprocess (Frame *f, const VmoeConfig *config)
+{
+  const VmoeImage *img = &f->image;
+  size_t out_count = (size_t) config->in_channels * config->image_h * config->image_w;
+  float *out = g_new (float, out_count);
+  GError *error = NULL;
+  gboolean ok = vmoe_preprocess (config, img, out, &error);
+  fuzz_check_outcome (ok, error);
+  gboolean empty = !reference_crop (img, &f->crop);
+  double resized_h = 0, resized_w = 0;
+  if (!empty)
+    reference_resized (f, config, &resized_h, &resized_w);
+  gboolean too_large = resized_h > MAX_RESIZED_SIDE || resized_w > MAX_RESIZED_SIDE;
+  FUZZ_ASSERT (ok == !(empty || too_large), "a %dx%d frame of format %d, region x %d, "
+      "y %d, width %d, height %d (%s), aspect %d, resized to %.0fx%.0f: %s",
+      img->width, img->height, (int) img->format, img->region.x, img->region.y,
+      img->region.width, img->region.height, empty ? "empty" : "not empty",
+      (int) config->aspect, resized_w, resized_h, ok ? "accepted" : error->message);
+  FUZZ_ASSERT (ok || error->code == VMOE_ERROR_INVALID_ARGUMENT,
+      "refused with error code %d: %s", error->code, error->message);
+  g_clear_error (&error);
+  if (!ok) {
+    g_free (out);
+    return NULL;
+  }
+
+  /* YUV frames are rounded to 8-bit RGB first: a value that lands on .5
+   * may round either way in float and double. */
+  double tolerance = img->format >= VMOE_PIXEL_I420 ? 1.0 / 255 + 1e-4 : 1e-4;
+  size_t plane = (size_t) config->image_h * config->image_w;
+  for (int ch = 0; ch < config->in_channels; ch++) {
+    for (int y = 0; y < config->image_h; y++) {
+      for (int x = 0; x < config->image_w; x++) {
+        float v = out[ch * plane + (size_t) y * config->image_w + x];
+        FUZZ_ASSERT (isfinite (v), "output (%d, %d, %d) is %g", ch, y, x, v);
+        double got = (double) v * config->std[ch] + config->mean[ch];
+        double want = reference_pixel (f, config, ch, x, y);
+        FUZZ_ASSERT (fabs (got - want) <= tolerance,
+            "pixel (%d, %d, %d) of a %dx%d frame (format %d), crop %dx%d at (%d, %d), "
+            "to %dx%d, aspect %d, crop_pct %.17g: %.6f, the reference %.6f", ch, y, x,
+            img->width, img->height, (int) img->format, f->crop.width, f->crop.height,
+            f->crop.x, f->crop.y, config->image_w, config->image_h, (int) config->aspect,
+            config->crop_pct, got, want);
+      }
+    }
+  }
+  return out;
+}
+
+/* The batch check's models: tiny, non-square, one per aspect, made once. */
+static VmoeSession *
+batch_session (VmoeAspect aspect)
+{
+  static VmoeSession *sessions[2];
+  if (sessions[aspect])
+    return sessions[aspect];
+  char *config = g_strdup_printf ("{\"format\": \"vmoe\", \"version\": 1, "
+      "\"image_size\": [8, 12], \"patch_size\": 4, \"in_channels\": 3, "
+      "\"embed_dim\": 8, \"depth\": 1, \"num_heads\": 2, \"mlp_dim\": 8, "
+      "\"num_classes\": 3, \"labels\": [\"a\", \"b\", \"c\"], "
+      "\"mean\": [0.5, 0.4, 0.3], \"std\": [0.2, 0.3, 0.25], \"crop_pct\": 0.75, "
+      "\"aspect\": \"%s\"}", aspect == VMOE_ASPECT_STRETCH ? "stretch" : "crop");
+  int fd = memfd_create ("fuzz-preprocess", 0);
+  FUZZ_ASSERT (fd >= 0, "memfd_create failed");
+  char *path = g_strdup_printf ("/proc/self/fd/%d", fd);
+  GError *error = NULL;
+  gboolean ok = vmoe_random_model_write (config, 1, path, &error);
+  FUZZ_ASSERT (ok, "the batch model was not written: %s", error->message);
+  VmoeModel *model = vmoe_model_load (path, &error);
+  FUZZ_ASSERT (model, "the batch model does not load: %s", error->message);
+  close (fd);
+  g_free (path);
+  g_free (config);
+  VmoeSessionOptions options;
+  vmoe_session_options_init (&options);
+  options.backend = VMOE_BACKEND_CPU;
+  options.threads = 1;
+  sessions[aspect] = vmoe_session_new (model, &options, &error);
+  FUZZ_ASSERT (sessions[aspect], "no CPU session: %s", error->message);
+  vmoe_model_unref (model);
+  return sessions[aspect];
+}
+
+#define MAX_BATCH 3
+
+/* The frame's regions as one vmoe_session_run_u8 batch of images sharing
+ * its planes: it fails, naming the first image with an empty region, if
+ * any region is empty; otherwise each image's logits are those of its
+ * region pre-processed alone (checked against the reference above) and run
+ * through vmoe_session_run_f32. */
+static void
+check_batch (Frame *frames, int n, VmoeAspect aspect)
+{
+  VmoeSession *session = batch_session (aspect);
+  const VmoeConfig *config = vmoe_model_get_config (vmoe_session_get_model (session));
+  size_t per_image = (size_t) config->in_channels * config->image_h * config->image_w;
+  float *inputs = g_new (float, per_image * n);
+  VmoeImage images[MAX_BATCH];
+  int first_refused = -1;
+  for (int i = 0; i < n; i++) {
+    float *out = check_preprocess (&frames[i], config);
+    if (out)
+      memcpy (inputs + per_image * i, out, per_image * sizeof *out);
+    else if (first_refused < 0)
+      first_refused = i;
+    g_free (out);
+    images[i] = frames[i].image;
+  }
+  GError *error = NULL;
+  gboolean ok = vmoe_session_run_u8 (session, images, n, &error);
+  fuzz_check_outcome (ok, error);
+  if (first_refused >= 0) {
+    char *name = g_strdup_printf ("image %d:", first_refused);
+    FUZZ_ASSERT (!ok && error->code == VMOE_ERROR_INVALID_ARGUMENT
+        && g_str_has_prefix (error->message, name),
+        "a batch whose image %d is refused alone: %s", first_refused,
+        ok ? "accepted" : error->message);
+    g_free (name);
+  } else {
+    FUZZ_ASSERT (ok, "a batch of regions that pre-process alone: %s", error->message);
+  }
+  g_clear_error (&error);
+  if (ok) {
+    int classes = config->num_classes;
+    float *logits = g_new (float, (size_t) classes * n);
+    for (int i = 0; i < n; i++)
+      memcpy (logits + (size_t) classes * i, vmoe_session_get_result (session, i)->logits,
+          classes * sizeof *logits);
+    ok = vmoe_session_run_f32 (session, inputs, n, &error);
+    FUZZ_ASSERT (ok, "the pre-processed batch does not run: %s", error->message);
+    for (int i = 0; i < n; i++) {
+      const float *want = vmoe_session_get_result (session, i)->logits;
+      for (int k = 0; k < classes; k++)
+        FUZZ_ASSERT (fabsf (logits[classes * i + k] - want[k]) <= 1e-5f * (1 + fabsf (want[k])),
+            "image %d of %d, class %d: %g from the frame, %g from its pre-processing",
+            i, n, k, logits[classes * i + k], want[k]);
+    }
+    g_free (logits);
+  }
+  g_free (inputs);
+}
+
 int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
@@ -242,6 +391,20 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   img->region.y = fuzz_region_int (&in);
   img->region.width = fuzz_region_int (&in);
   img->region.height = fuzz_region_int (&in);
+  /* With bit 0 set, the frame also goes through a batch with this region
+   * and one or two more. */
+  int batch_flags = (int) fuzz_take (&in, 1);
+  int n_batch = batch_flags & 1 ? 2 + (batch_flags >> 1) % (MAX_BATCH - 1) : 0;
+  Frame batch[MAX_BATCH];
+  for (int i = 0; i < n_batch; i++) {
+    batch[i] = f;
+    if (i > 0) {
+      batch[i].image.region.x = fuzz_region_int (&in);
+      batch[i].image.region.y = fuzz_region_int (&in);
+      batch[i].image.region.width = fuzz_region_int (&in);
+      batch[i].image.region.height = fuzz_region_int (&in);
+    }
+  }
   /* The rest of the input is the pixels, repeated to fill every plane. */
   uint8_t *owned[3] = { NULL };
   for (int p = 0; p < planes; p++) {
@@ -251,46 +414,12 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     img->planes[p] = owned[p];
   }
 
-  size_t out_count = (size_t) config.in_channels * config.image_h * config.image_w;
-  float *out = g_new (float, out_count);
-  GError *error = NULL;
-  gboolean ok = vmoe_preprocess (&config, img, out, &error);
-  fuzz_check_outcome (ok, error);
-  gboolean empty = !reference_crop (img, &f.crop);
-  double resized_h = 0, resized_w = 0;
-  if (!empty)
-    reference_resized (&f, &config, &resized_h, &resized_w);
-  gboolean too_large = resized_h > MAX_RESIZED_SIDE || resized_w > MAX_RESIZED_SIDE;
-  FUZZ_ASSERT (ok == !(empty || too_large), "a %dx%d frame of format %d, region x %d, "
-      "y %d, width %d, height %d (%s), aspect %d, resized to %.0fx%.0f: %s",
-      img->width, img->height, (int) img->format, img->region.x, img->region.y,
-      img->region.width, img->region.height, empty ? "empty" : "not empty",
-      (int) config.aspect, resized_w, resized_h, ok ? "accepted" : error->message);
-  FUZZ_ASSERT (ok || error->code == VMOE_ERROR_INVALID_ARGUMENT,
-      "refused with error code %d: %s", error->code, error->message);
-  g_clear_error (&error);
-
-  /* YUV frames are rounded to 8-bit RGB first: a value that lands on .5
-   * may round either way in float and double. */
-  double tolerance = img->format >= VMOE_PIXEL_I420 ? 1.0 / 255 + 1e-4 : 1e-4;
-  size_t plane = (size_t) config.image_h * config.image_w;
-  for (int ch = 0; ok && ch < config.in_channels; ch++) {
-    for (int y = 0; y < config.image_h; y++) {
-      for (int x = 0; x < config.image_w; x++) {
-        float v = out[ch * plane + (size_t) y * config.image_w + x];
-        FUZZ_ASSERT (isfinite (v), "output (%d, %d, %d) is %g", ch, y, x, v);
-        double got = (double) v * config.std[ch] + config.mean[ch];
-        double want = reference_pixel (&f, &config, ch, x, y);
-        FUZZ_ASSERT (fabs (got - want) <= tolerance,
-            "pixel (%d, %d, %d) of a %dx%d frame (format %d), crop %dx%d at (%d, %d), "
-            "to %dx%d, aspect %d, crop_pct %.17g: %.6f, the reference %.6f", ch, y, x,
-            img->width, img->height, (int) img->format, f.crop.width, f.crop.height,
-            f.crop.x, f.crop.y, config.image_w, config.image_h, (int) config.aspect,
-            config.crop_pct, got, want);
-      }
-    }
-  }
-  g_free (out);
+  /* The planes are only filled now: the batch's frames share them. */
+  for (int i = 0; i < n_batch; i++)
+    memcpy (batch[i].image.planes, img->planes, sizeof img->planes);
+  g_free (check_preprocess (&f, &config));
+  if (n_batch)
+    check_batch (batch, n_batch, config.aspect);
   for (int p = 0; p < planes; p++)
     g_free (owned[p]);
   return 0;

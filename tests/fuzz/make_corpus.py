@@ -150,6 +150,14 @@ def main():
         write(os.path.join(out, "preprocess"), name + ".bin", preprocess_input(
             rng, channels=3, model=(12, 9), fmt=fmt, frame=frame, aspect=aspect,
             region=region))
+    # Batches: three regions of an NV12 frame (one the whole frame), and an
+    # RGB one whose second region is empty.
+    write(os.path.join(out, "preprocess"), "batch-nv12-three.bin", preprocess_input(
+        rng, channels=3, model=(12, 9), fmt=8, frame=(31, 23), aspect="crop",
+        region=(3, 5, 17, 11), batch=[(0, 0, 0, 0), (29, 1, 9, 9)]))
+    write(os.path.join(out, "preprocess"), "batch-rgb-second-empty.bin", preprocess_input(
+        rng, channels=1, model=(7, 5), fmt=0, frame=(20, 16), aspect="stretch",
+        region=(2, 2, 10, 10), batch=[(-50, -50, 10, 10)]))
 
 
 def region_int(v):
@@ -163,10 +171,12 @@ def region_int(v):
     return b"\3" + struct.pack(">i", v)
 
 
-def preprocess_input(rng, channels, model, fmt, frame, aspect, region=(0, 0, 0, 0)):
+def preprocess_input(rng, channels, model, fmt, frame, aspect, region=(0, 0, 0, 0),
+                     batch=()):
     """An input of fuzz_preprocess.c, in the order it reads: model channels
     and size (height, width), crop_pct, mean and std, pixel format, frame
-    width and height, stride padding per plane, aspect, region, pixels."""
+    width and height, stride padding per plane, aspect, region, the batch
+    (a flag byte, then the other regions of a batch of 2 or 3), pixels."""
     data = bytes([channels == 3, model[0] - 1, model[1] - 1]) + struct.pack(">d", 0.875)
     for _ in range(channels):  # mean 0.5, std 0.25
         data += struct.pack(">HB", 31, 0) + struct.pack(">HB", 15, 0)
@@ -174,6 +184,8 @@ def preprocess_input(rng, channels, model, fmt, frame, aspect, region=(0, 0, 0, 
     data += bytes([fmt]) + struct.pack(">HH", frame[0] - 1, frame[1] - 1)
     data += bytes(range(1, planes + 1)) + bytes([aspect == "stretch"])
     data += b"".join(region_int(v) for v in region)
+    data += bytes([(1 | (len(batch) - 1) << 1) if batch else 0])
+    data += b"".join(region_int(v) for r in batch for v in r)
     return data + rng.integers(0, 256, 64, dtype=np.uint8).tobytes()
 
 if __name__ == "__main__":
