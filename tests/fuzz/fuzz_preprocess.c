@@ -6,7 +6,9 @@
  * say, so AddressSanitizer catches a read outside the frame; the output is
  * compared with a plain double-precision reference written from the design
  * text, whose every pixel fetch is bounds-checked against the frame and
- * whose bilinear sources are checked against the region. */
+ * whose bilinear sources are checked against the region.  Some inputs also
+ * send the frame with two or three regions through one CPU session batch
+ * (check_batch). */
 #include "fuzz-common.h"
 #include "vmoe-private.h"
 
