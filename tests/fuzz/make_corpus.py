@@ -131,14 +131,62 @@ def main():
     header_len = struct.unpack("<H", v2[8:10])[0]
     write(os.path.join(out, "npy"), "u8-v2.npy", b"\x93NUMPY\x02\x00"
           + struct.pack("<I", header_len) + v2[10:])
-    # Pre-processing: a few frames of each kind of format (its first bytes
-    # are the model and frame sizes; see fuzz_preprocess.c).
+    # Pre-processing: a frame of each pixel format, whole, then regions.
     for fmt in range(9):
-        seed = bytes([fmt % 2, 7 + fmt, 9, 0x3f, 0xec, 0, 0, 0, 0, 0, 0,
-                      0, 64, 0, 16, 0, 64, 0, 32, 0, 0, fmt, 0, 20 + fmt, 0, 13, 3, 1, 2])
-        write(os.path.join(out, "preprocess"), "format-%d.bin" % fmt,
-              seed + rng.integers(0, 256, 64, dtype=np.uint8).tobytes())
+        write(os.path.join(out, "preprocess"), "format-%d.bin" % fmt, preprocess_input(
+            rng, channels=1 + 2 * (fmt % 2), model=(7 + fmt, 9), fmt=fmt,
+            frame=(20 + fmt, 13), aspect="stretch" if fmt == 4 else "crop"))
+    regions = {
+        # An odd offset: chroma pairs with the frame's 2x2 blocks.
+        "i420-odd-offset": (7, (40, 30), (3, 5, 17, 11), "crop"),
+        "nv12-clamped-stretch": (8, (33, 21), (30, 20, 100, 100), "stretch"),
+        "rgb-negative-xy": (1, (24, 16), (-5, -2, 20, 10), "crop"),
+        "bgra-int-max-side": (4, (17, 19), (2, 3, 2**31 - 1, 5), "crop"),
+        "gray-model-size-at-offset": (0, (30, 20), (5, 4, 9, 12), "crop"),
+        "rgb-one-column": (1, (12, 12), (11, 0, 1, 12), "stretch"),
+        "argb-empty": (5, (10, 10), (10, 0, 4, 4), "crop"),
+    }
+    for name, (fmt, frame, region, aspect) in regions.items():
+        write(os.path.join(out, "preprocess"), name + ".bin", preprocess_input(
+            rng, channels=3, model=(12, 9), fmt=fmt, frame=frame, aspect=aspect,
+            region=region))
+    # Batches: three regions of an NV12 frame (one the whole frame), and an
+    # RGB one whose second region is empty.
+    write(os.path.join(out, "preprocess"), "batch-nv12-three.bin", preprocess_input(
+        rng, channels=3, model=(12, 9), fmt=8, frame=(31, 23), aspect="crop",
+        region=(3, 5, 17, 11), batch=[(0, 0, 0, 0), (29, 1, 9, 9)]))
+    write(os.path.join(out, "preprocess"), "batch-rgb-second-empty.bin", preprocess_input(
+        rng, channels=1, model=(7, 5), fmt=0, frame=(20, 16), aspect="stretch",
+        region=(2, 2, 10, 10), batch=[(-50, -50, 10, 10)]))
 
+
+def region_int(v):
+    """fuzz_region_int's encoding: a small value, an extreme or any int."""
+    if v == 0:
+        return b"\0"
+    if -16 <= v <= 316:
+        return b"\1" + struct.pack(">H", v + 16)
+    if v == 2**31 - 1:
+        return b"\2\7"
+    return b"\3" + struct.pack(">i", v)
+
+
+def preprocess_input(rng, channels, model, fmt, frame, aspect, region=(0, 0, 0, 0),
+                     batch=()):
+    """An input of fuzz_preprocess.c, in the order it reads: model channels
+    and size (height, width), crop_pct, mean and std, pixel format, frame
+    width and height, stride padding per plane, aspect, region, the batch
+    (a flag byte, then the other regions of a batch of 2 or 3), pixels."""
+    data = bytes([channels == 3, model[0] - 1, model[1] - 1]) + struct.pack(">d", 0.875)
+    for _ in range(channels):  # mean 0.5, std 0.25
+        data += struct.pack(">HB", 31, 0) + struct.pack(">HB", 15, 0)
+    planes = 3 if fmt == 7 else 2 if fmt == 8 else 1
+    data += bytes([fmt]) + struct.pack(">HH", frame[0] - 1, frame[1] - 1)
+    data += bytes(range(1, planes + 1)) + bytes([aspect == "stretch"])
+    data += b"".join(region_int(v) for v in region)
+    data += bytes([(1 | (len(batch) - 1) << 1) if batch else 0])
+    data += b"".join(region_int(v) for r in batch for v in r)
+    return data + rng.integers(0, 256, 64, dtype=np.uint8).tobytes()
 
 if __name__ == "__main__":
     main()
