@@ -1372,7 +1372,8 @@ START_TEST (test_bounded_queue_blocks_upstream)
   for (int t = 0; t < 500 && g_atomic_int_get (&counter.buffers_in) < expected; t++)
     g_usleep (10000);
   g_usleep (300000);
-  ck_assert_int_eq (g_atomic_int_get (&counter.buffers_in), expected);
+  int taken_in = g_atomic_int_get (&counter.buffers_in);
+  ck_assert_int_eq (taken_in, expected);
   gst_pad_remove_probe (srcpad, stall);
   for (int i = 0; i < frames; i++) {
     GstSample *sample = gst_app_sink_try_pull_sample (GST_APP_SINK (sink), 60 * GST_SECOND);
@@ -1521,6 +1522,124 @@ START_TEST (test_state_cycles_with_frames_in_flight)
 }
 END_TEST
 
+/* ------------------------------------------------- regions of interest */
+
+/* The engine's result on the pixels of a rectangle of a packed frame,
+ * copied into a frame of their own. */
+static void
+engine_expect_crop (const char *model_name, const guint8 *pixels, gboolean gray, int w,
+    int x, int y, int cw, int ch, int *class_id, float *scores, int *expert)
+{
+  int bpp = gray ? 1 : 3;
+  guint8 *crop = g_malloc ((gsize) cw * ch * bpp);
+  for (int row = 0; row < ch; row++)
+    memcpy (crop + (gsize) row * cw * bpp, pixels + ((gsize) (y + row) * w + x) * bpp,
+        (gsize) cw * bpp);
+  engine_expect (model_name, crop, gray, cw, ch, class_id, scores, expert);
+  g_free (crop);
+}
+
+/* roi-list: each region of a wanted class gets the engine's result on its
+ * pixels clamped to the frame, as a param on its ROI meta, a GstVmoeMeta
+ * with its id and a message; tiny, empty and unwanted ones get nothing; a
+ * frame without regions passes without a result.  In every pixel format. */
+START_TEST (test_regions_of_interest)
+{
+  GstVideoFormat format = all_formats[_i];
+  const int w = 64, h = 48;
+  GstHarness *hs = harness_for ("image_k1", "inference-region=roi-list post-messages=true "
+      "input-object-min-width=4 input-object-min-height=4 object-class=car,person "
+      "attribute-name=classified", format, w, h);
+  GstBus *bus = harness_bus (hs);
+  guint8 *rgb = g_malloc (w * h * 3);
+  gboolean gray;
+  GstBuffer *in = make_frame (format, w, h, 3, rgb, &gray);
+  const struct {
+    const char *type;
+    guint x, y, w, h;
+    gboolean classified;
+    guint cx, cy, cw, ch;            /* clamped */
+  } rois[] = {
+    { "car", 4, 6, 20, 16, TRUE, 4, 6, 20, 16 },
+    { "person", 50, 40, 30, 30, TRUE, 50, 40, 14, 8 },   /* clamped */
+    { "car", 10, 10, 2, 2, FALSE },                      /* tiny */
+    { "dog", 0, 0, 32, 32, FALSE },                      /* not a wanted class */
+    { "car", 100, 100, 10, 10, FALSE },                  /* empty once clamped */
+  };
+  for (guint r = 0; r < G_N_ELEMENTS (rois); r++)
+    gst_buffer_add_video_region_of_interest_meta (in, rois[r].type, rois[r].x, rois[r].y,
+        rois[r].w, rois[r].h)->id = (gint) r + 10;
+  GstBuffer *out = push_frame (hs, in, 0);
+  guint vmoe_metas = 0;
+  gpointer state = NULL;
+  GstMeta *m;
+  while ((m = gst_buffer_iterate_meta_filtered (out, &state, GST_VMOE_META_API_TYPE))) {
+    GstVmoeMeta *meta = (GstVmoeMeta *) m;
+    ck_assert_int_ge (meta->roi_id, 10);
+    ck_assert (rois[meta->roi_id - 10].classified);
+    ck_assert_str_eq (meta->model_name, "image_k1");
+    vmoe_metas++;
+  }
+  ck_assert_uint_eq (vmoe_metas, 2);
+  for (guint r = 0; r < G_N_ELEMENTS (rois); r++) {
+    GstVideoRegionOfInterestMeta *roi =
+        gst_buffer_get_video_region_of_interest_meta_id (out, (gint) r + 10);
+    ck_assert (roi != NULL);
+    GstStructure *param = gst_video_region_of_interest_meta_get_param (roi, "classified");
+    if (!rois[r].classified) {
+      ck_assert_msg (param == NULL, "roi %u classified", r);
+      continue;
+    }
+    ck_assert_msg (param != NULL, "roi %u without a result", r);
+    int class_id, expert;
+    float scores[5];
+    engine_expect_crop ("image_k1", rgb, gray, w, (int) rois[r].cx, (int) rois[r].cy,
+        (int) rois[r].cw, (int) rois[r].ch, &class_id, scores, &expert);
+    gint label_id;
+    gdouble confidence;
+    ck_assert (gst_structure_get_int (param, "label_id", &label_id));
+    ck_assert (gst_structure_get_double (param, "confidence", &confidence));
+    ck_assert_int_eq (label_id, class_id);
+    assert_near (confidence, scores[0], score_tolerance);
+    ck_assert_str_eq (gst_structure_get_string (param, "model_name"), "image_k1");
+    ck_assert (gst_structure_get_string (param, "label") != NULL);
+    G_GNUC_BEGIN_IGNORE_DEPRECATIONS
+    GValueArray *experts = array_field (param, "experts");
+    ck_assert_uint_eq (experts->n_values, 1);
+    ck_assert_int_eq (g_value_get_int (g_value_array_get_nth (experts, 0)), expert);
+    ck_assert_uint_eq (array_field (param, "gates")->n_values, 1);
+    G_GNUC_END_IGNORE_DEPRECATIONS
+    /* Its message names the region as clamped. */
+    GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT);
+    ck_assert (msg != NULL);
+    const GstStructure *s = gst_message_get_structure (msg);
+    gint roi_id, class_in_message;
+    guint x, y, rw, rh;
+    ck_assert (gst_structure_get (s, "roi-id", G_TYPE_INT, &roi_id, "x", G_TYPE_UINT, &x,
+            "y", G_TYPE_UINT, &y, "w", G_TYPE_UINT, &rw, "h", G_TYPE_UINT, &rh,
+            "class-id", G_TYPE_INT, &class_in_message, NULL));
+    ck_assert_int_eq (roi_id, (gint) r + 10);
+    ck_assert_str_eq (gst_structure_get_string (s, "roi-type"), rois[r].type);
+    ck_assert_uint_eq (x, rois[r].cx);
+    ck_assert_uint_eq (y, rois[r].cy);
+    ck_assert_uint_eq (rw, rois[r].cw);
+    ck_assert_uint_eq (rh, rois[r].ch);
+    ck_assert_int_eq (class_in_message, class_id);
+    gst_message_unref (msg);
+  }
+  ck_assert (gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT) == NULL);
+  gst_buffer_unref (out);
+  /* No regions: no result. */
+  out = push_frame (hs, make_frame (format, w, h, 4, rgb, &gray), 1);
+  ck_assert (gst_buffer_get_vmoe_meta (out) == NULL);
+  gst_buffer_unref (out);
+  ck_assert (gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT) == NULL);
+  harness_bus_free (hs, bus);
+  gst_harness_teardown (hs);
+  g_free (rgb);
+}
+END_TEST
+
 static Suite *
 element_suite (void)
 {
@@ -1555,6 +1674,7 @@ element_suite (void)
   tcase_add_test (tc, test_eos_drains_frames_in_flight);
   tcase_add_test (tc, test_flushing_seek_discards_frames_in_flight);
   tcase_add_test (tc, test_state_cycles_with_frames_in_flight);
+  tcase_add_loop_test (tc, test_regions_of_interest, 0, G_N_ELEMENTS (all_formats));
   /* Last: until the engine bounds JSON nesting, json-glib's recursion
    * overflows the loader thread's stack here. */
   tcase_add_test (tc, test_swap_to_hostile_model_keeps_running);
