@@ -34,9 +34,16 @@ BOXES = [("car", 10, 20, 120, 90), ("person", 200, 40, 60, 150),
 
 def add_boxes(pad, info):
     buf = info.get_buffer()
-    for i, (kind, x, y, w, h) in enumerate(BOXES):
-        roi = GstVideo.buffer_add_video_region_of_interest_meta(buf, kind, x, y, w, h)
-        roi.id = i
+    # PyGObject (3.42, GStreamer 1.22) holds a reference of its own to the
+    # probe's buffer, so the buffer looks shared and refuses new metas; the
+    # usual workaround is to discount that reference while adding them.
+    buf.mini_object.refcount -= 1
+    try:
+        for i, (kind, x, y, w, h) in enumerate(BOXES):
+            roi = GstVideo.buffer_add_video_region_of_interest_meta(buf, kind, x, y, w, h)
+            roi.id = i
+    finally:
+        buf.mini_object.refcount += 1
     return Gst.PadProbeReturn.OK
 
 
@@ -49,13 +56,13 @@ def read_params(pad, info):
             print("frame at %.3f s: roi %d (%s) %dx%d: no result"
                   % (buf.pts / Gst.SECOND, i, kind, roi.w, roi.h))
             continue
-        ok, experts = param.get_array("experts")
+        experts = param.get_value("experts")   # a GValueArray: a list in Python
         print("frame at %.3f s: roi %d (%s): %s (label_id %d, confidence %.3f, model %s, "
               "experts %s)" % (buf.pts / Gst.SECOND, i, kind, param.get_string("label"),
                                param.get_int("label_id")[1],
                                param.get_double("confidence")[1],
                                param.get_string("model_name"),
-                               [experts.get_nth(j) for j in range(experts.n_values)]))
+                               list(experts)))
     return Gst.PadProbeReturn.OK
 
 
