@@ -214,6 +214,17 @@ instance_free (GstVmoeInstance *inst)
   g_free (inst);
 }
 
+static void
+add_member (GstVmoeInstance *inst, GObject *member, GstVmoeBeforeBatch before_batch)
+{
+  Member *m = g_new (Member, 1);
+  *m = (Member) { member, before_batch };
+  g_mutex_lock (&inst->lock);
+  inst->members = g_list_append (inst->members, m);
+  inst->n_members++;
+  g_mutex_unlock (&inst->lock);
+}
+
 GstVmoeInstance *
 gst_vmoe_instance_acquire (const gchar *id, const GstVmoeInstanceSettings *settings,
     GstVmoeSessionMaker maker, gpointer maker_data, GObject *member,
@@ -226,10 +237,17 @@ gst_vmoe_instance_acquire (const gchar *id, const GstVmoeInstanceSettings *setti
     g_once_init_leave (&debug_init, 1);
   }
   GstVmoeInstance *inst = NULL;
+  if (!id) {
+    /* Private: nobody to wait for. */
+    inst = instance_new (NULL, settings, maker, maker_data, error);
+    if (inst)
+      add_member (inst, member, before_batch);
+    return inst;
+  }
   /* Held during the first load, so that a second element with the same id
    * waits for it and shares it rather than loading its own. */
   g_mutex_lock (&registry_lock);
-  if (id && registry)
+  if (registry)
     inst = g_hash_table_lookup (registry, id);
   if (inst) {
     if (!same_settings (&inst->settings, settings, error))
@@ -241,20 +259,14 @@ gst_vmoe_instance_acquire (const gchar *id, const GstVmoeInstanceSettings *setti
           inst->settings.batch_size, inst->settings.batch_timeout_us);
   } else {
     inst = instance_new (id, settings, maker, maker_data, error);
-    if (inst && id) {
+    if (inst) {
       if (!registry)
         registry = g_hash_table_new (g_str_hash, g_str_equal);
       g_hash_table_insert (registry, inst->id, inst);
     }
   }
-  if (inst) {
-    Member *m = g_new (Member, 1);
-    *m = (Member) { member, before_batch };
-    g_mutex_lock (&inst->lock);
-    inst->members = g_list_append (inst->members, m);
-    inst->n_members++;
-    g_mutex_unlock (&inst->lock);
-  }
+  if (inst)
+    add_member (inst, member, before_batch);
   g_mutex_unlock (&registry_lock);
   return inst;
 }
