@@ -1207,7 +1207,8 @@ expect_engine_result (const char *model_name, const GstVmoeMeta *meta, int seed)
 
 /* 4 streams share one instance with batch-size 4: the worker runs batches
  * of 4 across them, and every frame gets, in its stream's order, exactly
- * the result it gets alone. */
+ * the result it gets alone.  queue-size 1 lets each stream have one frame
+ * in flight, so a batch of 4 can only be made across streams. */
 START_TEST (test_shared_instance_matches_unshared)
 {
   g_atomic_int_set (&batches_of_4, 0);
@@ -1217,7 +1218,7 @@ START_TEST (test_shared_instance_matches_unshared)
   GstHarness *hs[STREAMS];
   for (int s = 0; s < STREAMS; s++)
     hs[s] = harness_for ("image_k1", "model-instance-id=four batch-size=4 "
-        "batch-timeout=500000 queue-size=8", GST_VIDEO_FORMAT_RGB, 32, 32);
+        "batch-timeout=500000 queue-size=1", GST_VIDEO_FORMAT_RGB, 32, 32);
   guint8 rgb[32 * 32 * 3];
   gboolean gray;
   for (int i = 0; i < FRAMES; i++)
@@ -1393,6 +1394,39 @@ START_TEST (test_bounded_queue_blocks_upstream)
   gst_object_unref (pipeline);
   g_free (desc);
   g_free (path);
+}
+END_TEST
+
+/* Frames without timestamps are classified like any other. */
+START_TEST (test_frames_without_timestamps)
+{
+  GstHarness *hs = harness_for ("image_k1", "post-messages=true queue-size=2",
+      GST_VIDEO_FORMAT_RGB, 32, 32);
+  GstBus *bus = harness_bus (hs);
+  guint8 rgb[32 * 32 * 3];
+  gboolean gray;
+  for (int i = 0; i < 4; i++) {
+    GstBuffer *buf = make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, i, rgb, &gray);
+    ck_assert_int_eq (gst_harness_push (hs, buf), GST_FLOW_OK);
+  }
+  for (int i = 0; i < 4; i++) {
+    GstBuffer *out = gst_harness_pull (hs);
+    GstVmoeMeta *meta = gst_buffer_get_vmoe_meta (out);
+    ck_assert (meta != NULL && meta->fresh);
+    ck_assert_uint_eq (meta->frame, (guint64) i);
+    ck_assert (!GST_BUFFER_PTS_IS_VALID (out));
+    expect_engine_result ("image_k1", meta, i);
+    gst_buffer_unref (out);
+    GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT);
+    ck_assert (msg != NULL);
+    guint64 timestamp;
+    ck_assert (gst_structure_get_uint64 (gst_message_get_structure (msg), "timestamp",
+            &timestamp));
+    ck_assert_uint_eq (timestamp, GST_CLOCK_TIME_NONE);
+    gst_message_unref (msg);
+  }
+  harness_bus_free (hs, bus);
+  gst_harness_teardown (hs);
 }
 END_TEST
 
@@ -1672,6 +1706,7 @@ element_suite (void)
   tcase_add_test (tc, test_shared_instance_mismatch_errors);
   tcase_add_test (tc, test_bounded_queue_blocks_upstream);
   tcase_add_test (tc, test_eos_drains_frames_in_flight);
+  tcase_add_test (tc, test_frames_without_timestamps);
   tcase_add_test (tc, test_flushing_seek_discards_frames_in_flight);
   tcase_add_test (tc, test_state_cycles_with_frames_in_flight);
   tcase_add_loop_test (tc, test_regions_of_interest, 0, G_N_ELEMENTS (all_formats));
