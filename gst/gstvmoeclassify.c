@@ -1075,6 +1075,9 @@ gst_vmoe_classify_query (GstBaseTransform *trans, GstPadDirection direction,
     GstQuery *query)
 {
   GstVmoeClassify *self = GST_VMOE_CLASSIFY (trans);
+  /* A DRAIN (or any serialized query) answers for the frames before it. */
+  if (direction == GST_PAD_SINK && GST_QUERY_IS_SERIALIZED (query))
+    wait_drained (self);
   gboolean res = GST_BASE_TRANSFORM_CLASS (parent_class)->query (trans, direction, query);
   if (res && direction == GST_PAD_SRC && GST_QUERY_TYPE (query) == GST_QUERY_LATENCY) {
     gboolean live;
