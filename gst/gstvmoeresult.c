@@ -171,3 +171,18 @@ gst_vmoe_result_to_structure (const GstVmoeResult *r, guint64 frame, gboolean fr
   }
   return s;
 }
+
+GstStructure *
+gst_vmoe_result_to_roi_param (const GstVmoeResult *r, const gchar *name)
+{
+  GstStructure *s = gst_structure_new (name,
+      "label", G_TYPE_STRING, r->top_labels[0],
+      "label_id", G_TYPE_INT, r->top_classes[0],
+      "confidence", G_TYPE_DOUBLE, (gdouble) r->top_scores[0],
+      "model_name", G_TYPE_STRING, vmoe_model_get_name (r->model), NULL);
+  set_array (s, "experts", G_TYPE_INT, r->experts, r->n_experts);
+  set_array (s, "gates", G_TYPE_DOUBLE, r->gates, r->n_experts);
+  if (r->superclass)
+    gst_structure_set (s, "superclass", G_TYPE_STRING, r->superclass, NULL);
+  return s;
+}

@@ -47,6 +47,12 @@ GstStructure *gst_vmoe_result_to_structure (const GstVmoeResult *result, guint64
     gboolean fresh, GstClockTime timestamp, GstClockTime stream_time,
     GstClockTime running_time);
 
+/* The param a classified region's GstVideoRegionOfInterestMeta gets, named
+ * `name` (the element's attribute-name): label, label_id, confidence,
+ * model_name, and with image routing experts, gates and superclass. */
+GstStructure *gst_vmoe_result_to_roi_param (const GstVmoeResult *result,
+    const gchar *name);
+
 G_END_DECLS
 
 #endif

@@ -31,6 +31,14 @@ out=$(/usr/bin/python3 "$src/pipelines/bus-messages.py" "$token_model" 3)
 [ "$(echo "$out" | grep -c ', block 2 tokens \[[0-9, ]*\] dropped [0-9]*')" -eq 3 ] \
   || fail "bus-messages token routing: $out"
 
+out=$(/usr/bin/python3 "$src/pipelines/roi-classify.py" "$model" 2)
+[ "$(echo "$out" | grep -c 'label_id [0-9], confidence 0\.[0-9]*, model image_k1, experts \[[0-9]\]')" -eq 6 ] \
+  || fail "roi-classify: $out"
+[ "$(echo "$out" | grep -c ': no result$')" -eq 2 ] || fail "roi-classify min size: $out"
+
+n=$("$src/pipelines/multi-camera.sh" "$model" 3 | grep -c 'vmoe, timestamp')
+[ "$n" -eq 12 ] || fail "multi-camera: $n messages for 4 cameras of 3 frames"
+
 sh -n "$src/pipelines/camera.sh" || fail "camera.sh does not parse"
 
 port=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
