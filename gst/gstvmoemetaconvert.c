@@ -15,6 +15,7 @@
 
 #include "gstvmoejsonmeta.h"
 #include "gstvmoemeta.h"
+#include "gstvmoeresult.h"
 #include "vmoejson.h"
 
 GST_DEBUG_CATEGORY_STATIC (gst_vmoe_meta_convert_debug);
@@ -123,53 +124,6 @@ add_meta_attribute (JsonBuilder *b, const GstVmoeMeta *m)
   json_builder_end_object (b);
 }
 
-/* The numbers of a list-valued param field: a GValueArray (the contract of
- * #12) or a GstValueArray/GstValueList (what a structure parsed from a
- * string holds).  FALSE if `value` is neither or holds a non-number. */
-static gboolean
-read_number_list (const GValue *value, GArray *out_doubles)
-{
-  guint n;
-  const GValue *(*nth) (const GValue *, guint);
-  G_GNUC_BEGIN_IGNORE_DEPRECATIONS
-  if (G_VALUE_HOLDS (value, g_value_array_get_type ())) {
-    GValueArray *array = g_value_get_boxed (value);
-    n = array ? array->n_values : 0;
-    for (guint i = 0; i < n; i++) {
-      GValue d = G_VALUE_INIT;
-      g_value_init (&d, G_TYPE_DOUBLE);
-      gboolean ok = g_value_transform (g_value_array_get_nth (array, i), &d);
-      gdouble v = g_value_get_double (&d);
-      g_value_unset (&d);
-      if (!ok)
-        return FALSE;
-      g_array_append_val (out_doubles, v);
-    }
-    return TRUE;
-  }
-  G_GNUC_END_IGNORE_DEPRECATIONS
-  if (GST_VALUE_HOLDS_ARRAY (value)) {
-    n = gst_value_array_get_size (value);
-    nth = gst_value_array_get_value;
-  } else if (GST_VALUE_HOLDS_LIST (value)) {
-    n = gst_value_list_get_size (value);
-    nth = gst_value_list_get_value;
-  } else {
-    return FALSE;
-  }
-  for (guint i = 0; i < n; i++) {
-    GValue d = G_VALUE_INIT;
-    g_value_init (&d, G_TYPE_DOUBLE);
-    gboolean ok = g_value_transform (nth (value, i), &d);
-    gdouble v = g_value_get_double (&d);
-    g_value_unset (&d);
-    if (!ok)
-      return FALSE;
-    g_array_append_val (out_doubles, v);
-  }
-  return TRUE;
-}
-
 /* The attribute object of an ROI from its param structure; `meta` is the
  * ROI's GstVmoeMeta for its token routing statistics, or NULL.  A field of
  * the wrong type is left out with a warning in the debug log rather than
@@ -198,7 +152,7 @@ add_param_attribute (GstVmoeMetaConvert *self, JsonBuilder *b, const GstStructur
   const GValue *gv = gst_structure_get_value (param, "gates");
   VmoeJsonRouting routing = { 0 };
   if (ev && gv) {
-    if (read_number_list (ev, experts) && read_number_list (gv, gates)
+    if (gst_vmoe_value_get_numbers (ev, experts) && gst_vmoe_value_get_numbers (gv, gates)
         && experts->len == gates->len) {
       routing.n_experts = experts->len;
       gint *expert_ids = g_new (gint, experts->len);

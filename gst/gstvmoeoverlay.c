@@ -22,6 +22,7 @@
 #include <gst/video/video.h>
 
 #include "gstvmoemeta.h"
+#include "gstvmoeresult.h"
 
 GST_DEBUG_CATEGORY_STATIC (gst_vmoe_overlay_debug);
 #define GST_CAT_DEFAULT gst_vmoe_overlay_debug
@@ -185,24 +186,12 @@ roi_experts_text (const GstStructure *result)
   const GValue *value = gst_structure_get_value (result, "experts");
   if (!value)
     return NULL;
+  GArray *numbers = g_array_new (FALSE, FALSE, sizeof (gdouble));
   GArray *ids = g_array_new (FALSE, FALSE, sizeof (gint));
-  /* GValueArray is deprecated, but it is the type GstStructure fields of
-   * DL Streamer-style results use, and the contract fixed it. */
-  G_GNUC_BEGIN_IGNORE_DEPRECATIONS
-  gboolean is_value_array = G_VALUE_HOLDS (value, g_value_array_get_type ());
-  G_GNUC_END_IGNORE_DEPRECATIONS
-  if (is_value_array) {
-    const GValueArray *array = g_value_get_boxed (value);
-    for (guint i = 0; array && i < array->n_values; i++)
-      if (G_VALUE_HOLDS_INT (&array->values[i]))
-        g_array_append_vals (ids, &(gint) { g_value_get_int (&array->values[i]) }, 1);
-  } else if (GST_VALUE_HOLDS_ARRAY (value)) {
-    for (guint i = 0; i < gst_value_array_get_size (value); i++) {
-      const GValue *id = gst_value_array_get_value (value, i);
-      if (G_VALUE_HOLDS_INT (id))
-        g_array_append_vals (ids, &(gint) { g_value_get_int (id) }, 1);
-    }
-  }
+  if (gst_vmoe_value_get_numbers (value, numbers))
+    for (guint i = 0; i < numbers->len; i++)
+      g_array_append_vals (ids, &(gint) { (gint) g_array_index (numbers, gdouble, i) }, 1);
+  g_array_free (numbers, TRUE);
   gchar *text = experts_text ((const gint *) ids->data, ids->len);
   g_array_free (ids, TRUE);
   return text;

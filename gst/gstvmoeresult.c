@@ -186,3 +186,44 @@ gst_vmoe_result_to_roi_param (const GstVmoeResult *r, const gchar *name)
     gst_structure_set (s, "superclass", G_TYPE_STRING, r->superclass, NULL);
   return s;
 }
+
+/* Appends `value` converted to a double; FALSE if it is not a number. */
+static gboolean
+append_number (const GValue *value, GArray *doubles)
+{
+  GValue d = G_VALUE_INIT;
+  g_value_init (&d, G_TYPE_DOUBLE);
+  gboolean ok = g_value_transform (value, &d);
+  gdouble v = g_value_get_double (&d);
+  g_value_unset (&d);
+  if (ok)
+    g_array_append_val (doubles, v);
+  return ok;
+}
+
+gboolean
+gst_vmoe_value_get_numbers (const GValue *value, GArray *doubles)
+{
+  G_GNUC_BEGIN_IGNORE_DEPRECATIONS
+  if (G_VALUE_HOLDS (value, g_value_array_get_type ())) {
+    GValueArray *array = g_value_get_boxed (value);
+    for (guint i = 0; array && i < array->n_values; i++)
+      if (!append_number (g_value_array_get_nth (array, i), doubles))
+        return FALSE;
+    return TRUE;
+  }
+  G_GNUC_END_IGNORE_DEPRECATIONS
+  if (GST_VALUE_HOLDS_ARRAY (value)) {
+    for (guint i = 0; i < gst_value_array_get_size (value); i++)
+      if (!append_number (gst_value_array_get_value (value, i), doubles))
+        return FALSE;
+    return TRUE;
+  }
+  if (GST_VALUE_HOLDS_LIST (value)) {
+    for (guint i = 0; i < gst_value_list_get_size (value); i++)
+      if (!append_number (gst_value_list_get_value (value, i), doubles))
+        return FALSE;
+    return TRUE;
+  }
+  return FALSE;
+}

@@ -53,6 +53,12 @@ GstStructure *gst_vmoe_result_to_structure (const GstVmoeResult *result, guint64
 GstStructure *gst_vmoe_result_to_roi_param (const GstVmoeResult *result,
     const gchar *name);
 
+/* The numbers of a list-valued field of an ROI param (`experts`, `gates`):
+ * a GValueArray as the element writes it, or a GstValueArray/GstValueList
+ * (what a structure parsed from a string holds), appended to `doubles` as
+ * gdouble.  FALSE if `value` is neither or holds a non-number. */
+gboolean gst_vmoe_value_get_numbers (const GValue *value, GArray *doubles);
+
 G_END_DECLS
 
 #endif
