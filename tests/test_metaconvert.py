@@ -184,6 +184,62 @@ class MetaConvertTest(unittest.TestCase):
         self.assertEqual([o.get("other") for o in obj["objects"]],
                          [None, None, {"label": "x", "label_id": 1}])
 
+    def test_classified_regions_match_vmoe_run_roi(self):
+        """Regions added upstream (as a detector would), classified by
+        vmoeclassify inference-region=roi-list, become one JSON object each,
+        with what `vmoe run --roi` computes for the same pixels."""
+        model = os.path.join(PARITY, "image_k1.safetensors")
+        boxes = [("car", 3, 5, 30, 20), ("person", 40, 10, 20, 36)]
+        pipeline = Gst.parse_launch(
+            "videotestsrc num-buffers=%d pattern=ball ! video/x-raw,format=RGB,width=%d,"
+            "height=%d,framerate=30/1 ! identity name=detector ! vmoeclassify model=%s "
+            "inference-region=roi-list ! vmoemetaconvert post-messages=true ! "
+            "appsink name=sink emit-signals=true sync=false" % (N, W, H, model))
+
+        def add_boxes(pad, info):
+            buf = info.get_buffer()
+            # PyGObject holds a reference of its own to the probe's buffer
+            # (pipelines/roi-classify.py says why this is discounted).
+            buf.mini_object.refcount -= 1
+            try:
+                for i, (kind, x, y, w, h) in enumerate(boxes):
+                    GstVideo.buffer_add_video_region_of_interest_meta(buf, kind, x, y, w, h).id = i
+            finally:
+                buf.mini_object.refcount += 1
+            return Gst.PadProbeReturn.OK
+
+        pipeline.get_by_name("detector").get_static_pad("src").add_probe(
+            Gst.PadProbeType.BUFFER, add_boxes)
+        frames = []
+
+        def on_sample(sink):
+            buf = sink.emit("pull-sample").get_buffer()
+            frames.append(np.frombuffer(buf.extract_dup(0, buf.get_size()), np.uint8)
+                          .reshape(H, W, 3))
+            return Gst.FlowReturn.OK
+
+        pipeline.get_by_name("sink").connect("new-sample", on_sample)
+        texts = json_messages(gsttestutil.run_to_eos(pipeline))
+        self.assertEqual(len(texts), N)
+        for b, (kind, x, y, w, h) in enumerate(boxes):
+            with tempfile.TemporaryDirectory() as tmp:
+                npy = os.path.join(tmp, "frames.npy")
+                np.save(npy, np.stack(frames))
+                out = subprocess.run([VMOE, "run", "--batch", "1", "--roi", "%d,%d,%d,%d" % (x, y, w, h),
+                                      model, npy], capture_output=True, text=True, timeout=60,
+                                     check=True).stdout
+            expected = [json.loads(line) for line in out.splitlines()]
+            for i, text in enumerate(texts):
+                obj = self.validate(text)
+                roi = obj["objects"][b]
+                self.assertEqual((roi["roi_type"], roi["id"], roi["x"], roi["y"], roi["w"], roi["h"]),
+                                 (kind, b, x, y, w, h))
+                attr, top = roi["vmoe"], expected[i]["top"][0]
+                self.assertEqual(attr["label_id"], top["class"])
+                self.assertAlmostEqual(attr["confidence"], top["score"], delta=1e-6)
+                self.assertEqual(attr["experts"], expected[i]["experts"])
+                self.assertEqual(attr["model"], {"name": "image_k1"})
+
 
 if __name__ == "__main__":
     PLUGIN_DIR, VMOE, PARITY, SCHEMA = sys.argv[1:5]
