@@ -526,12 +526,12 @@ track_latency (GstVmoeClassify *self, GstClockTime latency)
 /* Posts the `vmoe` message of `result` on `buf`; `roi` adds the region's
  * fields (README.md, docs/design.md). */
 static void
-post_result (GstVmoeClassify *self, const GstVmoeResult *result, GstBuffer *buf,
-    guint64 index, gboolean fresh, const FrameJob *roi)
+post_result (GstVmoeClassify *self, const GstVmoeResult *result, const gchar *name,
+    GstBuffer *buf, guint64 index, gboolean fresh, const FrameJob *roi)
 {
   GstBaseTransform *trans = GST_BASE_TRANSFORM (self);
   GstClockTime ts = GST_BUFFER_PTS (buf);
-  GstStructure *s = gst_vmoe_result_to_structure (result, index, fresh, ts,
+  GstStructure *s = gst_vmoe_result_to_structure (result, name, index, fresh, ts,
       gst_segment_to_stream_time (&trans->segment, GST_FORMAT_TIME, ts),
       gst_segment_to_running_time (&trans->segment, GST_FORMAT_TIME, ts));
   if (roi)
@@ -586,18 +586,18 @@ job_succeeded (GstVmoeClassify *self, const GstVmoeResult *result)
  * GstVmoeMeta of its own and in a message. */
 static void
 attach_roi_result (GstVmoeClassify *self, Frame *frame, FrameJob *fj,
-    const gchar *attribute_name, gboolean post)
+    const gchar *name, const gchar *attribute_name, gboolean post)
 {
   const GstVmoeResult *r = &fj->job.result;
   gst_video_region_of_interest_meta_add_param (fj->roi,
       gst_vmoe_result_to_roi_param (r, attribute_name));
   GstVmoeMeta *meta = gst_buffer_add_vmoe_meta (frame->buf);
-  gst_vmoe_result_fill_meta (r, meta, frame->index, TRUE);
+  gst_vmoe_result_fill_meta (r, meta, name, frame->index, TRUE);
   meta->roi_id = fj->roi->id;
   GST_LOG_OBJECT (self, "frame %" G_GUINT64_FORMAT ", roi %d: %s (%.3f)", frame->index,
       fj->roi->id, r->top_labels[0], r->top_scores[0]);
   if (post)
-    post_result (self, r, frame->buf, frame->index, TRUE, fj);
+    post_result (self, r, name, frame->buf, frame->index, TRUE, fj);
 }
 
 /* Pusher thread: attaches the results of `frame` to its buffer (in stream
@@ -608,6 +608,8 @@ attach_results (GstVmoeClassify *self, Frame *frame)
   GST_OBJECT_LOCK (self);
   gboolean post = self->post_messages;
   gchar *attribute_name = g_strdup (self->attribute_name);
+  /* Results name the element that attaches them (GstVmoeMeta, message). */
+  gchar *name = g_strdup (GST_OBJECT_NAME (self));
   GST_OBJECT_UNLOCK (self);
   GstFlowReturn flow = GST_FLOW_OK;
   for (guint i = 0; i < frame->n_jobs && flow == GST_FLOW_OK; i++) {
@@ -618,7 +620,7 @@ attach_results (GstVmoeClassify *self, Frame *frame)
     }
     job_succeeded (self, &fj->job.result);
     if (frame->roi_mode)
-      attach_roi_result (self, frame, fj, attribute_name, post);
+      attach_roi_result (self, frame, fj, name, attribute_name, post);
     else {
       gst_vmoe_result_clear (&self->last);
       self->last = fj->job.result;
@@ -626,10 +628,12 @@ attach_results (GstVmoeClassify *self, Frame *frame)
     }
   }
   g_free (attribute_name);
-  if (flow != GST_FLOW_OK || frame->roi_mode || !gst_vmoe_result_is_set (&self->last))
+  if (flow != GST_FLOW_OK || frame->roi_mode || !gst_vmoe_result_is_set (&self->last)) {
+    g_free (name);
     return flow;
+  }
   gboolean fresh = frame->n_jobs > 0;
-  gst_vmoe_result_fill_meta (&self->last, gst_buffer_add_vmoe_meta (frame->buf),
+  gst_vmoe_result_fill_meta (&self->last, gst_buffer_add_vmoe_meta (frame->buf), name,
       frame->index, fresh);
   GST_LOG_OBJECT (self, "frame %" G_GUINT64_FORMAT ": %s (%.3f)%s", frame->index,
       self->last.top_labels[0], self->last.top_scores[0], fresh ? "" : ", carried");
@@ -637,7 +641,8 @@ attach_results (GstVmoeClassify *self, Frame *frame)
    * that a bus-only application sees each frame's classification as the
    * meta gives it. */
   if (post)
-    post_result (self, &self->last, frame->buf, frame->index, fresh, NULL);
+    post_result (self, &self->last, name, frame->buf, frame->index, fresh, NULL);
+  g_free (name);
   return GST_FLOW_OK;
 }
 
@@ -656,7 +661,6 @@ frame_free (Frame *frame)
   for (guint i = 0; i < frame->n_jobs; i++) {
     gst_vmoe_result_clear (&frame->jobs[i].job.result);
     g_clear_error (&frame->jobs[i].job.error);
-    g_free ((gchar *) frame->jobs[i].job.element_name);
   }
   g_free (frame->jobs);
   gst_clear_buffer (&frame->buf);
@@ -853,7 +857,6 @@ frame_map (GstVmoeClassify *self, Frame *frame)
         ("unsupported frame format"));
     return FALSE;
   }
-  gchar *name = gst_object_get_name (GST_OBJECT (self));
   for (guint i = 0; i < frame->n_jobs; i++) {
     FrameJob *fj = &frame->jobs[i];
     fj->job.image = image;
@@ -864,10 +867,8 @@ frame_map (GstVmoeClassify *self, Frame *frame)
       fj->job.image.region.height = (int) fj->height;
     }
     fj->job.owner = self;
-    fj->job.element_name = g_strdup (name);
     fj->job.done = job_done;
   }
-  g_free (name);
   return TRUE;
 }
 

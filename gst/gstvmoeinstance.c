@@ -74,7 +74,7 @@ run_batch (GstVmoeInstance *inst, GstVmoeJob **jobs, guint n)
   VmoeModel *model = vmoe_session_get_model (inst->session);
   for (guint i = 0; i < n; i++) {
     if (ok)
-      gst_vmoe_result_set (&jobs[i]->result, model, jobs[i]->element_name,
+      gst_vmoe_result_set (&jobs[i]->result, model,
           vmoe_session_get_result (inst->session, (int) i), latency);
     else
       jobs[i]->error = g_error_copy (error);

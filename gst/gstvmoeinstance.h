@@ -24,7 +24,6 @@ struct _GstVmoeJob {
   /* Set by the element before queueing; the pixels stay valid until done. */
   VmoeImage image;
   gconstpointer owner;          /* the element, for gst_vmoe_instance_cancel */
-  const gchar *element_name;    /* what the result names as its maker */
   void (*done) (GstVmoeJob *job);  /* called once per job, from any thread */
 
   /* Set before done is called: a result, an error, or cancelled. */

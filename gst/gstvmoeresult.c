@@ -6,7 +6,6 @@ void
 gst_vmoe_result_clear (GstVmoeResult *r)
 {
   g_clear_pointer (&r->model, vmoe_model_unref);
-  g_free (r->element_name);
   g_free (r->top_classes);
   g_free (r->top_scores);
   g_free (r->top_labels);
@@ -25,12 +24,11 @@ gst_vmoe_result_is_set (const GstVmoeResult *r)
 }
 
 void
-gst_vmoe_result_set (GstVmoeResult *r, VmoeModel *model, const gchar *element_name,
-    const VmoeImageResult *src, GstClockTime latency)
+gst_vmoe_result_set (GstVmoeResult *r, VmoeModel *model, const VmoeImageResult *src,
+    GstClockTime latency)
 {
   gst_vmoe_result_clear (r);
   r->model = vmoe_model_ref (model);
-  r->element_name = g_strdup (element_name);
   r->latency = latency;
   r->n_top = (guint) src->n_top;
   r->top_classes = g_memdup2 (src->top_classes, r->n_top * sizeof (gint));
@@ -55,8 +53,8 @@ gst_vmoe_result_set (GstVmoeResult *r, VmoeModel *model, const gchar *element_na
 }
 
 void
-gst_vmoe_result_fill_meta (const GstVmoeResult *r, GstVmoeMeta *m, guint64 frame,
-    gboolean fresh)
+gst_vmoe_result_fill_meta (const GstVmoeResult *r, GstVmoeMeta *m,
+    const gchar *element_name, guint64 frame, gboolean fresh)
 {
   m->frame = frame;
   m->fresh = fresh;
@@ -84,7 +82,7 @@ gst_vmoe_result_fill_meta (const GstVmoeResult *r, GstVmoeMeta *m, guint64 frame
     m->layers[l].dropped = r->dropped[l];
   }
   m->model_name = g_strdup (vmoe_model_get_name (r->model));
-  m->element_name = g_strdup (r->element_name);
+  m->element_name = g_strdup (element_name);
 }
 
 /* A GValueArray of n ints (G_TYPE_INT: gint or guint values) or floats (as
@@ -141,8 +139,8 @@ set_tokens_per_expert (GstStructure *s, const GstVmoeResult *r)
 G_GNUC_END_IGNORE_DEPRECATIONS
 
 GstStructure *
-gst_vmoe_result_to_structure (const GstVmoeResult *r, guint64 frame, gboolean fresh,
-    GstClockTime timestamp, GstClockTime stream_time, GstClockTime running_time)
+gst_vmoe_result_to_structure (const GstVmoeResult *r, const gchar *element_name,
+    guint64 frame, gboolean fresh, GstClockTime timestamp, GstClockTime stream_time, GstClockTime running_time)
 {
   GstStructure *s = gst_structure_new ("vmoe",
       "timestamp", G_TYPE_UINT64, timestamp,
@@ -155,7 +153,7 @@ gst_vmoe_result_to_structure (const GstVmoeResult *r, guint64 frame, gboolean fr
       "score", G_TYPE_DOUBLE, (gdouble) r->top_scores[0],
       "latency", G_TYPE_UINT64, r->latency,
       "model", G_TYPE_STRING, vmoe_model_get_name (r->model),
-      "element", G_TYPE_STRING, r->element_name, NULL);
+      "element", G_TYPE_STRING, element_name, NULL);
   set_array (s, "top-classes", G_TYPE_INT, r->top_classes, r->n_top);
   set_array (s, "top-scores", G_TYPE_DOUBLE, r->top_scores, r->n_top);
   if (r->n_experts) {

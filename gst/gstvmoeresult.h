@@ -14,7 +14,6 @@ G_BEGIN_DECLS
 
 typedef struct {
   VmoeModel *model;               /* a reference: it owns the label strings */
-  gchar *element_name;            /* of the element that made it */
   GstClockTime latency;           /* inference time, ns */
   guint n_top;
   gint *top_classes;
@@ -33,18 +32,19 @@ typedef struct {
 
 /* Replaces `result` with a copy of `src`, a result of a session on `model`. */
 void gst_vmoe_result_set (GstVmoeResult *result, VmoeModel *model,
-    const gchar *element_name, const VmoeImageResult *src, GstClockTime latency);
+    const VmoeImageResult *src, GstClockTime latency);
 void gst_vmoe_result_clear (GstVmoeResult *result);
 gboolean gst_vmoe_result_is_set (const GstVmoeResult *result);
 
-/* Fills the empty meta `meta` (its frame and fresh fields too). */
+/* Fills the empty meta `meta` (its frame and fresh fields too);
+ * `element_name` names the element that attaches it. */
 void gst_vmoe_result_fill_meta (const GstVmoeResult *result, GstVmoeMeta *meta,
-    guint64 frame, gboolean fresh);
+    const gchar *element_name, guint64 frame, gboolean fresh);
 
 /* The `vmoe` element message's structure (README.md, docs/design.md);
  * `fresh` as in the meta. */
-GstStructure *gst_vmoe_result_to_structure (const GstVmoeResult *result, guint64 frame,
-    gboolean fresh, GstClockTime timestamp, GstClockTime stream_time,
+GstStructure *gst_vmoe_result_to_structure (const GstVmoeResult *result,
+    const gchar *element_name, guint64 frame, gboolean fresh, GstClockTime timestamp, GstClockTime stream_time,
     GstClockTime running_time);
 
 /* The param a classified region's GstVideoRegionOfInterestMeta gets, named
