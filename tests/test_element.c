@@ -975,27 +975,35 @@ START_TEST (test_swap_resets_settings_the_model_cannot_take)
 }
 END_TEST
 
-static gint sessions_made;
+/* Counts a debug category's log lines that contain a phrase (a new
+ * session, a full batch): what the element did, observed from outside. */
+typedef struct {
+  const gchar *category, *phrase;
+  gint count;
+} LogCounter;
 
-/* Counts the element's "new session" debug lines: each is one
- * vmoe_session_new (a new Vulkan device and weight upload on that backend). */
 static void
-count_sessions (GstDebugCategory *category, GstDebugLevel level, const gchar *file,
+count_log_lines (GstDebugCategory *category, GstDebugLevel level, const gchar *file,
     const gchar *function, gint line, GObject *object, GstDebugMessage *message,
     gpointer user_data)
 {
-  if (strcmp (gst_debug_category_get_name (category), "vmoeclassify") == 0
-      && strstr (gst_debug_message_get (message), "new session"))
-    g_atomic_int_inc (&sessions_made);
+  LogCounter *counter = user_data;
+  if (strcmp (gst_debug_category_get_name (category), counter->category) == 0
+      && strstr (gst_debug_message_get (message), counter->phrase))
+    g_atomic_int_inc (&counter->count);
 }
+
+/* Each "new session" line is one vmoe_session_new (a new Vulkan device and
+ * weight upload on that backend). */
+static LogCounter sessions_made = { "vmoeclassify", "new session", 0 };
 
 /* top-k is post-processing: changing it while playing changes the classes
  * reported from the next frame on, without a new session. */
 START_TEST (test_top_k_without_new_session)
 {
-  g_atomic_int_set (&sessions_made, 0);
+  g_atomic_int_set (&sessions_made.count, 0);
   gst_debug_set_threshold_for_name ("vmoeclassify", GST_LEVEL_INFO);
-  gst_debug_add_log_function (count_sessions, NULL, NULL);
+  gst_debug_add_log_function (count_log_lines, &sessions_made, NULL);
   GstHarness *hs = harness_for ("image_k1", "post-messages=true", GST_VIDEO_FORMAT_RGB,
       32, 32);
   GstBus *bus = harness_bus (hs);
@@ -1017,9 +1025,9 @@ START_TEST (test_top_k_without_new_session)
     G_GNUC_END_IGNORE_DEPRECATIONS
     gst_message_unref (msg);
   }
-  int sessions = g_atomic_int_get (&sessions_made);
+  int sessions = g_atomic_int_get (&sessions_made.count);
   ck_assert_int_eq (sessions, 1);
-  gst_debug_remove_log_function (count_sessions);
+  gst_debug_remove_log_function_by_data (&sessions_made);
   gst_debug_set_threshold_for_name ("vmoeclassify", GST_LEVEL_NONE);
   harness_bus_free (hs, bus);
   gst_harness_teardown (hs);
@@ -1234,18 +1242,8 @@ END_TEST
 
 /* ------------------------------------------------ sharing and async (#12) */
 
-static gint batches_of_4;
-
-/* Counts the worker's full batches of 4 ("batch of 4" log lines). */
-static void
-count_batches (GstDebugCategory *category, GstDebugLevel level, const gchar *file,
-    const gchar *function, gint line, GObject *object, GstDebugMessage *message,
-    gpointer user_data)
-{
-  if (strcmp (gst_debug_category_get_name (category), "vmoeinstance") == 0
-      && strstr (gst_debug_message_get (message), "batch of 4"))
-    g_atomic_int_inc (&batches_of_4);
-}
+/* The worker's full batches of 4. */
+static LogCounter batches_of_4 = { "vmoeinstance", "batch of 4", 0 };
 
 /* Checks that `meta` is the engine's own result (batch 1, unshared) on the
  * RGB frame with `seed`. */
@@ -1272,9 +1270,9 @@ expect_engine_result (const char *model_name, const GstVmoeMeta *meta, int seed)
  * in flight, so a batch of 4 can only be made across streams. */
 START_TEST (test_shared_instance_matches_unshared)
 {
-  g_atomic_int_set (&batches_of_4, 0);
+  g_atomic_int_set (&batches_of_4.count, 0);
   gst_debug_set_threshold_for_name ("vmoeinstance", GST_LEVEL_LOG);
-  gst_debug_add_log_function (count_batches, NULL, NULL);
+  gst_debug_add_log_function (count_log_lines, &batches_of_4, NULL);
   enum { STREAMS = 4, FRAMES = 6 };
   GstHarness *hs[STREAMS];
   for (int s = 0; s < STREAMS; s++)
@@ -1300,8 +1298,8 @@ START_TEST (test_shared_instance_matches_unshared)
       expect_engine_result ("image_k1", meta, s * 100 + i);
       gst_buffer_unref (out);
     }
-  ck_assert_msg (g_atomic_int_get (&batches_of_4) >= 1, "no batch of 4 ran");
-  gst_debug_remove_log_function (count_batches);
+  ck_assert_msg (g_atomic_int_get (&batches_of_4.count) >= 1, "no batch of 4 ran");
+  gst_debug_remove_log_function_by_data (&batches_of_4);
   gst_debug_set_threshold_for_name ("vmoeinstance", GST_LEVEL_NONE);
   for (int s = 0; s < STREAMS; s++)
     gst_harness_teardown (hs[s]);

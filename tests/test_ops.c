@@ -454,6 +454,20 @@ START_TEST (test_pixel_format_accessors)
 }
 END_TEST
 
+/* A 20 x 10 gray ramp, pixel (x, y) = 9 x + 7 y + 3: bilinear
+ * interpolation inside it reproduces the ramp exactly, so expected values
+ * follow from the source coordinates alone. */
+#define RAMP_W 20
+#define RAMP_H 10
+static void
+ramp_frame (guint8 *px, VmoeImage *img)
+{
+  for (int y = 0; y < RAMP_H; y++)
+    for (int x = 0; x < RAMP_W; x++)
+      px[y * RAMP_W + x] = (guint8) (9 * x + 7 * y + 3);
+  vmoe_image_init_packed (img, px, RAMP_W, RAMP_H, 1, RAMP_W);
+}
+
 START_TEST (test_preprocess_crop_pct_resize)
 {
   /* 10 rows x 20 columns to 8x8 at crop_pct 0.5:
@@ -465,12 +479,9 @@ START_TEST (test_preprocess_crop_pct_resize)
    * every output pixel, so no clamping.  Bilinear interpolation reproduces
    * a linear ramp exactly: pixel (x, y) = 9 x + 7 y + 3 reads back as
    * 9 sx + 7 sy + 3 at the source coordinates. */
-  guint8 px[10 * 20];
-  for (int y = 0; y < 10; y++)
-    for (int x = 0; x < 20; x++)
-      px[y * 20 + x] = (guint8) (9 * x + 7 * y + 3);
+  guint8 px[RAMP_H * RAMP_W];
   VmoeImage img;
-  vmoe_image_init_packed (&img, px, 20, 10, 1, 20);
+  ramp_frame (px, &img);
   VmoeConfig c = preprocess_config (8, 8, 1, 0.5);
   float out[64];
   ck_assert (vmoe_preprocess (&c, &img, out, NULL));
@@ -759,12 +770,9 @@ END_TEST
  * 2 y + 1.5 and column 2.5 x + 2.75. */
 START_TEST (test_stretch_ramp)
 {
-  guint8 px[10 * 20];
-  for (int y = 0; y < 10; y++)
-    for (int x = 0; x < 20; x++)
-      px[y * 20 + x] = (guint8) (9 * x + 7 * y + 3);
+  guint8 px[RAMP_H * RAMP_W];
   VmoeImage img;
-  vmoe_image_init_packed (&img, px, 20, 10, 1, 20);
+  ramp_frame (px, &img);
   VmoeConfig c = preprocess_config (8, 8, 1, 0.5);
   c.aspect = VMOE_ASPECT_STRETCH;
   float out[64];
