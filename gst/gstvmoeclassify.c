@@ -98,6 +98,9 @@ struct _Frame {
   guint64 index;
   gboolean infer;                  /* FALSE: carries the last result */
   gboolean roi_mode;
+  /* Under queue_lock: dropped unpushed and without a message, because
+   * downstream refused a frame before it (see discard_frames_in_flight). */
+  gboolean discard;
   guint n_jobs, n_done;            /* n_done under queue_lock */
   FrameJob *jobs;
 };
@@ -684,6 +687,19 @@ push_frame (GstVmoeClassify *self, Frame *frame)
   return gst_pad_push (GST_BASE_TRANSFORM_SRC_PAD (self), buf);
 }
 
+/* Under queue_lock, after downstream refused a frame (flushing, EOS,
+ * not linked).  A synchronous element would have returned that to
+ * upstream for this frame, and upstream would not have sent the frames
+ * behind it; those are already here, so they go the same way: not pushed,
+ * and no message for a frame that never left.  Frames taken in after
+ * upstream has been told are pushed as usual. */
+static void
+discard_frames_in_flight (GstVmoeClassify *self)
+{
+  for (GList *l = self->frames.head; l; l = l->next)
+    ((Frame *) l->data)->discard = TRUE;
+}
+
 static gpointer
 pusher_main (gpointer data)
 {
@@ -694,7 +710,7 @@ pusher_main (gpointer data)
     if (frame && frame->n_done == frame->n_jobs) {
       g_queue_pop_head (&self->frames);
       self->pushing = TRUE;
-      gboolean drop = self->flushing;
+      gboolean drop = self->flushing || frame->discard;
       /* Room for the streaming thread. */
       g_cond_broadcast (&self->queue_cond);
       g_mutex_unlock (&self->queue_lock);
@@ -705,8 +721,11 @@ pusher_main (gpointer data)
         flow = push_frame (self, frame);
       g_mutex_lock (&self->queue_lock);
       self->pushing = FALSE;
-      if (!drop && flow != GST_FLOW_OK && self->flow == GST_FLOW_OK)
-        self->flow = flow;
+      if (!drop && flow != GST_FLOW_OK) {
+        if (self->flow == GST_FLOW_OK)
+          self->flow = flow;
+        discard_frames_in_flight (self);
+      }
       g_cond_broadcast (&self->queue_cond);
       continue;
     }
@@ -902,8 +921,10 @@ gst_vmoe_classify_submit_input_buffer (GstBaseTransform *trans, gboolean discont
     frame_free (frame);
     return GST_FLOW_FLUSHING;
   }
+  /* What downstream last returned, once, as a synchronous element would;
+   * the frame that carries it upstream is refused with it. */
+  frame->discard = self->flow != GST_FLOW_OK;
   g_queue_push_tail (&self->frames, frame);
-  /* What downstream last returned, once, as a synchronous element would. */
   GstFlowReturn flow = self->flow;
   self->flow = GST_FLOW_OK;
   g_cond_broadcast (&self->queue_cond);

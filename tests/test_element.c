@@ -1589,6 +1589,86 @@ START_TEST (test_flushing_seek_discards_frames_in_flight)
 }
 END_TEST
 
+/* Downstream refuses frame REFUSED (as a sink going to READY does: FLUSHING)
+ * while queue-size frames wait behind it.  A synchronous element would
+ * have handed FLUSHING upstream for that frame, and upstream would have
+ * sent no more, so the frames behind it are neither pushed nor announced:
+ * every vmoe message is of a frame that left the element (the soak test's
+ * count of messages against frames downstream depends on it). */
+typedef struct {
+  Counter *taken_in;
+  int refused_from;
+  int reached;                    /* frames the refusing probe saw */
+} Refusal;
+
+static GstPadProbeReturn
+refuse_downstream (GstPad *pad, GstPadProbeInfo *info, gpointer data)
+{
+  Refusal *refusal = data;
+  GstVmoeMeta *meta = gst_buffer_get_vmoe_meta (GST_PAD_PROBE_INFO_BUFFER (info));
+  g_atomic_int_inc (&refusal->reached);
+  if (!meta || meta->frame < (guint64) refusal->refused_from)
+    return GST_PAD_PROBE_OK;
+  /* The queue full behind this frame: the streaming thread has handed in
+   * the frame that fills it and is waiting with the next one. */
+  for (int t = 0; t < 1000 && g_atomic_int_get (&refusal->taken_in->buffers_in)
+      < refusal->refused_from + 6; t++)
+    g_usleep (10000);
+  gst_buffer_unref (GST_PAD_PROBE_INFO_BUFFER (info));
+  GST_PAD_PROBE_INFO_FLOW_RETURN (info) = GST_FLOW_FLUSHING;
+  return GST_PAD_PROBE_HANDLED;
+}
+
+START_TEST (test_refused_frame_stops_frames_behind_it)
+{
+  const int refused = 5;
+  char *path = model_path ("image_k1");
+  char *desc = g_strdup_printf ("videotestsrc num-buffers=40 ! "
+      "video/x-raw,format=RGB,width=32,height=32 ! vmoeclassify name=c model=%s "
+      "post-messages=true queue-size=4 ! fakesink sync=false", path);
+  GstElement *pipeline = gst_parse_launch (desc, NULL);
+  ck_assert (pipeline != NULL);
+  GstElement *c = gst_bin_get_by_name (GST_BIN (pipeline), "c");
+  GstPad *sinkpad = gst_element_get_static_pad (c, "sink");
+  GstPad *srcpad = gst_element_get_static_pad (c, "src");
+  Counter counter = { 0 };
+  Refusal refusal = { &counter, refused, 0 };
+  gst_pad_add_probe (sinkpad, GST_PAD_PROBE_TYPE_BUFFER, count_buffer, &counter, NULL);
+  gst_pad_add_probe (srcpad, GST_PAD_PROBE_TYPE_BUFFER, refuse_downstream, &refusal, NULL);
+  gst_element_set_state (pipeline, GST_STATE_PLAYING);
+  for (int t = 0; t < 1000 && g_atomic_int_get (&refusal.reached) <= refused; t++)
+    g_usleep (10000);
+  /* Time for the frames behind the refused one to come out, were they
+   * pushed: each takes about a millisecond. */
+  g_usleep (500000);
+  ck_assert_int_eq (g_atomic_int_get (&refusal.reached), refused + 1);
+  GstBus *bus = gst_element_get_bus (pipeline);
+  GstMessage *msg;
+  guint64 messages = 0, index_sum = 0;
+  while ((msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT))) {
+    const GstStructure *st = gst_message_get_structure (msg);
+    guint64 frame;
+    if (gst_structure_has_name (st, "vmoe")
+        && gst_structure_get_uint64 (st, "frame", &frame)) {
+      messages++;
+      index_sum += frame;
+    }
+    gst_message_unref (msg);
+  }
+  /* Frames 0..refused, the refused one included: it left the element. */
+  ck_assert_uint_eq (messages, refused + 1);
+  ck_assert_uint_eq (index_sum, refused * (refused + 1) / 2);
+  gst_element_set_state (pipeline, GST_STATE_NULL);
+  gst_object_unref (bus);
+  gst_object_unref (sinkpad);
+  gst_object_unref (srcpad);
+  gst_object_unref (c);
+  gst_object_unref (pipeline);
+  g_free (desc);
+  g_free (path);
+}
+END_TEST
+
 /* PLAYING -> NULL with frames in flight in two elements sharing an
  * instance (one batch of 2 waiting a long timeout): no deadlock, no leak
  * (leaks tracer, LeakSanitizer). */
@@ -1767,6 +1847,7 @@ element_suite (void)
   tcase_add_test (tc, test_eos_drains_frames_in_flight);
   tcase_add_test (tc, test_frames_without_timestamps);
   tcase_add_test (tc, test_flushing_seek_discards_frames_in_flight);
+  tcase_add_test (tc, test_refused_frame_stops_frames_behind_it);
   tcase_add_test (tc, test_state_cycles_with_frames_in_flight);
   tcase_add_loop_test (tc, test_regions_of_interest, 0, G_N_ELEMENTS (all_formats));
   /* Last: until the engine bounds JSON nesting, json-glib's recursion
