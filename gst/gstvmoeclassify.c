@@ -365,12 +365,23 @@ request_load (GstVmoeClassify *self, const gchar *path)
   g_free (self->load_request);
   self->load_request = g_strdup (path);
   self->load_generation++;
+  GError *error = NULL;
   if (!self->loading) {
     finished = self->loader;
-    self->loading = TRUE;
-    self->loader = g_thread_new ("vmoe-loader", loader_main, self);
+    self->loader = g_thread_try_new ("vmoe-loader", loader_main, self, &error);
+    self->loading = self->loader != NULL;
+    if (!self->loader)
+      g_clear_pointer (&self->load_request, g_free);
   }
   g_mutex_unlock (&self->swap_lock);
+  /* Out of threads: the model in use stays, as for a model that fails to
+   * load; a later `model` tries again. */
+  if (error) {
+    GST_ELEMENT_WARNING (self, RESOURCE, FAILED,
+        ("Could not load model '%s'; keeping the current one.", path),
+        ("Could not start a loader thread: %s", error->message));
+    g_error_free (error);
+  }
   /* It has left its loop, so this returns at once. */
   if (finished)
     g_thread_join (finished);
@@ -996,10 +1007,38 @@ make_first_session (gpointer data, gint *experts_k, gdouble *capacity_ratio,
   return session;
 }
 
+/* Drops the frames in flight and ends the pusher thread. */
+static void
+stop_pusher (GstVmoeClassify *self)
+{
+  if (!self->pusher)
+    return;
+  start_flushing (self);
+  wait_drained (self);
+  g_mutex_lock (&self->queue_lock);
+  self->quit = TRUE;
+  g_cond_broadcast (&self->queue_cond);
+  g_mutex_unlock (&self->queue_lock);
+  g_thread_join (self->pusher);
+  self->pusher = NULL;
+}
+
 static gboolean
 gst_vmoe_classify_start (GstBaseTransform *trans)
 {
   GstVmoeClassify *self = GST_VMOE_CLASSIFY (trans);
+  /* The pusher first: it is the thread a failure to start one leaves
+   * nothing to undo for. */
+  GError *error = NULL;
+  self->flushing = self->quit = FALSE;
+  self->flow = GST_FLOW_OK;
+  self->pusher = g_thread_try_new ("vmoe-push", pusher_main, self, &error);
+  if (!self->pusher) {
+    GST_ELEMENT_ERROR (self, RESOURCE, FAILED, ("Could not start vmoeclassify."),
+        ("Could not start its pusher thread: %s", error->message));
+    g_error_free (error);
+    return FALSE;
+  }
   GST_OBJECT_LOCK (self);
   GstVmoeInstanceSettings settings = {
     .model_path = g_strdup (self->model_path),
@@ -1014,7 +1053,6 @@ gst_vmoe_classify_start (GstBaseTransform *trans)
   self->qos_earliest = GST_CLOCK_TIME_NONE;
   self->routing_changed = self->top_k_changed = FALSE;
   GST_OBJECT_UNLOCK (self);
-  GError *error = NULL;
   self->instance = gst_vmoe_instance_acquire (id, &settings, make_first_session, self,
       G_OBJECT (self), before_batch, &error);
   if (!self->instance) {
@@ -1026,6 +1064,7 @@ gst_vmoe_classify_start (GstBaseTransform *trans)
     g_error_free (error);
     gst_vmoe_instance_settings_clear (&settings);
     g_free (id);
+    stop_pusher (self);
     return FALSE;
   }
   gst_vmoe_instance_settings_clear (&settings);
@@ -1038,9 +1077,6 @@ gst_vmoe_classify_start (GstBaseTransform *trans)
   GST_OBJECT_UNLOCK (self);
   GST_INFO_OBJECT (self, "model ready, first inference %" GST_TIME_FORMAT,
       GST_TIME_ARGS (self->latency));
-  self->flushing = self->quit = FALSE;
-  self->flow = GST_FLOW_OK;
-  self->pusher = g_thread_new ("vmoe-push", pusher_main, self);
   return TRUE;
 }
 
@@ -1048,16 +1084,7 @@ static gboolean
 gst_vmoe_classify_stop (GstBaseTransform *trans)
 {
   GstVmoeClassify *self = GST_VMOE_CLASSIFY (trans);
-  if (self->pusher) {
-    start_flushing (self);
-    wait_drained (self);
-    g_mutex_lock (&self->queue_lock);
-    self->quit = TRUE;
-    g_cond_broadcast (&self->queue_cond);
-    g_mutex_unlock (&self->queue_lock);
-    g_thread_join (self->pusher);
-    self->pusher = NULL;
-  }
+  stop_pusher (self);
   if (self->instance) {
     gst_vmoe_instance_release (self->instance, G_OBJECT (self));
     self->instance = NULL;

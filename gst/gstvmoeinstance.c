@@ -193,7 +193,18 @@ instance_new (const gchar *id, const GstVmoeInstanceSettings *settings,
   vmoe_session_run_u8 (session, &img, 1, NULL);
   inst->warmup_latency = (GstClockTime) (g_get_monotonic_time () - t0) * GST_USECOND;
   g_free (black);
-  inst->worker = g_thread_new ("vmoe-infer", worker_main, inst);
+  /* Out of threads is an error at start, not an abort. */
+  inst->worker = g_thread_try_new ("vmoe-infer", worker_main, inst, error);
+  if (!inst->worker) {
+    g_prefix_error (error, "Could not start the inference thread: ");
+    vmoe_session_free (inst->session);
+    gst_vmoe_instance_settings_clear (&inst->settings);
+    g_mutex_clear (&inst->lock);
+    g_cond_clear (&inst->cond);
+    g_free (inst->id);
+    g_free (inst);
+    return NULL;
+  }
   return inst;
 }
 

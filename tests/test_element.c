@@ -8,6 +8,7 @@
 #include <glib/gstdio.h>
 #include <gst/video/video.h>
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "gstvmoemeta.h"
@@ -1120,6 +1121,73 @@ START_TEST (test_swap_to_hostile_model_keeps_running)
 }
 END_TEST
 
+/* Makes every new thread ask for a stack far beyond memory, so that
+ * creating one fails as it does when a process is out of threads or
+ * address space; `restore` undoes it.  FALSE where the system grants the
+ * stack anyway (overcommit_memory = 1). */
+static gpointer
+idle_thread (gpointer data)
+{
+  return data;
+}
+
+static gboolean
+starve_threads (pthread_attr_t *restore)
+{
+  ck_assert_int_eq (pthread_getattr_default_np (restore), 0);
+  pthread_attr_t huge;
+  pthread_attr_init (&huge);
+  ck_assert_int_eq (pthread_attr_setstacksize (&huge, (size_t) 1 << 44), 0);
+  ck_assert_int_eq (pthread_setattr_default_np (&huge), 0);
+  pthread_attr_destroy (&huge);
+  GThread *probe = g_thread_try_new ("probe", idle_thread, NULL, NULL);
+  if (!probe)
+    return TRUE;
+  g_thread_join (probe);
+  pthread_setattr_default_np (restore);
+  pthread_attr_destroy (restore);
+  return FALSE;
+}
+
+static void
+feed_threads (pthread_attr_t *restore)
+{
+  ck_assert_int_eq (pthread_setattr_default_np (restore), 0);
+  pthread_attr_destroy (restore);
+}
+
+/* Out of threads: at start, an element error; for a model set while
+ * playing, a warning, and the model in use keeps classifying. */
+START_TEST (test_out_of_threads)
+{
+  pthread_attr_t restore;
+  if (!starve_threads (&restore)) {
+    g_printerr ("test_out_of_threads: this system grants any thread stack; not run\n");
+    return;
+  }
+  char *path = model_path ("image_k1");
+  expect_start_error (path, "threads=1", "pusher thread");
+  feed_threads (&restore);
+
+  GstHarness *hs = harness_for ("image_k1", NULL, GST_VIDEO_FORMAT_RGB, 32, 32);
+  GstBus *bus = harness_bus (hs);
+  char *other = model_path ("image_k2_norm_mean");
+  ck_assert (starve_threads (&restore));
+  g_object_set (hs->element, "model", other, NULL);
+  feed_threads (&restore);
+  expect_bus_warning (bus, 0, "loader thread");
+  int index = 0;
+  push_until_experts (hs, &index, 1);
+  /* Threads again: the next request loads. */
+  g_object_set (hs->element, "model", other, NULL);
+  push_until_experts (hs, &index, 2);
+  harness_bus_free (hs, bus);
+  gst_harness_teardown (hs);
+  g_free (other);
+  g_free (path);
+}
+END_TEST
+
 /* Writes a copy of model `name` whose block-0 MLP weights are scaled by
  * `factor` (1e31: its output overflows float, the logits are not finite). */
 static char *
@@ -1848,6 +1916,7 @@ element_suite (void)
   tcase_add_test (tc, test_frames_without_timestamps);
   tcase_add_test (tc, test_flushing_seek_discards_frames_in_flight);
   tcase_add_test (tc, test_refused_frame_stops_frames_behind_it);
+  tcase_add_test (tc, test_out_of_threads);
   tcase_add_test (tc, test_state_cycles_with_frames_in_flight);
   tcase_add_loop_test (tc, test_regions_of_interest, 0, G_N_ELEMENTS (all_formats));
   /* Last: until the engine bounds JSON nesting, json-glib's recursion
