@@ -139,7 +139,7 @@ def read_checkpoint(path):
         raise ConvertError(path, "holds no state dict of tensors")
     for name, value in state.items():
         if not isinstance(value, torch.Tensor):
-            raise ConvertError(name, "a %s, not a tensor" % type(value).__name__)
+            raise ConvertError(name, "%s, not a tensor" % type(value).__name__)
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return {k: v.detach().float() for k, v in state.items()}
@@ -198,11 +198,12 @@ def image_grid(positions, patch, image_size, class_token):
     side = math.isqrt(max(patches, 0))
     if side > 0 and side * side == patches:
         return side, side
-    if class_token and math.isqrt(positions) ** 2 == positions:
-        raise ConvertError("pos_embed", "%d positions, a square grid without the class token: "
-                           "%s" % (positions, no_embed_class))
-    raise ConvertError("pos_embed", "%d patch positions are not a square grid: give "
-                       "--image-size H W" % patches)
+    why = "%d patch positions are not a square grid: give --image-size H W" % patches
+    side = math.isqrt(positions)
+    if class_token and side * side == positions:
+        why += ("; or they are a %dx%d grid without a position for the class token: %s"
+                % (side, side, no_embed_class))
+    raise ConvertError("pos_embed", why)
 
 
 def block_count(state):
