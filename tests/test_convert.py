@@ -326,6 +326,10 @@ class ConvertTest(unittest.TestCase):
                             *heads, "--pool", "token")
         self.assert_refused(self.timm_state(), "--mean: 1 values for 3 channels", *heads,
                             "--mean", 0.5, "--std", 0.5, 0.5, 0.5)
+        self.assert_refused(self.timm_state(in_channels=1), "--std: [0.0]: must be finite, and "
+                            "above 0", *heads, "--mean", 0.5, "--std", 0)
+        self.assert_refused(self.timm_state(in_channels=1), "--mean: [nan]: must be finite",
+                            *heads, "--mean", "nan", "--std", 0.5)
 
     def test_torchvision_refusals(self):
         heads = ("--num-heads", 2)

@@ -300,6 +300,9 @@ def infer_config(state, args):
     for option, values in (("--mean", mean), ("--std", std)):
         if len(values) != channels:
             raise ConvertError(option, "%d values for %d channels" % (len(values), channels))
+        if not all(math.isfinite(v) for v in values) or (option == "--std" and min(values) <= 0):
+            raise ConvertError(option, "%s: must be finite%s" % (
+                values, ", and above 0" if option == "--std" else ""))
     config = {
         "format": "vmoe", "version": 1,
         "image_size": [grid[0] * ph, grid[1] * ph], "patch_size": ph, "in_channels": channels,
