@@ -205,8 +205,8 @@ class ConvertTest(unittest.TestCase):
         error, summary = run_convert(self.path("ti.pth"), self.path("ti.safetensors"))
         self.assertIsNone(error)
         self.assertIn("3 heads (ViT-Ti)", summary)
-        self.assert_engine_matches(self.path("ti.safetensors"), model,
-                                   torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5)))
+        x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+        self.assert_engine_matches(self.path("ti.safetensors"), model, x)
 
     # --------------------------------------------------------------- timm
 

@@ -243,7 +243,8 @@ def fit_head(model, labels):
     model.head = torch.nn.Linear(model.config["embed_dim"], len(labels))
     torch.nn.init.zeros_(model.head.weight)
     torch.nn.init.zeros_(model.head.bias)
-    log("new head: %d classes instead of the model's %d" % (len(labels), model.config["num_classes"]))
+    log("new head: %d classes instead of the model's %d"
+        % (len(labels), model.config["num_classes"]))
     model.config.update(num_classes=len(labels), labels=list(labels))
 
 
