@@ -382,6 +382,22 @@ class ConvertTest(unittest.TestCase):
         self.assert_refused(truncated, "not JSON")
         self.assert_refused({"a": 1}, "not a tensor")
 
+    def test_imagenet_labels_without_torchvision(self):
+        state = self.timm_state(num_classes=1000)
+        saved = sys.modules.get("torchvision.models._meta")
+        sys.modules["torchvision.models._meta"] = None     # import raises ImportError
+        try:
+            self.assert_refused(state, "head.weight: 1000 classes: give --labels",
+                                "--num-heads", 2)
+        finally:
+            sys.modules["torchvision.models._meta"] = saved
+
+    def test_missing_output_folder(self):
+        torch.save(self.timm_state(), self.path("ok.pth"))
+        out = self.path("absent/out.safetensors")
+        error, _ = run_convert(self.path("ok.pth"), out, "--num-heads", 2)
+        self.assertEqual(error, "convert.py: %s: no folder %s" % (out, self.path("absent")))
+
     def test_command_line(self):
         """The script as a user runs it: exit 1, one line, nothing on stdout."""
         state = self.timm_state()
