@@ -182,6 +182,21 @@ class ConvertTest(unittest.TestCase):
         info = subprocess.run([VMOE, "info", self.path("out.safetensors")],
                               capture_output=True, text=True, check=True).stdout
         self.assertIn("cat, dog, bird, fish", info)
+        # 8-bit frames at the model size, as the element gets them: the
+        # engine normalises them as torchvision's preset does.
+        from torchvision.transforms import functional as TF
+        frames = np.random.default_rng(3).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+        with tempfile.TemporaryDirectory() as tmp:
+            np.save(os.path.join(tmp, "frames.npy"), frames)
+            result = subprocess.run([VMOE, "run", self.path("out.safetensors"),
+                                     os.path.join(tmp, "frames.npy"), "--logits"],
+                                    capture_output=True, text=True, timeout=120, check=True)
+        got = np.array([json.loads(line)["logits"] for line in result.stdout.splitlines()])
+        x = TF.normalize(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255,
+                         preset.mean, preset.std)
+        with torch.inference_mode():
+            want = model(x).numpy()
+        self.assertLessEqual(np.abs(got - want).max(), 1e-4 * np.abs(want).max())
 
     def test_standard_heads_match_torchvision_builders(self):
         """STANDARD_HEADS against the head counts of torchvision's own
