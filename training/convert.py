@@ -346,11 +346,12 @@ def check_finite(state, dtype):
     """Every weight finite, as read and once rounded to dtype (F16 tops
     out at 65504): the engine refuses a non-finite weight at load."""
     for name, t in state.items():
-        rounded = t.to(vmoe_torch._DTYPES[dtype])
-        for values, after in ((t, ""), (rounded, " once rounded to " + dtype)):
-            bad = (~torch.isfinite(values)).nonzero()
-            if len(bad):
-                index = [int(i) for i in bad[0]]
+        checks = [(t, "")]
+        if dtype != "F32":
+            checks.append((t.to(vmoe_torch._DTYPES[dtype]), " once rounded to " + dtype))
+        for values, after in checks:
+            if not torch.isfinite(values).all():
+                index = [int(i) for i in (~torch.isfinite(values)).nonzero()[0]]
                 raise ConvertError(name, "%s at %s%s" % (
                     float(t[tuple(index)]), index, after))
 
