@@ -134,8 +134,12 @@ class ConvertTest(unittest.TestCase):
                 if kind == "safetensors":
                     vmoe_torch.save_safetensors(src, state, {})
                 elif kind == "wrapped":
-                    # A training script's checkpoint of a DistributedDataParallel model.
-                    torch.save({"model": {"module." + k: v for k, v in state.items()},
+                    # A training script's checkpoint of a DistributedDataParallel
+                    # model, from before torchvision 0.13 (mlp.linear_1/2).
+                    old = {k.replace("mlp.0.", "mlp.linear_1.").replace("mlp.3.", "mlp.linear_2."):
+                           v for k, v in state.items()}
+                    self.assertNotEqual(set(old), set(state))
+                    torch.save({"model": {"module." + k: v for k, v in old.items()},
                                 "epoch": 3}, src)
                 else:
                     torch.save(state, src)

@@ -37,7 +37,7 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 IMAGENET_CROP_PCT = 0.875
 
 # The published ViT shapes (Dosovitskiy et al. Table 1; Ti and S from DeiT):
-# (embed_dim, depth, mlp_dim) -> num_heads.  Any other shape needs
+# (embed_dim, depth, mlp_dim) -> (num_heads, name).  Any other shape needs
 # --num-heads.
 STANDARD_HEADS = {
     (192, 12, 768): (3, "ViT-Ti"),
