@@ -58,11 +58,12 @@ def randomize(model, seed):
     return model.eval()
 
 
-def engine_run(model_path, x, *extra):
-    """The C engine's JSON results for float input x [N, C, H, W]."""
+def engine_run(model_path, images, *extra):
+    """The C engine's JSON results (with logits) for images: float32
+    [N, C, H, W] already normalised, or uint8 frames [N, H, W, C]."""
     with tempfile.TemporaryDirectory() as tmp:
-        npy = os.path.join(tmp, "x.npy")
-        np.save(npy, x.numpy().astype(np.float32))
+        npy = os.path.join(tmp, "images.npy")
+        np.save(npy, images)
         result = subprocess.run([VMOE, "run", model_path, npy, "--logits", *extra],
                                 capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
@@ -103,7 +104,7 @@ class ConvertTest(unittest.TestCase):
             want = reference_model(x)
         want = (want[0] if isinstance(want, tuple) else want).numpy()
         self.assertGreater(want.std(), 0.05, "reference logits without spread")
-        results = engine_run(model_path, x, "--batch", str(len(x)))
+        results = engine_run(model_path, x.numpy(), "--batch", str(len(x)))
         got = np.array([r["logits"] for r in results])
         self.assertEqual(got.shape, want.shape)
         err = np.abs(got - want).max()
@@ -190,12 +191,7 @@ class ConvertTest(unittest.TestCase):
         # engine normalises them as torchvision's preset does.
         from torchvision.transforms import functional as TF
         frames = np.random.default_rng(3).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
-        with tempfile.TemporaryDirectory() as tmp:
-            np.save(os.path.join(tmp, "frames.npy"), frames)
-            result = subprocess.run([VMOE, "run", self.path("out.safetensors"),
-                                     os.path.join(tmp, "frames.npy"), "--logits"],
-                                    capture_output=True, text=True, timeout=120, check=True)
-        got = np.array([json.loads(line)["logits"] for line in result.stdout.splitlines()])
+        got = np.array([r["logits"] for r in engine_run(self.path("out.safetensors"), frames)])
         x = TF.normalize(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255,
                          preset.mean, preset.std)
         with torch.inference_mode():
