@@ -7,7 +7,7 @@ libglib2.0-dev libjson-glib-dev libopenblas-dev check \
 libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools \
 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 libvulkan-dev mesa-vulkan-drivers glslc spirv-tools valgrind \
-python3-torch python3-numpy python3-scipy python3-matplotlib dataset-fashion-mnist \
+python3-torch python3-torchvision python3-numpy python3-scipy python3-matplotlib dataset-fashion-mnist \
 gobject-introspection libgirepository1.0-dev python3-gi gir1.2-gstreamer-1.0 \
 gir1.2-gst-plugins-base-1.0 libmosquitto-dev mosquitto mosquitto-clients \
 libcairo2-dev python3-jsonschema"

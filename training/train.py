@@ -220,12 +220,32 @@ def finish(args, model, dataset, history, extra=None):
 # ---------------------------------------------------------------- commands
 
 def architecture(args):
-    """FASHION_ARCH with the --arch file's overrides."""
+    """FASHION_ARCH with the --arch file's overrides; a command that starts
+    from a model (--init, --checkpoint, --model) has that model's, which
+    its weights fix (a converted ViT's image size and channels)."""
     arch = dict(FASHION_ARCH)
     if getattr(args, "arch", None):
         with open(args.arch) as f:
             arch.update(json.load(f))
+    start = getattr(args, "init", None) or getattr(args, "checkpoint", None) \
+        or getattr(args, "model", None)
+    if start:
+        arch.update(load_checkpoint(start)[0].config)
     return arch
+
+
+def fit_head(model, labels):
+    """A model started from another keeps its head only for the same
+    labels; otherwise (a converted ImageNet ViT on the user's image folder)
+    it gets a new zero head for labels, as ViT fine-tuning does."""
+    if list(model.config["labels"]) == list(labels):
+        return
+    model.head = torch.nn.Linear(model.config["embed_dim"], len(labels))
+    torch.nn.init.zeros_(model.head.weight)
+    torch.nn.init.zeros_(model.head.bias)
+    log("new head: %d classes instead of the model's %d"
+        % (len(labels), model.config["num_classes"]))
+    model.config.update(num_classes=len(labels), labels=list(labels))
 
 
 def base_config(args, labels):
@@ -243,6 +263,7 @@ def cmd_dense(args):
         model, _ = load_checkpoint(args.init)
         if model.config.get("moe"):
             raise SystemExit("dense --init needs a dense model, not a MoE")
+        fit_head(model, dataset[6])
     else:
         model = vmoe_torch.VisionMoE(base_config(args, dataset[6]))
     log("dense: %d parameters, %d training images" % (
@@ -379,6 +400,7 @@ def cmd_moe(args):
         superclasses = json.load(open(args.superclasses))["superclasses"]
     if args.init:
         dense, _ = load_checkpoint(args.init)
+        fit_head(dense, dataset[6])
         base = dense.config
     else:
         base = base_config(args, dataset[6])

@@ -383,22 +383,48 @@ def save_safetensors(path, tensors, metadata, dtype="F32"):
             f.write(raw)
 
 
+def load_safetensors(path):
+    """Reads any safetensors file of F32, F16 or BF16 tensors: (tensors as
+    float32, the __metadata__ dict).  ValueError for a file that is not
+    one."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError("%s: too short for a safetensors file" % path)
+        n = struct.unpack("<Q", head)[0]
+        if n > 100 << 20:
+            raise ValueError("%s: a safetensors header of %d bytes, over 100 MB" % (path, n))
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError("%s: safetensors header is not JSON (%s)" % (path, e)) from None
+        data = f.read()
+    if not isinstance(header, dict):
+        raise ValueError("%s: safetensors header is not a JSON object" % path)
+    metadata = header.pop("__metadata__", None) or {}
+    tensors = {}
+    for name, info in header.items():
+        try:
+            dtype, shape, (a, b) = info["dtype"], [int(d) for d in info["shape"]], \
+                info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError("%s: not a safetensors tensor entry: %.200s" % (name, info)) from None
+        if dtype not in _DTYPES:
+            raise ValueError("%s: dtype %s (F32, F16 or BF16 are read)" % (name, dtype))
+        storage = torch.int16 if dtype == "BF16" else _DTYPES[dtype]
+        raw = bytearray(data[a:b])
+        size = torch.empty(0, dtype=storage).element_size() * math.prod(shape)
+        if not 0 <= a <= b <= len(data) or len(raw) != size:
+            raise ValueError("%s: its data_offsets do not hold shape %s of %s" % (name, shape, dtype))
+        t = torch.frombuffer(raw, dtype=storage) if raw else torch.zeros(0, dtype=storage)
+        tensors[name] = t.view(_DTYPES[dtype]).float().reshape(shape)
+    return tensors, metadata
+
+
 def load_model(path):
     """Reads a vmoe model file back into a VisionMoE (weights as float32)."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    config = json.loads(header.pop("__metadata__")["vmoe.config"])
-    state = {}
-    for name, info in header.items():
-        a, b = info["data_offsets"]
-        raw = bytearray(data[a:b])
-        if info["dtype"] == "BF16":
-            t = torch.frombuffer(raw, dtype=torch.int16).view(torch.bfloat16)
-        else:
-            t = torch.frombuffer(raw, dtype=_DTYPES[info["dtype"]])
-        state[name] = t.float().reshape(info["shape"])
+    state, metadata = load_safetensors(path)
+    config = json.loads(metadata["vmoe.config"])
     model = VisionMoE(config)
     model.load_state_dict(state)
     return model
