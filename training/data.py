@@ -1,16 +1,20 @@
 """Datasets for training: Fashion-MNIST from Debian's dataset-fashion-mnist
 (IDX .gz files under /usr/share/datasets/fashion-mnist), an image-folder
 loader for users' own data, the fixed stratified held-out split, and
-augmentation.  Images stay uint8 [N, H, W, C] until a batch is drawn, and are
-then normalised exactly as the C engine pre-processes frames."""
+augmentation.  Images stay as decoded (uint8, any size) in Frames, whose
+model inputs are what the C engine computes from the same pixels: the
+pre-processing of training/vmoe_torch.py, for the model's configuration."""
 
 import gzip
+import json
 import os
 import struct
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+import vmoe_torch
 
 FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
@@ -54,30 +58,121 @@ def fashion_mnist(root=FASHION_ROOT):
     return train_x, train_y, test_x, test_y
 
 
-def image_folder(root, size, channels):
-    """One sub-folder per class (sorted names are the labels); every image
-    is resized to size x size.  Returns (images uint8 [N, H, W, C], labels,
-    class names)."""
+class Frames:
+    """Images as decoded, of any size (uint8 [H, W, C], C = 1 or 3), and the
+    model inputs the engine computes from them.  `sources` is a uint8 array
+    [N, H, W, C] or a list of image files (decoded when needed, so that a
+    folder of large photos is not held in memory at full size)."""
+
+    def __init__(self, sources, sizes=None):
+        self.sources = sources
+        if sizes is None:
+            sizes = [tuple(sources.shape[1:3])] * len(sources)
+        self.sizes = list(sizes)     # (h, w) of each image
+        self._inputs = {}
+
+    def __len__(self):
+        return len(self.sizes)
+
+    def __getitem__(self, index):
+        """The frames at `index` (an array of indices), as Frames."""
+        index = np.asarray(index, dtype=np.int64)
+        if isinstance(self.sources, np.ndarray):
+            sources = self.sources[index]
+        else:
+            sources = [self.sources[i] for i in index]
+        return Frames(sources, [self.sizes[i] for i in index])
+
+    def pixels(self, i):
+        """Image i, uint8 [H, W, C]."""
+        if isinstance(self.sources, np.ndarray):
+            return self.sources[i]
+        return read_image(self.sources[i])
+
+    def model_input(self, config, chunk_bytes=1 << 26):
+        """float32 [N, C, Ht, Wt]: every image pre-processed for `config`
+        exactly as the engine pre-processes a frame (docs/design.md, step 1
+        and Aspect handling), by vmoe_torch.preprocess_uint8.  Made once per
+        pre-processing configuration; same-sized images go through it
+        together, in chunks of about chunk_bytes of float pixels."""
+        c = vmoe_torch.complete_config(config)
+        key = json.dumps([c[k] for k in PREPROCESS_KEYS])
+        if key not in self._inputs:
+            ht, wt = c["image_size"]
+            out = torch.empty(len(self), c["in_channels"], ht, wt)
+            by_size = {}
+            for i, size in enumerate(self.sizes):
+                by_size.setdefault(size, []).append(i)
+            for (h, w), members in by_size.items():
+                step = max(1, chunk_bytes // (4 * h * w * 3))
+                for a in range(0, len(members), step):
+                    part = members[a:a + step]
+                    frames = np.stack([self.pixels(i) for i in part])
+                    out[torch.as_tensor(part)] = vmoe_torch.preprocess_uint8(frames, c)
+            self._inputs[key] = out
+        return self._inputs[key]
+
+
+# The configuration keys that step 1 reads: what a model input depends on.
+PREPROCESS_KEYS = ("image_size", "in_channels", "mean", "std", "resize", "crop_pct", "aspect")
+
+
+def read_image(path):
+    """An image file as uint8 [H, W, C]: gray images keep one channel, every
+    other mode becomes RGB (alpha dropped, as the engine ignores it), so
+    that channel conversion is the engine's, not PIL's."""
     from PIL import Image   # matplotlib's dependency, so present with it
+    try:
+        with Image.open(path) as im:
+            gray = im.mode in ("1", "L", "LA")
+            a = np.asarray(im.convert("L" if gray else "RGB"), dtype=np.uint8)
+    except (OSError, ValueError) as e:
+        raise SystemExit("%s: cannot decode: %s" % (path, e))
+    return a.reshape(a.shape[0], a.shape[1], 1 if gray else 3)
+
+
+def image_folder(root):
+    """One sub-folder per class (sorted names are the labels); files that
+    are not images are skipped.  Returns (Frames, labels, class names);
+    images are decoded, at their own size, when a model input is made."""
+    from PIL import Image
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     if not classes:
         raise SystemExit("%s has no class sub-folders" % root)
-    images, labels = [], []
-    mode = "L" if channels == 1 else "RGB"
+    paths, sizes, labels = [], [], []
     for index, name in enumerate(classes):
         folder = os.path.join(root, name)
         for file in sorted(os.listdir(folder)):
+            path = os.path.join(folder, file)
             try:
-                with Image.open(os.path.join(folder, file)) as im:
-                    im = im.convert(mode).resize((size, size), Image.BILINEAR)
-                    a = np.asarray(im, dtype=np.uint8)
+                with Image.open(path) as im:   # reads the header only
+                    w, h = im.size
             except OSError:
                 continue   # not an image
-            images.append(a.reshape(size, size, channels))
+            paths.append(path)
+            sizes.append((h, w))
             labels.append(index)
-    if not images:
+    if not paths:
         raise SystemExit("%s holds no readable images" % root)
-    return np.stack(images), np.asarray(labels, dtype=np.int64), classes
+    return Frames(paths, sizes), np.asarray(labels, dtype=np.int64), classes
+
+
+def default_aspect(sizes, image_size, tolerance=0.01):
+    """The `aspect` that matches how a folder's images were made, and why
+    (docs/training.md): "stretch" when they all share one aspect ratio that
+    is not the model's (frames of one source, like the stream the element
+    will see: stretching keeps the whole view, distorted the same way in
+    training and in the element), otherwise "crop" (shapes are kept; with
+    varied ratios, stretching would distort each image differently).
+    Ratios within `tolerance` count as one, for rounded sizes."""
+    ht, wt = image_size
+    ratios = [w / h for h, w in sizes]
+    lo, hi = min(ratios), max(ratios)
+    if hi / lo > 1 + tolerance:
+        return "crop", "aspect ratios (w/h) vary from %.3g to %.3g" % (lo, hi)
+    if abs(lo / (wt / ht) - 1) <= tolerance and abs(hi / (wt / ht) - 1) <= tolerance:
+        return "crop", "every image has the model's aspect ratio (w/h %.3g)" % (wt / ht)
+    return "stretch", "every image has aspect ratio w/h %.3g, the model %.3g" % (lo, wt / ht)
 
 
 def stratified_split(labels, per_class=HOLDOUT_PER_CLASS, seed=SPLIT_SEED):
@@ -92,16 +187,6 @@ def stratified_split(labels, per_class=HOLDOUT_PER_CLASS, seed=SPLIT_SEED):
     holdout = np.sort(np.asarray(holdout, dtype=np.int64))
     train = np.setdiff1d(np.arange(len(labels)), holdout)
     return train, holdout
-
-
-def normalize(images, mean, std):
-    """uint8 [N, H, W, C] -> float32 [N, C, H, W], as the engine does for a
-    frame already at the model size."""
-    x = torch.from_numpy(np.array(images, dtype=np.float32)).div_(255.0)
-    x = x.permute(0, 3, 1, 2)
-    m = torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
-    return ((x - m) / s).contiguous()
 
 
 def augment(x, generator, pad=2, flip=True, erase=0.25):

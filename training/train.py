@@ -67,14 +67,21 @@ def log(*args):
 
 
 def load_dataset(args):
-    """(train_x, train_y, holdout_x, holdout_y, test_x, test_y, labels)."""
+    """(train_x, train_y, holdout_x, holdout_y, test_x, test_y, labels),
+    images as data.Frames.  For an image folder, a new model's `aspect`
+    (args.aspect) is resolved here, from the images' sizes."""
     if args.data == "fashion-mnist":
         train_x, train_y, test_x, test_y = data.fashion_mnist(args.data_root)
+        train_x, test_x = data.Frames(train_x), data.Frames(test_x)
         labels = data.FASHION_LABELS
     else:
+        x, y, labels = data.image_folder(args.data)
         arch = architecture(args)
-        size, channels = arch["image_size"][0], arch["in_channels"]
-        x, y, labels = data.image_folder(args.data, size, channels)
+        if hasattr(args, "aspect") and args.aspect is None and not args.init \
+                and "aspect" not in arch:
+            size = vmoe_torch.complete_config(dict(arch, num_classes=len(labels)))["image_size"]
+            args.aspect, why = data.default_aspect(x.sizes, size)
+            log("aspect: %s (%s; --aspect overrides)" % (args.aspect, why))
         # Users' folders have no test split: hold out a second stratified slice.
         rest, test = data.stratified_split(y, per_class=max(1, len(y) // (10 * len(labels))),
                                            seed=data.SPLIT_SEED + 1)
@@ -92,10 +99,10 @@ def evaluate(model, images, labels, config, batch=500):
     model.eval()
     device = model_device(model)
     preds, experts = [], []
+    inputs = images.model_input(config)
     with torch.inference_mode():
         for i in range(0, len(images), batch):
-            x = data.normalize(images[i:i + batch], config["mean"], config["std"])
-            logits, routing = model(x.to(device))
+            logits, routing = model(inputs[i:i + batch].to(device))
             preds.append(logits.argmax(-1).cpu())
             if "experts" in routing:
                 experts.append(routing["experts"][:, 0].cpu())
@@ -137,6 +144,9 @@ def train(model, args, dataset, superclass_of=None):
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
     per_rank = args.batch // size
     steps_per_epoch = len(train_x) // args.batch
+    if steps_per_epoch == 0:
+        raise SystemExit("%d training images, fewer than one batch (--batch %d)"
+                         % (len(train_x), args.batch))
     total = steps_per_epoch * args.epochs
     if args.steps:
         total = min(total, args.steps)
@@ -145,6 +155,7 @@ def train(model, args, dataset, superclass_of=None):
     device = model_device(model)
     target_map = torch.tensor(superclass_of, device=device) if superclass_of is not None else None
     history, step, start = [], 0, time.time()
+    inputs = train_x.model_input(config)
     epoch = 0
     while step < total:
         order = np.random.default_rng(args.seed + epoch).permutation(len(train_x))
@@ -154,8 +165,7 @@ def train(model, args, dataset, superclass_of=None):
             if step >= total:
                 break
             idx = order[b * args.batch + rank * per_rank:b * args.batch + (rank + 1) * per_rank]
-            x = data.augment(data.normalize(train_x[idx], config["mean"], config["std"]), gen,
-                             erase=args.erase).to(device)
+            x = data.augment(inputs[torch.from_numpy(idx)], gen, erase=args.erase).to(device)
             y = torch.from_numpy(train_y[idx]).to(device)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, warmup, args.lr)
@@ -249,9 +259,13 @@ def fit_head(model, labels):
 
 
 def base_config(args, labels):
-    """The dense configuration: the architecture and the labels."""
-    return dict(architecture(args), format="vmoe", version=1, num_classes=len(labels),
-                labels=list(labels))
+    """The dense configuration: the architecture, the labels, and --aspect
+    (or the one load_dataset chose for an image folder)."""
+    config = dict(architecture(args), format="vmoe", version=1, num_classes=len(labels),
+                  labels=list(labels))
+    if getattr(args, "aspect", None):
+        config["aspect"] = args.aspect
+    return config
 
 
 def cmd_dense(args):
@@ -443,9 +457,10 @@ def cmd_analyze(args):
     os.makedirs(args.out, exist_ok=True)
     preds, heat = [], None
     moe = c["moe"]
+    inputs = test_x.model_input(c)
     with torch.inference_mode():
         for i in range(0, len(test_x), 500):
-            x = data.normalize(test_x[i:i + 500], c["mean"], c["std"])
+            x = inputs[i:i + 500]
             y = test_y[i:i + 500]
             logits, routing = model(x)
             preds.append(logits.argmax(-1).numpy())
@@ -534,6 +549,11 @@ def add_train_options(p, epochs, lr):
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--device", default="cpu",
                    help="torch device to train on, e.g. cuda (data stays on the CPU)")
+    p.add_argument("--aspect", choices=["crop", "stretch"],
+                   help="how the model fits frames of another shape (docs/training.md); "
+                        "default for an image folder: stretch if all images share one "
+                        "aspect ratio other than the model's, else crop.  With --init the "
+                        "model's own aspect is kept")
 
 
 def main(argv=None):
@@ -591,6 +611,8 @@ def main(argv=None):
     p.set_defaults(func=cmd_analyze)
 
     args = parser.parse_args(argv)
+    if getattr(args, "aspect", None) and getattr(args, "init", None):
+        parser.error("--aspect is for a new model; --init keeps the model's own")
     threads = getattr(args, "threads", 0)
     setup_distributed()
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // world()[1]))
