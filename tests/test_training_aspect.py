@@ -27,7 +27,7 @@ ARCH = {"image_size": 32, "patch_size": 8, "in_channels": 3, "embed_dim": 32, "d
 # (h, w): wide and tall frames.  Each shape is centred and sized by the
 # shorter side, so that `crop` keeps it whole and undistorted while a
 # squash to a square would change its proportions by up to 2x.
-VARIED_SIZES = [(32, 64), (64, 32), (36, 54), (54, 36), (40, 60)]
+VARIED_SIZES = [(24, 72), (72, 24), (32, 64), (64, 32), (40, 60), (60, 40)]
 FOUR_THREE_SIZES = [(48, 64), (36, 48)]
 
 
