@@ -193,10 +193,29 @@ class TrainingAspectTest(unittest.TestCase):
                        "--out", os.path.join(self.tmp, "bad-run"), check=False)
         self.assertEqual(run.returncode, 2)
         self.assertIn("--aspect: invalid choice: 'squash'", run.stderr)
-        run = train_py("moe", "--data", folder, "--init", "some.pt", "--aspect", "crop",
-                       "--out", os.path.join(self.tmp, "bad-run"), check=False)
-        self.assertEqual(run.returncode, 2)
-        self.assertIn("--aspect is for a new model; --init keeps the model's own", run.stderr)
+
+    def test_aspect_option_and_init(self):
+        """--aspect overrides the folder's default; --init keeps the
+        model's aspect unless --aspect is given."""
+        import vmoe_torch
+        folder = os.path.join(self.tmp, "init")
+        make_folder(folder, FOUR_THREE_SIZES, 4)   # the default would be stretch
+        arch = os.path.join(self.tmp, "arch.json")
+
+        def aspect_of(run):
+            path = os.path.join(self.tmp, run, "model.safetensors")
+            return vmoe_torch.load_model(path).config["aspect"]
+
+        common = ["--data", folder, "--batch", "16", "--steps", "2", "--threads", "1"]
+        train_py("dense", *common, "--arch", arch, "--aspect", "crop",
+                 "--out", os.path.join(self.tmp, "r1"))
+        self.assertEqual(aspect_of("r1"), "crop")
+        first = os.path.join(self.tmp, "r1", "model.safetensors")
+        train_py("dense", *common, "--init", first, "--out", os.path.join(self.tmp, "r2"))
+        self.assertEqual(aspect_of("r2"), "crop")
+        train_py("moe", *common, "--init", first, "--experts", "2", "--aspect", "stretch",
+                 "--out", os.path.join(self.tmp, "r3"))
+        self.assertEqual(aspect_of("r3"), "stretch")
 
 
 if __name__ == "__main__":

@@ -278,6 +278,8 @@ def cmd_dense(args):
         if model.config.get("moe"):
             raise SystemExit("dense --init needs a dense model, not a MoE")
         fit_head(model, dataset[6])
+        if args.aspect:
+            model.config["aspect"] = args.aspect
     else:
         model = vmoe_torch.VisionMoE(base_config(args, dataset[6]))
     log("dense: %d parameters, %d training images" % (
@@ -378,6 +380,8 @@ def moe_config(dense_config, args, superclasses):
     depth = config["depth"]
     layers = [int(v) for v in args.layers.split(",")] if args.layers else [depth - 2, depth - 1]
     experts = len(superclasses) if superclasses else args.experts
+    if args.aspect:
+        config["aspect"] = args.aspect
     moe = {"layers": layers, "num_experts": experts, "top_k": args.top_k,
            "routing": args.routing, "router_input": "cls", "normalize_gates": False,
            "expert_mlp_dim": config["mlp_dim"], "shared_expert": args.shared,
@@ -552,8 +556,8 @@ def add_train_options(p, epochs, lr):
     p.add_argument("--aspect", choices=["crop", "stretch"],
                    help="how the model fits frames of another shape (docs/training.md); "
                         "default for an image folder: stretch if all images share one "
-                        "aspect ratio other than the model's, else crop.  With --init the "
-                        "model's own aspect is kept")
+                        "aspect ratio other than the model's, else crop; with --init, the "
+                        "model's own")
 
 
 def main(argv=None):
@@ -611,8 +615,6 @@ def main(argv=None):
     p.set_defaults(func=cmd_analyze)
 
     args = parser.parse_args(argv)
-    if getattr(args, "aspect", None) and getattr(args, "init", None):
-        parser.error("--aspect is for a new model; --init keeps the model's own")
     threads = getattr(args, "threads", 0)
     setup_distributed()
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // world()[1]))
