@@ -63,7 +63,7 @@ def main():
     sgemm = os.path.join(args.build, "bench", "vmoe-sgemm")
     torch.set_num_threads(os.cpu_count())
     with open(args.config) as f:
-        config = json.load(f)
+        config = vmoe_torch.complete_config(json.load(f))   # image_size may be one int
     results = {"machine": "%d cores, %s" % (os.cpu_count(), os.uname().machine),
                "torch": torch.__version__, "batches": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -65,7 +65,7 @@ def main():
 
     vmoe = os.path.join(args.build, "tools", "vmoe")
     with open(args.config) as f:
-        config = json.load(f)
+        config = vmoe_torch.complete_config(json.load(f))   # image_size may be one int
     results = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
                "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "batches": []}
     with tempfile.TemporaryDirectory() as tmp:
