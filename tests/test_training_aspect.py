@@ -167,6 +167,29 @@ class TrainingAspectTest(unittest.TestCase):
         self.assertEqual(data.default_aspect([(24, 40), (48, 80)], [24, 40])[0], "crop")
         self.assertEqual(data.default_aspect([(24, 40)], [32, 32])[0], "stretch")
 
+    def test_gray_and_colour_files(self):
+        """A folder mixing gray and RGB files of one size: a gray file and
+        its RGB copy (R = G = B) give the same model input, as in the
+        engine (gray repeated for a 3-channel model, luma for a 1-channel
+        one)."""
+        import data
+        folder = os.path.join(self.tmp, "mixed")
+        os.makedirs(os.path.join(folder, "a"))
+        rng = np.random.default_rng(5)
+        for i in range(3):
+            gray = rng.integers(0, 256, (30, 50), dtype=np.uint8)
+            Image.fromarray(gray).save(os.path.join(folder, "a", "%d-gray.png" % i))
+            Image.fromarray(np.repeat(gray[..., None], 3, axis=2)).save(
+                os.path.join(folder, "a", "%d-rgb.png" % i))
+        frames, _, _ = data.image_folder(folder)
+        self.assertEqual([frames.pixels(i).shape[2] for i in range(6)], [1, 3] * 3)
+        for channels in (1, 3):
+            config = dict(ARCH, in_channels=channels, num_classes=1, aspect="crop",
+                          mean=[0.5] * channels, std=[0.25] * channels)
+            x = frames.model_input(config).numpy()
+            self.assertEqual(x.shape, (6, channels, 32, 32))
+            np.testing.assert_allclose(x[0::2], x[1::2], rtol=0, atol=1e-5)
+
     def test_bad_input(self):
         folder = os.path.join(self.tmp, "bad")
         make_folder(folder, [(20, 30)], 3)

@@ -107,8 +107,13 @@ class Frames:
                 step = max(1, chunk_bytes // (4 * h * w * 3))
                 for a in range(0, len(members), step):
                     part = members[a:a + step]
-                    frames = np.stack([self.pixels(i) for i in part])
-                    out[torch.as_tensor(part)] = vmoe_torch.preprocess_uint8(frames, c)
+                    pixels = [self.pixels(i) for i in part]
+                    # A folder may mix gray and colour files of one size.
+                    for channels in sorted({p.shape[2] for p in pixels}):
+                        same = [k for k, p in enumerate(pixels) if p.shape[2] == channels]
+                        frames = np.stack([pixels[k] for k in same])
+                        out[torch.as_tensor([part[k] for k in same])] = \
+                            vmoe_torch.preprocess_uint8(frames, c)
             self._inputs[key] = out
         return self._inputs[key]
 
