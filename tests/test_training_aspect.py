@@ -11,10 +11,12 @@ vmoeclassify fed the PNG files as frames.
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
 import unittest
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -55,6 +57,10 @@ def make_folder(root, sizes, seed):
             h, w = sizes[i % len(sizes)]
             Image.fromarray(shape_image(rng, name, h, w)).save(
                 os.path.join(root, name, "%03d.png" % i))
+
+
+def png_chunk(kind, body):
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
 def train_py(*args, check=True):
@@ -207,6 +213,17 @@ class TrainingAspectTest(unittest.TestCase):
         self.assertIn("broken.png: cannot decode", run.stderr)
         self.assertEqual(len(run.stderr.strip().splitlines()), 1, run.stderr)
         os.remove(broken)
+        # A header announcing 60000 x 60000 pixels: refused before decoding.
+        bomb = os.path.join(folder, "disc", "huge.png")
+        with open(bomb, "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(
+                ">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)) + png_chunk(b"IEND", b""))
+        run = train_py("dense", "--data", folder, "--arch", arch, "--out",
+                       os.path.join(self.tmp, "bad-run"), "--batch", "16", "--steps", "1",
+                       check=False)
+        self.assertEqual(run.returncode, 1, run.stderr)
+        self.assertIn("huge.png: Image size (3600000000 pixels) exceeds limit", run.stderr)
+        os.remove(bomb)
         # The default batch of 128 is more than this folder's training images.
         run = train_py("dense", "--data", folder, "--arch", arch, "--out",
                        os.path.join(self.tmp, "bad-run"), check=False)

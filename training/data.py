@@ -154,6 +154,8 @@ def image_folder(root):
                     w, h = im.size
             except OSError:
                 continue   # not an image
+            except Image.DecompressionBombError as e:
+                raise SystemExit("%s: %s" % (path, e))
             paths.append(path)
             sizes.append((h, w))
             labels.append(index)
