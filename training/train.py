@@ -76,18 +76,25 @@ def load_dataset(args):
         labels = data.FASHION_LABELS
     else:
         x, y, labels = data.image_folder(args.data)
-        arch = architecture(args)
-        if hasattr(args, "aspect") and args.aspect is None and not args.init \
-                and "aspect" not in arch:
-            size = vmoe_torch.complete_config(dict(arch, num_classes=len(labels)))["image_size"]
-            args.aspect, why = data.default_aspect(x.sizes, size)
-            log("aspect: %s (%s; --aspect overrides)" % (args.aspect, why))
+        if hasattr(args, "aspect") and args.aspect is None and not args.init:
+            choose_folder_aspect(args, x, labels)
         # Users' folders have no test split: hold out a second stratified slice.
         rest, test = data.stratified_split(y, per_class=max(1, len(y) // (10 * len(labels))),
                                            seed=data.SPLIT_SEED + 1)
         train_x, train_y, test_x, test_y = x[rest], y[rest], x[test], y[test]
     tr, ho = data.stratified_split(train_y)
     return (train_x[tr], train_y[tr], train_x[ho], train_y[ho], test_x, test_y, labels)
+
+
+def choose_folder_aspect(args, frames, labels):
+    """Sets args.aspect for a new model on an image folder by
+    data.default_aspect's rule, unless the --arch file names one."""
+    arch = architecture(args)
+    if "aspect" in arch:
+        return
+    size = vmoe_torch.complete_config(dict(arch, num_classes=len(labels)))["image_size"]
+    args.aspect, why = data.default_aspect(frames.sizes, size)
+    log("aspect: %s (%s; --aspect overrides)" % (args.aspect, why))
 
 
 def model_device(model):
