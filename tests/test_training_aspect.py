@@ -19,6 +19,7 @@ import unittest
 import zlib
 
 import numpy as np
+import torch
 from PIL import Image
 
 SOURCE = VMOE = PLUGIN_DIR = None
@@ -68,9 +69,10 @@ def train_py(*args, check=True):
                            *args], capture_output=True, text=True, timeout=300, check=check)
 
 
-def vmoe_run_top1(model, frames):
-    """`vmoe run` top-1 of every image, one .npy per image size."""
+def vmoe_run(model, frames):
+    """`vmoe run` top-1 and logits of every image, one .npy per image size."""
     top1 = np.full(len(frames), -1)
+    logits = [None] * len(frames)
     by_size = {}
     for i, size in enumerate(frames.sizes):
         by_size.setdefault(size, []).append(i)
@@ -78,11 +80,13 @@ def vmoe_run_top1(model, frames):
         for members in by_size.values():
             npy = os.path.join(tmp, "frames.npy")
             np.save(npy, np.stack([frames.pixels(i) for i in members]))
-            out = subprocess.run([VMOE, "run", "--batch", "1", model, npy], capture_output=True,
-                                 text=True, timeout=120, check=True).stdout
+            out = subprocess.run([VMOE, "run", "--batch", "1", "--logits", model, npy],
+                                 capture_output=True, text=True, timeout=120, check=True).stdout
             for i, line in zip(members, out.splitlines()):
-                top1[i] = json.loads(line)["top"][0]["class"]
-    return top1
+                result = json.loads(line)
+                top1[i] = result["top"][0]["class"]
+                logits[i] = result["logits"]
+    return top1, np.array(logits)
 
 
 def element_top1(model, paths, tmp):
@@ -139,16 +143,24 @@ class TrainingAspectTest(unittest.TestCase):
         # A model that learnt nothing (one class for every image) would agree
         # with any pre-processing: require one that tells the shapes apart.
         self.assertGreater(acc, 0.8, "training did not learn the shapes")
-        ran = vmoe_run_top1(model_path, frames)
+        ran, ran_logits = vmoe_run(model_path, frames)
         agree = float((ran == trained).mean())
         self.assertGreaterEqual(agree, 0.99, "vmoe run agrees with training on %.1f%%"
                                 % (100 * agree))
+        # Beyond top-1: the same input gives the parity suite's logits, so a
+        # pre-processing that differs slightly (another bilinear filter) fails
+        # here even where the shapes are too clear for top-1 to change.
+        with torch.inference_mode():
+            logits = model.eval()(frames.model_input(model.config))[0].numpy()
+        error = np.abs(logits - ran_logits).max() / np.abs(logits).max()
+        self.assertLessEqual(error, 1e-4, "relative logit error %.3g" % error)
         with tempfile.TemporaryDirectory() as tmp:
             shown = element_top1(model_path, frames.sources, tmp)
         self.assertEqual(len(shown), len(frames))
         shown_agree = float((shown == trained).mean())
         print("\n%s: training accuracy %.3f; top-1 equal to training's: vmoe run %.3f, "
-              "element %.3f" % (aspect, acc, agree, shown_agree), file=sys.stderr)
+              "element %.3f; relative logit error %.2g" % (aspect, acc, agree, shown_agree, error),
+              file=sys.stderr)
         self.assertGreaterEqual(shown_agree, 0.99, "the element agrees with training on %.1f%%"
                                 % (100 * shown_agree))
 
