@@ -246,6 +246,17 @@ class TrainingAspectTest(unittest.TestCase):
         self.assertEqual(run.returncode, 2)
         self.assertIn("--aspect: invalid choice: 'squash'", run.stderr)
 
+    def test_folder_without_images(self):
+        import data
+        folder = os.path.join(self.tmp, "empty")
+        os.makedirs(os.path.join(folder, "a"))
+        with self.assertRaisesRegex(SystemExit, "has no class sub-folders"):
+            data.image_folder(os.path.join(folder, "a"))
+        with open(os.path.join(folder, "a", "notes.txt"), "w") as f:
+            f.write("not an image\n")
+        with self.assertRaisesRegex(SystemExit, "holds no readable images"):
+            data.image_folder(folder)
+
     def test_aspect_option_and_init(self):
         """--aspect overrides the folder's default; --init keeps the
         model's aspect unless --aspect is given."""
