@@ -29,7 +29,7 @@ ARCH = {"image_size": 32, "patch_size": 8, "in_channels": 3, "embed_dim": 32, "d
         "num_heads": 2, "mlp_dim": 64, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
 # (h, w): wide and tall frames.  Each shape is centred and sized by the
 # shorter side, so that `crop` keeps it whole and undistorted while a
-# squash to a square would change its proportions by up to 2x.
+# squash to a square would change its proportions by up to 3x.
 VARIED_SIZES = [(24, 72), (72, 24), (32, 64), (64, 32), (40, 60), (60, 40)]
 FOUR_THREE_SIZES = [(48, 64), (36, 48)]
 
@@ -120,8 +120,8 @@ class TrainingAspectTest(unittest.TestCase):
         shutil.rmtree(cls.tmp)
 
     def train_folder(self, name, sizes, seed):
-        """Trains a dense model on a new folder; returns (model file,
-        training's log)."""
+        """Trains a dense model on a new folder; returns (folder, model
+        file, training's log)."""
         folder = os.path.join(self.tmp, name)
         make_folder(folder, sizes, seed)
         out = os.path.join(self.tmp, name + "-run")
