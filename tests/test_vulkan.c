@@ -379,7 +379,7 @@ START_TEST (test_route_tokens)
   for (int r = 0; r < rows; r += 3)       /* repeated rows: tied probabilities */
     memcpy (logits + (size_t) r * EXPERTS, logits, EXPERTS * sizeof (float));
   for (int bpr = 0; bpr < 2; bpr++) {
-    int capacity = vmoe_token_capacity (TOP_K, TOKENS, 0.5, EXPERTS);
+    int capacity = vmoe_token_capacity (TOP_K, TOKENS, 0.5, EXPERTS, 1);
     write_floats (VMOE_VK_ACTIVATIONS, 0, logits, (size_t) rows * EXPERTS);
     VmoeRoutePush p = { .mode = VMOE_ROUTE_TOKEN, .images = n, .tokens = TOKENS,
       .dim = DIM, .experts = EXPERTS, .k = TOP_K, .probs_off = 0,

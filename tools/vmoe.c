@@ -86,10 +86,13 @@ result_to_json (const VmoeConfig *c, const VmoeImageResult *r, gsize index,
    * the view's unsigned ones (C11 6.5p7 allows the access). */
   VmoeJsonLayer *layers = g_new (VmoeJsonLayer, r->n_layers);
   for (int l = 0; l < r->n_layers; l++)
-    layers[l] = (VmoeJsonLayer) { r->layers[l].block, (guint) c->num_experts,
-      (const guint *) r->layers[l].tokens_per_expert, r->layers[l].dropped };
+    layers[l] = (VmoeJsonLayer) { r->layers[l].block,
+      (guint) (c->num_experts / c->ensemble_members),
+      (const guint *) r->layers[l].tokens_per_expert, r->layers[l].dropped,
+      r->layers[l].member };
   VmoeJsonRouting routing = { (guint) r->n_experts, r->experts, r->gates,
-    (guint) r->n_layers, layers };
+    (guint) r->n_layers, layers, (guint) r->n_members, r->member_classes,
+    r->entropy, r->disagreement };
   vmoe_json_add_routing (b, &routing);
   g_free (layers);
   if (r->n_experts && c->n_superclasses) {

@@ -116,7 +116,8 @@ route_push (VmoeVulkan *vk, int n, uint32_t mode)
     .order_off = vk->i.order, .out_counts_off = vk->i.tokens_per_expert,
     .out_dropped_off = vk->i.dropped, .layers = (uint32_t) c->n_moe_layers,
     .capacity = (uint32_t) vmoe_token_capacity (vk->routing.top_k,
-        vmoe_config_tokens (c), vk->routing.capacity_ratio, c->num_experts),
+        vmoe_config_tokens (c), vk->routing.capacity_ratio, c->num_experts,
+        c->ensemble_members),
     .bpr = c->bpr };
 }
 

@@ -245,6 +245,12 @@ check_model (const VmoeConfig *c, int k, GError **error)
         MAX_TOP_K);
     return FALSE;
   }
+  if (c->ensemble_members > 1) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_BACKEND,
+        "vulkan: E3 ensembles (ensemble_members %d) are not implemented by the "
+        "vulkan backend yet; use backend cpu", c->ensemble_members);
+    return FALSE;
+  }
   return TRUE;
 }
 
