@@ -91,6 +91,10 @@ vmoe_json_add_routing (JsonBuilder *b, const VmoeJsonRouting *r)
   }
   if (r->n_members > 1)
     add_members (b, r);
+  if (r->uncertain) {
+    json_builder_set_member_name (b, "uncertain");
+    json_builder_add_boolean_value (b, TRUE);
+  }
 }
 
 gchar *

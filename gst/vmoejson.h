@@ -35,6 +35,8 @@ typedef struct {
   guint n_members;
   const gint *member_classes;     /* n_members */
   gdouble entropy, disagreement;
+  /* vmoeclassify's entropy-threshold mark: `"uncertain": true` when set. */
+  gboolean uncertain;
 } VmoeJsonRouting;
 
 /* Adds `value`, or null where it is not finite: JSON has no NaN or
@@ -42,8 +44,9 @@ typedef struct {
 void vmoe_json_add_double (JsonBuilder *builder, gdouble value);
 
 /* Adds the members `experts` and `gates` (when n_experts > 0), `layers`
- * (when n_layers > 0) and the ensemble's `members`, `entropy` and
- * `disagreement` (when n_members > 1) to the object being built. */
+ * (when n_layers > 0), the ensemble's `members`, `entropy` and
+ * `disagreement` (when n_members > 1) and `uncertain` (when set) to the
+ * object being built. */
 void vmoe_json_add_routing (JsonBuilder *builder, const VmoeJsonRouting *routing);
 
 /* The finished document of `builder` as text: compact for indent < 0, else
