@@ -327,7 +327,7 @@ main (int argc, char **argv)
     options.backend = VMOE_BACKEND_VULKAN;
     options.fp16 = strcmp (mode, "vulkan-fp16") == 0;
     logit_tolerance = options.fp16 ? 1e-2 : 1e-3;
-    gate_tolerance = options.fp16 ? 1e-3 : 1e-5;
+    gate_tolerance = options.fp16 ? 2e-3 : 1e-5;   /* docs/vulkan.md, fp16 */
     entropy_tolerance = options.fp16 ? 1e-2 : 1e-3;
   } else if (strcmp (mode, "cpu") != 0) {
     parity_dir = NULL;
