@@ -697,10 +697,26 @@ moe_image_routed (VmoeCpu *cpu, const VmoeBlock *block, int n,
   }
 }
 
+/* The router logits [n*T, E/M] of n member copies (copy i*M + m): each
+ * copy's T rows against its member's E/M rows of the router, so that no
+ * copy computes (or stores) the logits of experts it cannot choose. */
+static void
+member_router_logits (VmoeCpu *cpu, const VmoeLinear *router, int n)
+{
+  int members = cpu->model->config.ensemble_members, t_count = cpu->tokens;
+  int e_count = router->out / members;
+  for (int i = 0; i < n; i++) {
+    int m = i % members;
+    VmoeLinear part = { router->weight + (size_t) m * e_count * router->in,
+      router->bias ? router->bias + (size_t) m * e_count : NULL, router->in, e_count };
+    linear_forward (cpu->router_probs + (size_t) i * t_count * e_count,
+        cpu->z + (size_t) i * t_count * cpu->dim, &part, t_count, FALSE);
+  }
+}
+
 /* V-MoE: a router per token in each MoE block, with per-image capacity.
  * With E3, n counts member copies (copy i*M + m) and copy m routes among
- * its partition's E/M experts: the router's GEMM gives all E logits per
- * row, and the softmax, top-k and assignment read the copy's E/M. */
+ * its partition's E/M experts; choices are first local to the partition. */
 static void
 moe_token_routed (VmoeCpu *cpu, const VmoeBlock *block, int layer, int n,
     VmoeRawOutput *out)
@@ -711,13 +727,14 @@ moe_token_routed (VmoeCpu *cpu, const VmoeBlock *block, int layer, int n,
   int rows = n * t_count;
   int capacity = vmoe_token_capacity (k, t_count, cpu->routing.capacity_ratio,
       e_all, members);
-  linear_forward (cpu->router_probs, cpu->z, &block->router, rows, FALSE);
-  for (int r = 0; r < rows; r++) {
-    int first_expert = r / t_count % members * e_count;
-    float *p = cpu->router_probs + (size_t) r * e_all + first_expert;
-    vmoe_softmax_rows (p, 1, e_count);
-    vmoe_topk (p, e_count, k, cpu->choice + (size_t) r * k, cpu->choice_p + (size_t) r * k);
-  }
+  if (members == 1)
+    linear_forward (cpu->router_probs, cpu->z, &block->router, rows, FALSE);
+  else
+    member_router_logits (cpu, &block->router, n);
+  vmoe_softmax_rows (cpu->router_probs, rows, e_count);
+  for (int r = 0; r < rows; r++)
+    vmoe_topk (cpu->router_probs + (size_t) r * e_count, e_count, k,
+        cpu->choice + (size_t) r * k, cpu->choice_p + (size_t) r * k);
   for (int i = 0; i < n; i++) {
     size_t first = (size_t) i * t_count * k;
     /* Copy i is member i % M of image i / M; out is [image, layer, M]. */
@@ -928,7 +945,8 @@ vmoe_cpu_reserve (VmoeCpu *cpu, int n)
       sizeof (float), 64);
   cpu->gather_in = g_new (float, expert_rows * d);
   cpu->gather_out = g_new (float, expert_rows * d);
-  cpu->router_probs = g_new (float, rows * MAX (c->num_experts, 1));
+  /* Token routing: [rows, E/M]; image routing: [n, E], no larger. */
+  cpu->router_probs = g_new (float, rows * MAX (c->num_experts / c->ensemble_members, 1));
   cpu->router_input = g_new (float, (size_t) n * d);
   cpu->pooled = g_new (float, (size_t) n * c->ensemble_members * d);
   cpu->rows = g_new (int, expert_rows);

@@ -329,11 +329,23 @@ finish_run (VmoeSession *s, int n, GError **error)
 }
 
 static gboolean
-check_batch (int n, GError **error)
+check_batch (VmoeSession *s, int n, GError **error)
 {
   if (n < 1 || n > VMOE_MAX_BATCH) {
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
         "batch size %d is outside [1, %d]", n, VMOE_MAX_BATCH);
+    return FALSE;
+  }
+  /* The backends index routed rows (E3 member copies x tokens x k) with
+   * ints. */
+  const VmoeConfig *c = &s->model->config;
+  guint64 routed_rows = (guint64) n * c->ensemble_members * vmoe_config_tokens (c)
+      * MAX (s->routing.top_k, 1);
+  if (routed_rows > G_MAXINT) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
+        "a batch of %d images is too large for this model: %" G_GUINT64_FORMAT
+        " routed rows (images x ensemble members x tokens x k) exceed %d; "
+        "use a smaller batch", n, routed_rows, G_MAXINT);
     return FALSE;
   }
   return TRUE;
@@ -342,7 +354,7 @@ check_batch (int n, GError **error)
 gboolean
 vmoe_session_run_f32 (VmoeSession *s, const float *input, int n, GError **error)
 {
-  if (!check_batch (n, error))
+  if (!check_batch (s, n, error))
     return FALSE;
   const VmoeConfig *c = &s->model->config;
   size_t per_image = (size_t) c->in_channels * c->image_h * c->image_w;
@@ -362,7 +374,7 @@ vmoe_session_run_f32 (VmoeSession *s, const float *input, int n, GError **error)
 gboolean
 vmoe_session_run_u8 (VmoeSession *s, const VmoeImage *images, int n, GError **error)
 {
-  if (!check_batch (n, error))
+  if (!check_batch (s, n, error))
     return FALSE;
   reserve (s, n);
   if (!s->backend.ops->forward_u8 (s->backend.impl, images, n, &s->raw, error))

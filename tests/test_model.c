@@ -777,6 +777,42 @@ START_TEST (test_ensemble_flops_and_experts_k)
 }
 END_TEST
 
+/* E3 member copies multiply a batch's routed rows: 4096 members of one
+ * expert on 65 tokens (8x8 patches of 1 pixel and a class token) give
+ * 8066 x 4096 x 65 = 2,147,491,840 rows for a batch of 8066, past the
+ * ints the backends index them with: an error naming the limit, before
+ * anything is allocated. */
+START_TEST (test_batch_of_too_many_member_rows)
+{
+  const char *config = "{\"format\": \"vmoe\", \"version\": 1, \"image_size\": 8, "
+      "\"patch_size\": 1, \"embed_dim\": 2, \"depth\": 1, \"num_heads\": 1, "
+      "\"mlp_dim\": 1, \"num_classes\": 2, \"moe\": {\"layers\": [0], "
+      "\"num_experts\": 4096, \"ensemble_members\": 4096, \"routing\": \"token\"}}";
+  char *path = test_write_random_model (config);
+  GError *error = NULL;
+  VmoeModel *model = vmoe_model_load (path, &error);
+  ck_assert_msg (model != NULL, "%s", error ? error->message : "");
+  VmoeSessionOptions options;
+  vmoe_session_options_init (&options);
+  options.backend = VMOE_BACKEND_CPU;
+  VmoeSession *session = vmoe_session_new (model, &options, &error);
+  ck_assert_msg (session != NULL, "%s", error ? error->message : "");
+  /* (Running it at all is slow: the CPU scans every assignment per expert,
+   * 4096 x 266,240 for one image.) */
+  enum { N = 8066 };
+  float *input = g_new0 (float, (gsize) N * 3 * 8 * 8);
+  ck_assert (!vmoe_session_run_f32 (session, input, N, &error));
+  ck_assert_msg (g_error_matches (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT)
+      && strstr (error->message, "2147491840 routed rows"), "%s", error->message);
+  g_clear_error (&error);
+  g_free (input);
+  vmoe_session_free (session);
+  vmoe_model_unref (model);
+  g_unlink (path);
+  g_free (path);
+}
+END_TEST
+
 /* Without an ensemble the result still has an entropy, of the reported
  * probabilities (softmax of the logits, recomputed here in double), one
  * member whose top-1 is the top class, and no disagreement. */
@@ -1093,6 +1129,7 @@ model_suite (void)
   tcase_add_test (tc, test_additions_validated);
   tcase_add_test (tc, test_ensemble_flops_and_experts_k);
   tcase_add_test (tc, test_entropy_without_ensemble);
+  tcase_add_test (tc, test_batch_of_too_many_member_rows);
   tcase_add_test (tc, test_nan_weight);
   tcase_add_test (tc, test_deeply_nested_header);
   tcase_add_test (tc, test_deeply_nested_config);
