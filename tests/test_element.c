@@ -1839,6 +1839,17 @@ START_TEST (test_regions_of_interest)
     ck_assert_int_eq (g_value_get_int (g_value_array_get_nth (experts, 0)), expert);
     ck_assert_uint_eq (array_field (param, "gates")->n_values, 1);
     G_GNUC_END_IGNORE_DEPRECATIONS
+    /* The region's entropy, as in its own meta; unmarked without a threshold. */
+    gdouble entropy;
+    gboolean uncertain = TRUE;
+    ck_assert (gst_structure_get_double (param, "entropy", &entropy));
+    ck_assert (gst_structure_get_boolean (param, "uncertain", &uncertain));
+    ck_assert (!uncertain);
+    state = NULL;
+    while ((m = gst_buffer_iterate_meta_filtered (out, &state, GST_VMOE_META_API_TYPE)))
+      if (((GstVmoeMeta *) m)->roi_id == (gint) r + 10)
+        assert_near (entropy, ((GstVmoeMeta *) m)->entropy, 1e-7);
+    ck_assert (entropy > 0);
     /* Its message names the region as clamped. */
     GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT);
     ck_assert (msg != NULL);
