@@ -62,6 +62,7 @@ enum {
   PROP_MIN_WIDTH,
   PROP_MIN_HEIGHT,
   PROP_ATTRIBUTE_NAME,
+  PROP_ENTROPY_THRESHOLD,
   N_PROPS,
 };
 static GParamSpec *properties[N_PROPS];
@@ -137,6 +138,7 @@ struct _GstVmoeClassify {
   gchar *object_class;
   guint min_width, min_height;
   gchar *attribute_name;
+  gdouble entropy_threshold;       /* 0: no result is marked uncertain */
 
   /* Model loading, under swap_lock. */
   GMutex swap_lock;
@@ -600,9 +602,11 @@ job_succeeded (GstVmoeClassify *self, const GstVmoeResult *result)
  * GstVmoeMeta of its own and in a message. */
 static void
 attach_roi_result (GstVmoeClassify *self, Frame *frame, FrameJob *fj,
-    const gchar *name, const gchar *attribute_name, gboolean post)
+    const gchar *name, const gchar *attribute_name, gdouble entropy_threshold,
+    gboolean post)
 {
-  const GstVmoeResult *r = &fj->job.result;
+  GstVmoeResult *r = &fj->job.result;
+  gst_vmoe_result_mark_uncertain (r, entropy_threshold);
   gst_video_region_of_interest_meta_add_param (fj->roi,
       gst_vmoe_result_to_roi_param (r, attribute_name));
   GstVmoeMeta *meta = gst_buffer_add_vmoe_meta (frame->buf);
@@ -622,6 +626,7 @@ attach_results (GstVmoeClassify *self, Frame *frame)
   GST_OBJECT_LOCK (self);
   gboolean post = self->post_messages;
   gchar *attribute_name = g_strdup (self->attribute_name);
+  gdouble entropy_threshold = self->entropy_threshold;
   /* Results name the element that attaches them (GstVmoeMeta, message). */
   gchar *name = g_strdup (GST_OBJECT_NAME (self));
   GST_OBJECT_UNLOCK (self);
@@ -634,7 +639,8 @@ attach_results (GstVmoeClassify *self, Frame *frame)
     }
     job_succeeded (self, &fj->job.result);
     if (frame->roi_mode)
-      attach_roi_result (self, frame, fj, name, attribute_name, post);
+      attach_roi_result (self, frame, fj, name, attribute_name, entropy_threshold,
+          post);
     else {
       gst_vmoe_result_clear (&self->last);
       self->last = fj->job.result;
@@ -647,6 +653,7 @@ attach_results (GstVmoeClassify *self, Frame *frame)
     return flow;
   }
   gboolean fresh = frame->n_jobs > 0;
+  gst_vmoe_result_mark_uncertain (&self->last, entropy_threshold);
   gst_vmoe_result_fill_meta (&self->last, gst_buffer_add_vmoe_meta (frame->buf), name,
       frame->index, fresh);
   GST_LOG_OBJECT (self, "frame %" G_GUINT64_FORMAT ": %s (%.3f)%s", frame->index,
@@ -1240,6 +1247,9 @@ gst_vmoe_classify_set_property (GObject *object, guint prop_id,
     case PROP_MIN_HEIGHT:
       self->min_height = g_value_get_uint (value);
       break;
+    case PROP_ENTROPY_THRESHOLD:
+      self->entropy_threshold = g_value_get_double (value);
+      break;
     case PROP_ATTRIBUTE_NAME:
       g_free (self->attribute_name);
       self->attribute_name = g_value_dup_string (value);
@@ -1328,6 +1338,9 @@ gst_vmoe_classify_get_property (GObject *object, guint prop_id, GValue *value,
       break;
     case PROP_ATTRIBUTE_NAME:
       g_value_set_string (value, self->attribute_name);
+      break;
+    case PROP_ENTROPY_THRESHOLD:
+      g_value_set_double (value, self->entropy_threshold);
       break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
@@ -1439,6 +1452,14 @@ gst_vmoe_classify_class_init (GstVmoeClassifyClass *klass)
   properties[PROP_ATTRIBUTE_NAME] = g_param_spec_string ("attribute-name",
       "Attribute name", "roi-list: name of the GstStructure param added to each "
       "classified region's meta", DEFAULT_ATTRIBUTE_NAME, rw | GST_PARAM_MUTABLE_PLAYING);
+  /* Results are marked, never withheld (docs/design.md): a frame without a
+   * result already means "classification failed", and what to do with an
+   * unsure one (hide it, show it, ask a person) is the application's. */
+  properties[PROP_ENTROPY_THRESHOLD] = g_param_spec_double ("entropy-threshold",
+      "Entropy threshold", "Results whose predictive entropy (nats; an E3 "
+      "ensemble's is its calibrated uncertainty) is above this are marked "
+      "uncertain in the meta, the message and ROI params; 0 marks none",
+      0, 1000, 0, rw | GST_PARAM_MUTABLE_PLAYING);
   g_object_class_install_properties (gobject_class, N_PROPS, properties);
 
   GstCaps *caps = gst_caps_from_string (CAPS);

@@ -45,6 +45,7 @@ vmoe_meta_init (GstMeta *meta, gpointer params, GstBuffer *buffer)
   m->class_id = -1;
   m->roi_id = -1;
   m->latency = GST_CLOCK_TIME_NONE;
+  m->n_members = 1;
   return TRUE;
 }
 
@@ -64,6 +65,8 @@ vmoe_meta_free (GstMeta *meta, GstBuffer *buffer)
   g_free (m->layers);
   g_free (m->model_name);
   g_free (m->element_name);
+  g_free (m->member_classes);
+  g_free (m->layer_members);
 }
 
 void
@@ -91,6 +94,12 @@ gst_vmoe_meta_copy_into (GstVmoeMeta *d, const GstVmoeMeta *s)
   d->model_name = g_strdup (s->model_name);
   d->element_name = g_strdup (s->element_name);
   d->roi_id = s->roi_id;
+  d->entropy = s->entropy;
+  d->uncertain = s->uncertain;
+  d->n_members = s->n_members;
+  d->member_classes = g_memdup2 (s->member_classes, s->n_members * sizeof (gint));
+  d->disagreement = s->disagreement;
+  d->layer_members = g_memdup2 (s->layer_members, s->n_layers * sizeof (gint));
 }
 
 static gboolean
@@ -129,6 +138,22 @@ gst_buffer_get_vmoe_meta (GstBuffer *buffer)
 {
   g_return_val_if_fail (GST_IS_BUFFER (buffer), NULL);
   return (GstVmoeMeta *) gst_buffer_get_meta (buffer, GST_VMOE_META_API_TYPE);
+}
+
+const gint *
+gst_vmoe_meta_get_member_classes (const GstVmoeMeta *meta, guint *n)
+{
+  g_return_val_if_fail (meta && n, NULL);
+  *n = meta->member_classes ? meta->n_members : 0;
+  return meta->member_classes;
+}
+
+const gint *
+gst_vmoe_meta_get_layer_members (const GstVmoeMeta *meta, guint *n)
+{
+  g_return_val_if_fail (meta && n, NULL);
+  *n = meta->layer_members ? meta->n_layers : 0;
+  return meta->layer_members;
 }
 
 const gint *

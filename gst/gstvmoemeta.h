@@ -52,11 +52,21 @@ typedef struct {
  * @experts: (array length=n_experts): the chosen experts
  * @gates: (array length=n_experts): their gates
  * @superclass: (nullable): of the first expert, NULL if unnamed
- * @n_layers: token routing: MoE blocks, else 0
- * @layers: (array length=n_layers): per MoE block
+ * @n_layers: token routing: MoE blocks (x E3 members), else 0
+ * @layers: (array length=n_layers): per MoE block (and E3 member)
  * @model_name: the model file's name without .safetensors
  * @element_name: the vmoeclassify element's name
  * @roi_id: -1: the whole frame; else the id of the region classified
+ * @entropy: predictive entropy of the class probabilities, nats
+ * @uncertain: @entropy is above the element's entropy-threshold
+ * @n_members: E3 ensemble members; 1 without an ensemble
+ * @member_classes: (array length=n_members): each member's top-1 class
+ * @disagreement: fraction of members whose top-1 is not @class_id
+ * @layer_members: (array length=n_layers): the E3 member of each @layers entry
+ *
+ * With an E3 ensemble (docs/design.md), @experts and @gates hold the
+ * members' k choices in member order, and @layers one entry per MoE block
+ * and member, the member's E/M experts each (@layer_members says which).
  *
  * The classification of one frame.  Bindings read the arrays through the
  * gst_vmoe_meta_get_ functions, which carry their lengths.
@@ -91,6 +101,16 @@ typedef struct {
   gchar *element_name;        /* the vmoeclassify element's name */
   gint roi_id;                /* -1: the whole frame; else the id of the
                                  GstVideoRegionOfInterestMeta classified */
+
+  /* Appended after 0.1: GStreamer allocates every meta at the size the
+   * library registers, so readers built against 0.1 read the fields above
+   * unchanged. */
+  gfloat entropy;             /* predictive entropy of the scores, nats */
+  gboolean uncertain;         /* entropy above the element's entropy-threshold */
+  guint n_members;            /* E3 ensemble members; 1 without an ensemble */
+  gint *member_classes;       /* n_members: each member's top-1 class */
+  gfloat disagreement;        /* fraction of members whose top-1 is not class_id */
+  gint *layer_members;        /* n_layers: the E3 member of each layers[] entry */
 } GstVmoeMeta;
 
 /**
@@ -179,6 +199,25 @@ const gint *gst_vmoe_meta_get_experts (const GstVmoeMeta *meta, guint *n);
  * Returns: (array length=n) (transfer none): the chosen experts' gates
  */
 const gfloat *gst_vmoe_meta_get_gates (const GstVmoeMeta *meta, guint *n);
+
+/**
+ * gst_vmoe_meta_get_member_classes:
+ * @meta: a #GstVmoeMeta
+ * @n: (out): number of E3 members (1 without an ensemble)
+ *
+ * Returns: (array length=n) (transfer none): each member's top-1 class
+ */
+const gint *gst_vmoe_meta_get_member_classes (const GstVmoeMeta *meta, guint *n);
+
+/**
+ * gst_vmoe_meta_get_layer_members:
+ * @meta: a #GstVmoeMeta
+ * @n: (out): number of layers (0 without token routing)
+ *
+ * Returns: (array length=n) (transfer none): the E3 member of each layer
+ * entry (all 0 without an ensemble)
+ */
+const gint *gst_vmoe_meta_get_layer_members (const GstVmoeMeta *meta, guint *n);
 
 /**
  * gst_vmoe_meta_get_layer:

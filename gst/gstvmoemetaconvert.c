@@ -101,7 +101,21 @@ layers_from_meta (const GstVmoeMeta *m, VmoeJsonLayer *layers)
 {
   for (guint l = 0; l < m->n_layers; l++)
     layers[l] = (VmoeJsonLayer) { m->layers[l].block, m->layers[l].n_experts,
-      m->layers[l].tokens_per_expert, m->layers[l].dropped };
+      m->layers[l].tokens_per_expert, m->layers[l].dropped,
+      m->layer_members ? m->layer_members[l] : 0 };
+}
+
+/* The E3 ensemble's fields and the element's uncertainty mark of a meta. */
+static void
+ensemble_from_meta (const GstVmoeMeta *m, VmoeJsonRouting *routing)
+{
+  if (m->member_classes) {
+    routing->n_members = m->n_members;
+    routing->member_classes = m->member_classes;
+  }
+  routing->entropy = m->entropy;
+  routing->disagreement = m->disagreement;
+  routing->uncertain = m->uncertain;
 }
 
 /* The attribute object of a full-frame GstVmoeMeta. */
@@ -118,6 +132,7 @@ add_meta_attribute (JsonBuilder *b, const GstVmoeMeta *m)
   VmoeJsonLayer *layers = g_new (VmoeJsonLayer, m->n_layers);
   layers_from_meta (m, layers);
   VmoeJsonRouting routing = { m->n_experts, m->experts, m->gates, m->n_layers, layers };
+  ensemble_from_meta (m, &routing);
   vmoe_json_add_routing (b, &routing);
   g_free (layers);
   add_string_member (b, "superclass", m->superclass);
@@ -175,6 +190,9 @@ add_param_attribute (GstVmoeMetaConvert *self, JsonBuilder *b, const GstStructur
     routing.n_layers = meta->n_layers;
     routing.layers = layers;
   }
+  /* members' experts are slices of `experts`, only where those are whole */
+  if (meta && (routing.n_experts == meta->n_experts || meta->n_experts == 0))
+    ensemble_from_meta (meta, &routing);
   vmoe_json_add_routing (b, &routing);
   g_free ((gpointer) routing.experts);
   g_free ((gpointer) routing.gates);

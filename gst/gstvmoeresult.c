@@ -12,6 +12,8 @@ gst_vmoe_result_clear (GstVmoeResult *r)
   g_free (r->experts);
   g_free (r->gates);
   g_free (r->blocks);
+  g_free (r->layer_members);
+  g_free (r->member_classes);
   g_free (r->dropped);
   g_free (r->tokens_per_expert);
   *r = (GstVmoeResult) { 0 };
@@ -39,17 +41,30 @@ gst_vmoe_result_set (GstVmoeResult *r, VmoeModel *model, const VmoeImageResult *
   r->gates = g_memdup2 (src->gates, r->n_experts * sizeof (gfloat));
   r->superclass = r->n_experts ? src->superclasses[0] : NULL;
   r->n_layers = (guint) src->n_layers;
-  r->layer_experts = r->n_layers ? (guint) vmoe_model_get_config (model)->num_experts : 0;
+  const VmoeConfig *c = vmoe_model_get_config (model);
+  r->layer_experts = r->n_layers ? (guint) (c->num_experts / c->ensemble_members) : 0;
   r->blocks = g_new (gint, r->n_layers);
+  r->layer_members = g_new (gint, r->n_layers);
   r->dropped = g_new (gint, r->n_layers);
   r->tokens_per_expert = g_new (guint, r->n_layers * r->layer_experts);
+  r->entropy = src->entropy;
+  r->n_members = (guint) src->n_members;
+  r->member_classes = g_memdup2 (src->member_classes, r->n_members * sizeof (gint));
+  r->disagreement = src->disagreement;
   for (guint l = 0; l < r->n_layers; l++) {
     r->blocks[l] = src->layers[l].block;
+    r->layer_members[l] = src->layers[l].member;
     r->dropped[l] = src->layers[l].dropped;
     for (guint e = 0; e < r->layer_experts; e++)
       r->tokens_per_expert[l * r->layer_experts + e] =
           (guint) src->layers[l].tokens_per_expert[e];
   }
+}
+
+void
+gst_vmoe_result_mark_uncertain (GstVmoeResult *r, gdouble entropy_threshold)
+{
+  r->uncertain = entropy_threshold > 0 && r->entropy > entropy_threshold;
 }
 
 void
@@ -83,6 +98,12 @@ gst_vmoe_result_fill_meta (const GstVmoeResult *r, GstVmoeMeta *m,
   }
   m->model_name = g_strdup (vmoe_model_get_name (r->model));
   m->element_name = g_strdup (element_name);
+  m->entropy = r->entropy;
+  m->uncertain = r->uncertain;
+  m->n_members = r->n_members;
+  m->member_classes = g_memdup2 (r->member_classes, r->n_members * sizeof (gint));
+  m->disagreement = r->disagreement;
+  m->layer_members = g_memdup2 (r->layer_members, r->n_layers * sizeof (gint));
 }
 
 /* A GValueArray of n ints (G_TYPE_INT: gint or guint values) or floats (as
@@ -153,7 +174,9 @@ gst_vmoe_result_to_structure (const GstVmoeResult *r, const gchar *element_name,
       "score", G_TYPE_DOUBLE, (gdouble) r->top_scores[0],
       "latency", G_TYPE_UINT64, r->latency,
       "model", G_TYPE_STRING, vmoe_model_get_name (r->model),
-      "element", G_TYPE_STRING, element_name, NULL);
+      "element", G_TYPE_STRING, element_name,
+      "entropy", G_TYPE_DOUBLE, (gdouble) r->entropy,
+      "uncertain", G_TYPE_BOOLEAN, r->uncertain, NULL);
   set_array (s, "top-classes", G_TYPE_INT, r->top_classes, r->n_top);
   set_array (s, "top-scores", G_TYPE_DOUBLE, r->top_scores, r->n_top);
   if (r->n_experts) {
@@ -166,6 +189,12 @@ gst_vmoe_result_to_structure (const GstVmoeResult *r, const gchar *element_name,
     set_array (s, "blocks", G_TYPE_INT, r->blocks, r->n_layers);
     set_tokens_per_expert (s, r);
     set_array (s, "dropped", G_TYPE_INT, r->dropped, r->n_layers);
+  }
+  if (r->n_members > 1) {
+    set_array (s, "member-classes", G_TYPE_INT, r->member_classes, r->n_members);
+    gst_structure_set (s, "disagreement", G_TYPE_DOUBLE, (gdouble) r->disagreement, NULL);
+    if (r->n_layers)
+      set_array (s, "layer-members", G_TYPE_INT, r->layer_members, r->n_layers);
   }
   return s;
 }
@@ -182,6 +211,10 @@ gst_vmoe_result_to_roi_param (const GstVmoeResult *r, const gchar *name)
   set_array (s, "gates", G_TYPE_DOUBLE, r->gates, r->n_experts);
   if (r->superclass)
     gst_structure_set (s, "superclass", G_TYPE_STRING, r->superclass, NULL);
+  gst_structure_set (s, "entropy", G_TYPE_DOUBLE, (gdouble) r->entropy,
+      "uncertain", G_TYPE_BOOLEAN, r->uncertain, NULL);
+  if (r->n_members > 1)
+    gst_structure_set (s, "disagreement", G_TYPE_DOUBLE, (gdouble) r->disagreement, NULL);
   return s;
 }
 

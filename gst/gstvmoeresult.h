@@ -23,17 +23,27 @@ typedef struct {
   gint *experts;
   gfloat *gates;
   const gchar *superclass;        /* of the first expert, NULL if unnamed */
-  guint n_layers;                 /* token routing */
-  guint layer_experts;            /* tokens_per_expert entries per layer */
+  guint n_layers;                 /* token routing: per block (and E3 member) */
+  guint layer_experts;            /* tokens_per_expert entries per layer (E/M) */
   gint *blocks;
+  gint *layer_members;            /* the E3 member of each layer */
   gint *dropped;
   guint *tokens_per_expert;       /* n_layers x layer_experts */
+  gfloat entropy;                 /* of the scores, nats */
+  guint n_members;                /* E3 members, 1 without an ensemble */
+  gint *member_classes;           /* n_members: each member's top-1 */
+  gfloat disagreement;
+  gboolean uncertain;             /* gst_vmoe_result_mark_uncertain */
 } GstVmoeResult;
 
 /* Replaces `result` with a copy of `src`, a result of a session on `model`. */
 void gst_vmoe_result_set (GstVmoeResult *result, VmoeModel *model,
     const VmoeImageResult *src, GstClockTime latency);
 void gst_vmoe_result_clear (GstVmoeResult *result);
+/* Sets `uncertain`: the entropy is above `entropy_threshold` (0: never).
+ * The element calls it as it attaches a result, carried ones too, so a
+ * threshold changed while playing applies from the next frame on. */
+void gst_vmoe_result_mark_uncertain (GstVmoeResult *result, gdouble entropy_threshold);
 gboolean gst_vmoe_result_is_set (const GstVmoeResult *result);
 
 /* Fills the empty meta `meta` (its frame and fresh fields too);

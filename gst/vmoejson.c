@@ -12,20 +12,59 @@ vmoe_json_add_double (JsonBuilder *b, gdouble value)
     json_builder_add_null_value (b);
 }
 
+static void
+add_int_array (JsonBuilder *b, const gint *values, guint n)
+{
+  json_builder_begin_array (b);
+  for (guint i = 0; i < n; i++)
+    json_builder_add_int_value (b, values[i]);
+  json_builder_end_array (b);
+}
+
+static void
+add_double_array (JsonBuilder *b, const gfloat *values, guint n)
+{
+  json_builder_begin_array (b);
+  for (guint i = 0; i < n; i++)
+    vmoe_json_add_double (b, values[i]);
+  json_builder_end_array (b);
+}
+
+/* E3: `members` [{experts, gates, class}], member 0 first (experts and gates
+ * only with image routing), then `entropy` and `disagreement`. */
+static void
+add_members (JsonBuilder *b, const VmoeJsonRouting *r)
+{
+  guint k = r->n_experts / r->n_members;
+  json_builder_set_member_name (b, "members");
+  json_builder_begin_array (b);
+  for (guint m = 0; m < r->n_members; m++) {
+    json_builder_begin_object (b);
+    if (k) {
+      json_builder_set_member_name (b, "experts");
+      add_int_array (b, r->experts + m * k, k);
+      json_builder_set_member_name (b, "gates");
+      add_double_array (b, r->gates + m * k, k);
+    }
+    json_builder_set_member_name (b, "class");
+    json_builder_add_int_value (b, r->member_classes[m]);
+    json_builder_end_object (b);
+  }
+  json_builder_end_array (b);
+  json_builder_set_member_name (b, "entropy");
+  vmoe_json_add_double (b, r->entropy);
+  json_builder_set_member_name (b, "disagreement");
+  vmoe_json_add_double (b, r->disagreement);
+}
+
 void
 vmoe_json_add_routing (JsonBuilder *b, const VmoeJsonRouting *r)
 {
   if (r->n_experts) {
     json_builder_set_member_name (b, "experts");
-    json_builder_begin_array (b);
-    for (guint i = 0; i < r->n_experts; i++)
-      json_builder_add_int_value (b, r->experts[i]);
-    json_builder_end_array (b);
+    add_int_array (b, r->experts, r->n_experts);
     json_builder_set_member_name (b, "gates");
-    json_builder_begin_array (b);
-    for (guint i = 0; i < r->n_experts; i++)
-      vmoe_json_add_double (b, r->gates[i]);
-    json_builder_end_array (b);
+    add_double_array (b, r->gates, r->n_experts);
   }
   if (r->n_layers) {
     json_builder_set_member_name (b, "layers");
@@ -35,6 +74,10 @@ vmoe_json_add_routing (JsonBuilder *b, const VmoeJsonRouting *r)
       json_builder_begin_object (b);
       json_builder_set_member_name (b, "block");
       json_builder_add_int_value (b, layer->block);
+      if (r->n_members > 1) {
+        json_builder_set_member_name (b, "member");
+        json_builder_add_int_value (b, layer->member);
+      }
       json_builder_set_member_name (b, "tokens_per_expert");
       json_builder_begin_array (b);
       for (guint e = 0; e < layer->n_experts; e++)
@@ -45,6 +88,12 @@ vmoe_json_add_routing (JsonBuilder *b, const VmoeJsonRouting *r)
       json_builder_end_object (b);
     }
     json_builder_end_array (b);
+  }
+  if (r->n_members > 1)
+    add_members (b, r);
+  if (r->uncertain) {
+    json_builder_set_member_name (b, "uncertain");
+    json_builder_add_boolean_value (b, TRUE);
   }
 }
 

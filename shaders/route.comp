@@ -12,6 +12,12 @@
 // softmax and top-k per token, then assignment choice by choice under the
 // per-image capacity, tokens in BPR order (descending top-1 probability,
 // stable) or in token order.
+//
+// E3 ensembles of M members (docs/design.md): member m routes among the
+// experts [m*E/M, (m+1)*E/M) only, softmax and top-k over those.  Image
+// mode runs per image and decides for its M member copies (copy i*M + m);
+// token mode runs per copy (images = n*M), with counts over the member's
+// E/M experts.  Entries hold global expert indices.
 #include "common.glsl"
 layout(local_size_x = 64) in;
 layout(constant_id = 0) const uint MAX_EXPERTS = 64;
@@ -31,6 +37,7 @@ layout(push_constant) uniform Params {
   uint out_counts_off;         // I: [images, layers, E] (token mode)
   uint out_dropped_off;        // I: [images, layers] (token mode)
   uint layer, layers, capacity, bpr;
+  uint members;
 } p;
 
 // Top-k of v[0..n), largest first, ties to the lower index.
@@ -91,47 +98,56 @@ void route_image(uint img)
   }
   for (uint e = 0u; e < p.experts; e++)
     logits[e] += dots[e];
-  softmax(logits, p.experts);
-  int chosen[MAX_K];
-  float gates[MAX_K];
-  topk(logits, p.experts, chosen, gates);
-  if (p.normalize_gates != 0u) {
-    float s = 0.0;
-    for (uint j = 0u; j < p.k; j++)
-      s += gates[j];
-    for (uint j = 0u; j < p.k; j++)
-      gates[j] /= s;
-  }
-  for (uint j = 0u; j < p.k; j++) {
-    I[p.out_experts_off + img * p.k + j] = chosen[j];
-    A[p.out_gates_off + img * p.k + j] = gates[j];
-  }
-  for (uint t = 0u; t < p.tokens; t++)
-    for (uint j = 0u; j < p.k; j++) {
-      uint entry = (img * p.tokens + t) * p.k + j;
-      I[p.entry_expert_off + entry] = chosen[j];
-      A[p.entry_gate_off + entry] = gates[j];
+  uint per = p.experts / p.members;
+  for (uint m = 0u; m < p.members; m++) {
+    float v[MAX_EXPERTS];
+    for (uint e = 0u; e < per; e++)
+      v[e] = logits[m * per + e];
+    softmax(v, per);
+    int chosen[MAX_K];
+    float gates[MAX_K];
+    topk(v, per, chosen, gates);
+    if (p.normalize_gates != 0u) {
+      float s = 0.0;
+      for (uint j = 0u; j < p.k; j++)
+        s += gates[j];
+      for (uint j = 0u; j < p.k; j++)
+        gates[j] /= s;
     }
+    uint copy = img * p.members + m;
+    for (uint j = 0u; j < p.k; j++) {
+      chosen[j] += int(m * per);
+      I[p.out_experts_off + copy * p.k + j] = chosen[j];
+      A[p.out_gates_off + copy * p.k + j] = gates[j];
+    }
+    for (uint t = 0u; t < p.tokens; t++)
+      for (uint j = 0u; j < p.k; j++) {
+        uint entry = (copy * p.tokens + t) * p.k + j;
+        I[p.entry_expert_off + entry] = chosen[j];
+        A[p.entry_gate_off + entry] = gates[j];
+      }
+  }
 }
 
 void route_tokens(uint img)
 {
   uint row0 = img * p.tokens;
+  uint member = img % p.members, per = p.experts / p.members, first = member * per;
   // Per token: probabilities, then its k choices (expert in entry_expert,
   // probability in entry_gate) before capacity is applied.
   for (uint t = 0u; t < p.tokens; t++) {
-    uint at = p.probs_off + (row0 + t) * p.experts;
+    uint at = p.probs_off + (row0 + t) * p.experts + first;
     float v[MAX_EXPERTS];
-    for (uint e = 0u; e < p.experts; e++)
+    for (uint e = 0u; e < per; e++)
       v[e] = A[at + e];
-    softmax(v, p.experts);
-    for (uint e = 0u; e < p.experts; e++)
+    softmax(v, per);
+    for (uint e = 0u; e < per; e++)
       A[at + e] = v[e];
     int chosen[MAX_K];
     float top[MAX_K];
-    topk(v, p.experts, chosen, top);
+    topk(v, per, chosen, top);
     for (uint j = 0u; j < p.k; j++) {
-      I[p.entry_expert_off + (row0 + t) * p.k + j] = chosen[j];
+      I[p.entry_expert_off + (row0 + t) * p.k + j] = chosen[j] + int(first);
       A[p.entry_gate_off + (row0 + t) * p.k + j] = top[j];
     }
   }
@@ -151,13 +167,13 @@ void route_tokens(uint img)
     }
   }
   uint counts[MAX_EXPERTS];
-  for (uint e = 0u; e < p.experts; e++)
+  for (uint e = 0u; e < per; e++)
     counts[e] = 0u;
   int dropped = 0;
   for (uint j = 0u; j < p.k; j++) {
     for (uint a = 0u; a < p.tokens; a++) {
       uint entry = (row0 + uint(I[order + a])) * p.k + j;
-      int e = I[p.entry_expert_off + entry];
+      uint e = uint(I[p.entry_expert_off + entry]) - first;
       if (counts[e] < p.capacity) {
         counts[e]++;
       } else {
@@ -166,9 +182,11 @@ void route_tokens(uint img)
       }
     }
   }
-  for (uint e = 0u; e < p.experts; e++)
-    I[p.out_counts_off + (img * p.layers + p.layer) * p.experts + e] = int(counts[e]);
-  I[p.out_dropped_off + img * p.layers + p.layer] = dropped;
+  // Results are [image, layer, member, E/M] and [image, layer, member].
+  uint at = ((img / p.members) * p.layers + p.layer) * p.members + member;
+  for (uint e = 0u; e < per; e++)
+    I[p.out_counts_off + at * per + e] = int(counts[e]);
+  I[p.out_dropped_off + at] = dropped;
 }
 
 void main()

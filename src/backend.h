@@ -9,13 +9,16 @@
 
 #include "vmoe-private.h"
 
-/* What a backend computes for a batch of n images; sized by the session. */
+/* What a backend computes for a batch of n images; sized by the session.
+ * M is the model's ensemble_members (1 without E3); member m of image i is
+ * row i*M + m, and its experts are [m*E/M, (m+1)*E/M).  The session turns
+ * the members' logits into the ensemble's. */
 typedef struct {
-  float *logits;              /* [n, num_classes] */
-  int *experts;               /* [n, k] image routing */
-  float *gates;               /* [n, k] */
-  int *tokens_per_expert;     /* [n, n_moe_layers, num_experts] token routing */
-  int *dropped;               /* [n, n_moe_layers] */
+  float *logits;              /* [n, M, num_classes]: each member's */
+  int *experts;               /* [n, M, k] image routing, global indices */
+  float *gates;               /* [n, M, k] */
+  int *tokens_per_expert;     /* [n, n_moe_layers, M, E/M] token routing */
+  int *dropped;               /* [n, n_moe_layers, M] */
 } VmoeRawOutput;
 
 /* Routing as a session runs it: the model's, or the caller's overrides. */

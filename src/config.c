@@ -269,27 +269,11 @@ parse_superclasses (JsonObject *moe, VmoeConfig *c, GError **error)
   return TRUE;
 }
 
-/* docs/design.md defines E3 ensembles ("ensemble_members"), which this
- * engine does not compute yet.  Ignoring them would
- * give a model a result other than the one it was trained for, so such a
- * model is refused until they are implemented. */
-static gboolean
-refuse_unimplemented_ensembles (JsonObject *moe, GError **error)
-{
-  int members = 1;
-  if (!get_int (moe, "ensemble_members", FALSE, 1, 1, MAX_EXPERTS, &members, error))
-    return FALSE;
-  if (members != 1)
-    return config_error (error, "moe.ensemble_members",
-        "is %d: E3 ensembles are not implemented by this libvmoe yet", members);
-  return TRUE;
-}
-
-
 static gboolean
 parse_moe (JsonObject *root, VmoeConfig *c, GError **error)
 {
   c->routing = VMOE_ROUTING_NONE;
+  c->ensemble_members = 1;
   if (!json_object_has_member (root, "moe")
       || JSON_NODE_HOLDS_NULL (json_object_get_member (root, "moe")))
     return TRUE;
@@ -334,13 +318,22 @@ parse_moe (JsonObject *root, VmoeConfig *c, GError **error)
       || !get_bool (moe, "shared_expert", FALSE, &c->shared_expert, error)
       || !get_double (moe, "capacity_ratio", 1.0, &c->capacity_ratio, error)
       || !get_bool (moe, "bpr", TRUE, &c->bpr, error)
-      || !refuse_unimplemented_ensembles (moe, error))
+      || !get_int (moe, "ensemble_members", FALSE, 1, 1, MAX_EXPERTS,
+          &c->ensemble_members, error))
     return FALSE;
   c->routing = routing == 0 ? VMOE_ROUTING_IMAGE : VMOE_ROUTING_TOKEN;
   c->router_input = router_input == 0 ? VMOE_ROUTER_INPUT_CLS : VMOE_ROUTER_INPUT_MEAN;
-  if (c->top_k > c->num_experts)
-    return config_error (error, "moe.top_k", "is %d, more than num_experts %d",
-        c->top_k, c->num_experts);
+  /* E3 (docs/design.md, Ensembles of expert paths): member m routes among
+   * its partition's E/M experts. */
+  if (c->num_experts % c->ensemble_members)
+    return config_error (error, "moe.ensemble_members",
+        "is %d, which does not divide num_experts %d", c->ensemble_members,
+        c->num_experts);
+  int per_member = c->num_experts / c->ensemble_members;
+  if (c->top_k > per_member)
+    return config_error (error, "moe.top_k", c->ensemble_members > 1
+        ? "is %d, more than the %d experts of each ensemble member"
+        : "is %d, more than num_experts %d", c->top_k, per_member);
   if (c->capacity_ratio <= 0 || c->capacity_ratio > 1e6)
     return config_error (error, "moe.capacity_ratio", "must be in (0, 1e6]");
   if (c->routing == VMOE_ROUTING_IMAGE && c->router_input == VMOE_ROUTER_INPUT_CLS
@@ -483,11 +476,12 @@ vmoe_config_block_is_moe (const VmoeConfig *c, int block)
 }
 
 int
-vmoe_token_capacity (int top_k, int tokens, double capacity_ratio, int num_experts)
+vmoe_token_capacity (int top_k, int tokens, double capacity_ratio, int num_experts,
+    int members)
 {
   /* Same expression and evaluation order as training/vmoe_torch.py, so both
-   * round identically. */
-  double c = ceil ((double) top_k * tokens * capacity_ratio / num_experts);
+   * round identically; an E3 member routes among num_experts / members. */
+  double c = ceil ((double) top_k * tokens * capacity_ratio * members / num_experts);
   return c < 1 ? 1 : (int) MIN (c, (double) top_k * tokens);
 }
 

@@ -633,14 +633,16 @@ expert_rows (VmoeCpu *cpu, const void *arg, int first, int count)
 }
 
 /* Mobile V-MoE: one router on the residual stream entering the first MoE
- * block decides k experts and gates per image. */
+ * block decides k experts and gates per image, and with E3 per member
+ * among its partition's experts: the router's [E] logits are [M, E/M], one
+ * softmax and top-k per member, so out's [n, M, k] fill row by row. */
 static void
 route_images (VmoeCpu *cpu, int n, VmoeRawOutput *out)
 {
   const VmoeModel *m = cpu->model;
   const VmoeConfig *c = &m->config;
-  int t_count = cpu->tokens, d = cpu->dim, e_count = c->num_experts;
-  int k = cpu->routing.top_k;
+  int t_count = cpu->tokens, d = cpu->dim, members = c->ensemble_members;
+  int e_count = c->num_experts / members, k = cpu->routing.top_k;
   for (int i = 0; i < n; i++) {
     float *r = cpu->router_input + (size_t) i * d;
     const float *x = cpu->x + (size_t) i * t_count * d;
@@ -656,11 +658,13 @@ route_images (VmoeCpu *cpu, int n, VmoeRawOutput *out)
     }
   }
   linear_forward (cpu->router_probs, cpu->router_input, &m->router, n, FALSE);
-  vmoe_softmax_rows (cpu->router_probs, n, e_count);
-  for (int i = 0; i < n; i++) {
+  vmoe_softmax_rows (cpu->router_probs, n * members, e_count);
+  for (int i = 0; i < n * members; i++) {
     int *experts = out->experts + (size_t) i * k;
     float *gates = out->gates + (size_t) i * k;
     vmoe_topk (cpu->router_probs + (size_t) i * e_count, e_count, k, experts, gates);
+    for (int j = 0; j < k; j++)
+      experts[j] += i % members * e_count;
     if (c->normalize_gates) {
       float sum = 0;
       for (int j = 0; j < k; j++)
@@ -693,28 +697,56 @@ moe_image_routed (VmoeCpu *cpu, const VmoeBlock *block, int n,
   }
 }
 
-/* V-MoE: a router per token in each MoE block, with per-image capacity. */
+/* The router logits [n*T, E/M] of n member copies (copy i*M + m): each
+ * copy's T rows against its member's E/M rows of the router, so that no
+ * copy computes (or stores) the logits of experts it cannot choose. */
+static void
+member_router_logits (VmoeCpu *cpu, const VmoeLinear *router, int n)
+{
+  int members = cpu->model->config.ensemble_members, t_count = cpu->tokens;
+  int e_count = router->out / members;
+  for (int i = 0; i < n; i++) {
+    int m = i % members;
+    VmoeLinear part = { router->weight + (size_t) m * e_count * router->in,
+      router->bias ? router->bias + (size_t) m * e_count : NULL, router->in, e_count };
+    linear_forward (cpu->router_probs + (size_t) i * t_count * e_count,
+        cpu->z + (size_t) i * t_count * cpu->dim, &part, t_count, FALSE);
+  }
+}
+
+/* V-MoE: a router per token in each MoE block, with per-image capacity.
+ * With E3, n counts member copies (copy i*M + m) and copy m routes among
+ * its partition's E/M experts; choices are first local to the partition. */
 static void
 moe_token_routed (VmoeCpu *cpu, const VmoeBlock *block, int layer, int n,
     VmoeRawOutput *out)
 {
   const VmoeConfig *c = &cpu->model->config;
-  int t_count = cpu->tokens, e_count = c->num_experts, k = cpu->routing.top_k;
+  int t_count = cpu->tokens, members = c->ensemble_members, k = cpu->routing.top_k;
+  int e_all = c->num_experts, e_count = e_all / members;
   int rows = n * t_count;
-  int capacity = vmoe_token_capacity (k, t_count, cpu->routing.capacity_ratio, e_count);
-  linear_forward (cpu->router_probs, cpu->z, &block->router, rows, FALSE);
+  int capacity = vmoe_token_capacity (k, t_count, cpu->routing.capacity_ratio,
+      e_all, members);
+  if (members == 1)
+    linear_forward (cpu->router_probs, cpu->z, &block->router, rows, FALSE);
+  else
+    member_router_logits (cpu, &block->router, n);
   vmoe_softmax_rows (cpu->router_probs, rows, e_count);
   for (int r = 0; r < rows; r++)
     vmoe_topk (cpu->router_probs + (size_t) r * e_count, e_count, k,
         cpu->choice + (size_t) r * k, cpu->choice_p + (size_t) r * k);
   for (int i = 0; i < n; i++) {
     size_t first = (size_t) i * t_count * k;
-    int *counts = out->tokens_per_expert + ((size_t) i * c->n_moe_layers + layer) * e_count;
-    out->dropped[i * c->n_moe_layers + layer] = vmoe_assign_tokens (
-        cpu->choice + first, cpu->choice_p + first, t_count, k, e_count,
-        capacity, c->bpr, cpu->order, cpu->assigned + first, counts);
+    /* Copy i is member i % M of image i / M; out is [image, layer, M]. */
+    size_t at = ((size_t) i / members * c->n_moe_layers + layer) * members + i % members;
+    out->dropped[at] = vmoe_assign_tokens (cpu->choice + first, cpu->choice_p + first,
+        t_count, k, e_count, capacity, c->bpr, cpu->order, cpu->assigned + first,
+        out->tokens_per_expert + at * e_count);
+    for (int a = 0; a < t_count * k; a++)
+      if (cpu->assigned[first + a] >= 0)
+        cpu->assigned[first + a] += i % members * e_count;
   }
-  for (int e = 0; e < e_count; e++) {
+  for (int e = 0; e < e_all; e++) {
     int n_rows = 0;
     for (int a = 0; a < rows * k; a++) {
       if (cpu->assigned[a] != e)
@@ -803,22 +835,45 @@ pool_and_head (VmoeCpu *cpu, int n, float *logits)
   linear_forward (logits, cpu->pooled, &m->head, n, FALSE);
 }
 
+/* E3: images [0, n) of x and z become n*M member copies, copy i*M + m
+ * being image i's.  In place from the last image down: copy i's targets
+ * start at i*M >= i, past every image still to be read. */
+static void
+copy_members (VmoeCpu *cpu, int n)
+{
+  int members = cpu->model->config.ensemble_members;
+  size_t image = (size_t) cpu->tokens * cpu->dim;
+  for (int i = n - 1; i >= 0; i--)
+    for (int m = members - 1; m >= 0; m--) {
+      size_t to = ((size_t) i * members + m) * image, from = (size_t) i * image;
+      if (to == from)
+        continue;
+      memcpy (cpu->x + to, cpu->x + from, image * sizeof (float));
+      memcpy (cpu->z + to, cpu->z + from, image * sizeof (float));
+    }
+}
+
 void
 vmoe_cpu_forward (VmoeCpu *cpu, const float *input, int n, VmoeRawOutput *out)
 {
   const VmoeModel *m = cpu->model;
   const VmoeConfig *c = &m->config;
-  int d = cpu->dim, rows = n * cpu->tokens;
+  int d = cpu->dim;
   vmoe_cpu_reserve (cpu, n);
 
   embed (cpu, input, n);
-  int layer = 0;
+  /* Rows of the batch: images, and from the first MoE block's FFN on, the
+   * ensemble's member copies (docs/design.md: copying there gives what
+   * copying the stream entering the block would, as the copies are equal
+   * until their routing differs, for one attention instead of M). */
+  int images = n, layer = 0;
   for (int b = 0; b < c->depth; b++) {
     const VmoeBlock *block = &m->blocks[b];
+    int rows = images * cpu->tokens;
     /* x = x + Attn(LN1(x)) */
     run_on_rows (cpu, rows, (double) d * block->qkv.out, attention_input_rows, block);
     vmoe_attention_forward (cpu->attn, cpu->qkv, cpu->attention_scratch,
-        cpu->workers, n, cpu->tokens, d, c->num_heads);
+        cpu->workers, images, cpu->tokens, d, c->num_heads);
     /* x = x + FFN(LN2(x)); the image router reads x before the FFN. */
     run_on_rows (cpu, rows, (double) d * d + (block->is_moe ? 0 : mlp_fmas_per_row
             (&block->mlp)), attention_output_rows, block);
@@ -826,16 +881,21 @@ vmoe_cpu_forward (VmoeCpu *cpu, const float *input, int n, VmoeRawOutput *out)
       continue;
     if (c->routing == VMOE_ROUTING_IMAGE && layer == 0)
       route_images (cpu, n, out);
+    if (layer == 0 && c->ensemble_members > 1) {
+      copy_members (cpu, n);
+      images = n * c->ensemble_members;
+      rows = images * cpu->tokens;
+    }
     if (block->has_shared)
       run_on_rows (cpu, rows, mlp_fmas_per_row (&block->shared), shared_expert_rows,
           block);
     if (c->routing == VMOE_ROUTING_IMAGE)
-      moe_image_routed (cpu, block, n, out);
+      moe_image_routed (cpu, block, images, out);
     else
-      moe_token_routed (cpu, block, layer, n, out);
+      moe_token_routed (cpu, block, layer, images, out);
     layer++;
   }
-  pool_and_head (cpu, n, out->logits);
+  pool_and_head (cpu, images, out->logits);
 }
 
 /* ---------------------------------------------------------------- life */
@@ -865,7 +925,9 @@ vmoe_cpu_reserve (VmoeCpu *cpu, int n)
   const VmoeConfig *c = &cpu->model->config;
   workspace_free (cpu);
   size_t t = cpu->tokens, d = cpu->dim, k = MAX (cpu->routing.top_k, 1);
-  size_t rows = (size_t) n * t;
+  /* Activations for the E3 member copies (n*M images); the patches and
+   * the router's input only ever hold the n images. */
+  size_t rows = (size_t) n * c->ensemble_members * t;
   /* An image may send all its tokens to one expert k times only with k
    * distinct experts, so one expert sees at most N*T rows; the shared buffers
    * are sized for N*T*k to stay obviously safe. */
@@ -878,14 +940,15 @@ vmoe_cpu_reserve (VmoeCpu *cpu, int n)
   size_t patches_len = (size_t) n * vmoe_config_patches (c) * patch_len;
   cpu->hidden = g_new (float, MAX (expert_rows * cpu->hidden_dim, patches_len));
   cpu->patches = cpu->hidden;
-  cpu->attention_scratch = g_aligned_alloc (vmoe_attention_scratch_len (n,
-          cpu->tokens, cpu->dim, c->num_heads, vmoe_workers_threads (cpu->workers)),
+  cpu->attention_scratch = g_aligned_alloc (vmoe_attention_scratch_len (
+          n * c->ensemble_members, cpu->tokens, cpu->dim, c->num_heads, vmoe_workers_threads (cpu->workers)),
       sizeof (float), 64);
   cpu->gather_in = g_new (float, expert_rows * d);
   cpu->gather_out = g_new (float, expert_rows * d);
-  cpu->router_probs = g_new (float, rows * MAX (c->num_experts, 1));
+  /* Token routing: [rows, E/M]; image routing: [n, E], no larger. */
+  cpu->router_probs = g_new (float, rows * MAX (c->num_experts / c->ensemble_members, 1));
   cpu->router_input = g_new (float, (size_t) n * d);
-  cpu->pooled = g_new (float, (size_t) n * d);
+  cpu->pooled = g_new (float, (size_t) n * c->ensemble_members * d);
   cpu->rows = g_new (int, expert_rows);
   cpu->row_weights = g_new (float, expert_rows);
   cpu->choice = g_new (int, expert_rows);

@@ -583,23 +583,29 @@ vmoe_model_flops (const VmoeModel *model, gboolean routed)
   double t = vmoe_config_tokens (c), np = vmoe_config_patches (c);
   double d = c->embed_dim;
   double flops = 2.0 * np * d * c->in_channels * c->patch_size * c->patch_size;
+  /* E3: from the first MoE block's FFN on, every layer runs on M copies
+   * (each routing among its own E/M experts), the head included. */
+  double copies = 1;
   for (int i = 0; i < c->depth; i++) {
-    flops += 2.0 * t * d * 3 * d;        /* qkv */
-    flops += 2.0 * 2 * t * t * d;        /* scores and weighted values */
-    flops += 2.0 * t * d * d;            /* proj */
+    double block = 2.0 * t * d * 3 * d       /* qkv */
+        + 2.0 * 2 * t * t * d                /* scores and weighted values */
+        + 2.0 * t * d * d;                   /* proj */
+    flops += copies * block;
     if (!vmoe_config_block_is_moe (c, i)) {
-      flops += 2.0 * 2 * t * d * c->mlp_dim;
+      flops += copies * 2.0 * 2 * t * d * c->mlp_dim;
       continue;
     }
-    double experts = routed ? c->top_k : c->num_experts;
-    flops += experts * 2.0 * 2 * t * d * c->expert_mlp_dim;
+    copies = c->ensemble_members;
+    double experts = routed ? c->top_k : c->num_experts / c->ensemble_members;
+    double ffn = experts * 2.0 * 2 * t * d * c->expert_mlp_dim;
     if (c->shared_expert)
-      flops += 2.0 * 2 * t * d * c->mlp_dim;
+      ffn += 2.0 * 2 * t * d * c->mlp_dim;
     if (c->routing == VMOE_ROUTING_TOKEN)
-      flops += 2.0 * t * d * c->num_experts;
+      ffn += 2.0 * t * d * c->num_experts / c->ensemble_members;
+    flops += copies * ffn;
   }
   if (c->routing == VMOE_ROUTING_IMAGE)
     flops += 2.0 * d * c->num_experts;
-  flops += 2.0 * d * c->num_classes;
+  flops += copies * 2.0 * d * c->num_classes;
   return flops;
 }

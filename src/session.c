@@ -18,12 +18,15 @@ struct VmoeSession {
   int reserved;                    /* images the buffers hold */
   int n_last;                      /* images of the last run */
   VmoeRawOutput raw;
+  float *ensemble_logits;          /* [N, K] with E3 (else raw.logits serve) */
+  int *member_classes;             /* [N, M] */
+  double *member_log_norms;        /* [M] scratch */
   float *probs;                    /* [N, K] */
   int *top_classes;                /* [N, n_top], room for [N, K] */
   float *top_scores;
   const char **top_labels;
-  const char **superclass_names;   /* [N, k] */
-  VmoeLayerStats *layers;          /* [N, n_moe_layers] */
+  const char **superclass_names;   /* [N, M*k] */
+  VmoeLayerStats *layers;          /* [N, n_moe_layers, M] */
   VmoeImageResult *results;        /* [N] */
 };
 
@@ -44,6 +47,9 @@ buffers_free (VmoeSession *s)
   g_clear_pointer (&s->raw.gates, g_free);
   g_clear_pointer (&s->raw.tokens_per_expert, g_free);
   g_clear_pointer (&s->raw.dropped, g_free);
+  g_clear_pointer (&s->ensemble_logits, g_free);
+  g_clear_pointer (&s->member_classes, g_free);
+  g_clear_pointer (&s->member_log_norms, g_free);
   g_clear_pointer (&s->probs, g_free);
   g_clear_pointer (&s->top_classes, g_free);
   g_clear_pointer (&s->top_scores, g_free);
@@ -60,12 +66,18 @@ reserve (VmoeSession *s, int n)
     return;
   const VmoeConfig *c = &s->model->config;
   buffers_free (s);
-  size_t k = s->routing.top_k, layers = c->n_moe_layers, e = c->num_experts;
-  s->raw.logits = g_new (float, (size_t) n * c->num_classes);
+  size_t members = c->ensemble_members;
+  size_t k = s->routing.top_k * members, layers = c->n_moe_layers * members;
+  size_t e = c->num_experts;
+  s->raw.logits = g_new (float, (size_t) n * members * c->num_classes);
   s->raw.experts = g_new0 (int, MAX (n * k, 1));
   s->raw.gates = g_new0 (float, MAX (n * k, 1));
-  s->raw.tokens_per_expert = g_new0 (int, MAX (n * layers * e, 1));
+  s->raw.tokens_per_expert = g_new0 (int, MAX (n * c->n_moe_layers * e, 1));
   s->raw.dropped = g_new0 (int, MAX (n * layers, 1));
+  if (members > 1)
+    s->ensemble_logits = g_new (float, (size_t) n * c->num_classes);
+  s->member_classes = g_new (int, (size_t) n * members);
+  s->member_log_norms = g_new (double, members);
   s->probs = g_new (float, (size_t) n * c->num_classes);
   /* Room for every class, so that the reported count can change between
    * runs (vmoe_session_set_top_k) without reallocating. */
@@ -97,10 +109,17 @@ vmoe_session_new (VmoeModel *model, const VmoeSessionOptions *options,
   }
   VmoeRoutingParams routing = { c->top_k, c->capacity_ratio };
   if (options->experts_k > 0) {
-    if (c->routing == VMOE_ROUTING_NONE || options->experts_k > c->num_experts) {
-      g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
-          "experts-k %d is not possible: the model has %d experts",
-          options->experts_k, c->num_experts);
+    int per_member = c->num_experts / c->ensemble_members;
+    if (c->routing == VMOE_ROUTING_NONE || options->experts_k > per_member) {
+      if (c->ensemble_members > 1)
+        g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
+            "experts-k %d is not possible: each of the model's %d ensemble "
+            "members has %d experts", options->experts_k, c->ensemble_members,
+            per_member);
+      else
+        g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
+            "experts-k %d is not possible: the model has %d experts",
+            options->experts_k, c->num_experts);
       return NULL;
     }
     routing.top_k = options->experts_k;
@@ -163,19 +182,78 @@ vmoe_session_get_device (VmoeSession *s)
   return s->backend.ops->device_name (s->backend.impl);
 }
 
+/* log sum_i exp(values[i * stride]), in double. */
+static double
+log_sum_exp (const float *values, int count, size_t stride)
+{
+  double max = values[0];
+  for (int i = 1; i < count; i++)
+    max = MAX (max, values[i * stride]);
+  double sum = 0;
+  for (int i = 0; i < count; i++)
+    sum += exp (values[i * stride] - max);
+  return max + log (sum);
+}
+
+/* E3 (docs/design.md): the ensemble's logits log((1/M) sum_m softmax
+ * (logits_m)) of image i, written as a log-sum-exp of the members' log-
+ * softmax so that they stay finite where a probability underflows, and
+ * each member's top-1 class. */
+static void
+combine_members (VmoeSession *s, int i)
+{
+  const VmoeConfig *c = &s->model->config;
+  int k_classes = c->num_classes, members = c->ensemble_members;
+  const float *member_logits = s->raw.logits + (size_t) i * members * k_classes;
+  float *logits = s->ensemble_logits + (size_t) i * k_classes;
+  double *norms = s->member_log_norms;
+  for (int m = 0; m < members; m++) {
+    const float *row = member_logits + (size_t) m * k_classes;
+    norms[m] = log_sum_exp (row, k_classes, 1);
+    vmoe_topk (row, k_classes, 1, &s->member_classes[i * members + m], NULL);
+  }
+  for (int j = 0; j < k_classes; j++) {
+    double max = -INFINITY, sum = 0;
+    for (int m = 0; m < members; m++)
+      max = MAX (max, member_logits[(size_t) m * k_classes + j] - norms[m]);
+    for (int m = 0; m < members; m++)
+      sum += exp (member_logits[(size_t) m * k_classes + j] - norms[m] - max);
+    logits[j] = (float) (max + log (sum / members));
+  }
+}
+
+/* -sum p log p of softmax (logits), in nats. */
+static float
+entropy_of_logits (const float *logits, int k_classes)
+{
+  double norm = log_sum_exp (logits, k_classes, 1), entropy = 0;
+  for (int j = 0; j < k_classes; j++) {
+    double log_p = logits[j] - norm;
+    entropy -= exp (log_p) * log_p;
+  }
+  return (float) entropy;
+}
+
 /* Turns a backend's raw output into the public per-image results. */
 static void
 fill_results (VmoeSession *s, int n)
 {
   const VmoeConfig *c = &s->model->config;
-  int k_classes = c->num_classes, k = s->routing.top_k;
-  int layers = c->n_moe_layers, e_count = c->num_experts;
-  memcpy (s->probs, s->raw.logits, (size_t) n * k_classes * sizeof (float));
+  int k_classes = c->num_classes, members = c->ensemble_members;
+  int k = s->routing.top_k * members;
+  int layers = c->n_moe_layers, per_member = c->num_experts / members;
+  const float *logits = s->raw.logits;
+  if (members > 1) {
+    for (int i = 0; i < n; i++)
+      combine_members (s, i);
+    logits = s->ensemble_logits;
+  }
+  memcpy (s->probs, logits, (size_t) n * k_classes * sizeof (float));
   vmoe_softmax_rows (s->probs, n, k_classes);
   for (int i = 0; i < n; i++) {
     VmoeImageResult *r = &s->results[i];
     memset (r, 0, sizeof *r);
-    r->logits = s->raw.logits + (size_t) i * k_classes;
+    r->logits = logits + (size_t) i * k_classes;
     r->n_top = s->n_top;
     r->top_classes = s->top_classes + (size_t) i * s->n_top;
     r->top_scores = s->top_scores + (size_t) i * s->n_top;
@@ -184,6 +262,15 @@ fill_results (VmoeSession *s, int n)
         (int *) r->top_classes, (float *) r->top_scores);
     for (int j = 0; j < s->n_top; j++)
       ((const char **) r->top_labels)[j] = c->labels[r->top_classes[j]];
+    r->n_members = members;
+    r->member_classes = s->member_classes + (size_t) i * members;
+    if (members == 1)
+      s->member_classes[i] = r->top_classes[0];
+    int disagreeing = 0;
+    for (int m = 0; m < members; m++)
+      disagreeing += r->member_classes[m] != r->top_classes[0];
+    r->disagreement = (float) disagreeing / members;
+    r->entropy = entropy_of_logits (r->logits, k_classes);
     if (c->routing == VMOE_ROUTING_IMAGE) {
       r->n_experts = k;
       r->experts = s->raw.experts + (size_t) i * k;
@@ -193,14 +280,17 @@ fill_results (VmoeSession *s, int n)
         ((const char **) r->superclasses)[j] = c->n_superclasses
             ? c->superclasses[r->experts[j]].name : NULL;
     } else if (c->routing == VMOE_ROUTING_TOKEN) {
-      r->n_layers = layers;
-      r->layers = s->layers + (size_t) i * layers;
+      r->n_layers = layers * members;
+      r->layers = s->layers + (size_t) i * layers * members;
       for (int l = 0; l < layers; l++) {
-        VmoeLayerStats *st = (VmoeLayerStats *) &r->layers[l];
-        st->block = c->moe_layers[l];
-        st->tokens_per_expert = s->raw.tokens_per_expert
-            + ((size_t) i * layers + l) * e_count;
-        st->dropped = s->raw.dropped[i * layers + l];
+        for (int m = 0; m < members; m++) {
+          size_t at = ((size_t) i * layers + l) * members + m;
+          VmoeLayerStats *st = &s->layers[at];
+          st->block = c->moe_layers[l];
+          st->member = m;
+          st->tokens_per_expert = s->raw.tokens_per_expert + at * per_member;
+          st->dropped = s->raw.dropped[at];
+        }
       }
     }
   }
@@ -224,13 +314,14 @@ static gboolean
 finish_run (VmoeSession *s, int n, GError **error)
 {
   int k_classes = s->model->config.num_classes;
-  gssize bad = first_non_finite (s->raw.logits, (size_t) n * k_classes);
+  int members = s->model->config.ensemble_members;
+  gssize bad = first_non_finite (s->raw.logits, (size_t) n * members * k_classes);
   if (bad >= 0) {
     s->n_last = 0;
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_NUMERIC,
         "the forward pass produced non-finite logits for image %d: the model's "
         "weights overflow float32, or the input holds NaN or infinity",
-        (int) (bad / k_classes));
+        (int) (bad / k_classes / members));
     return FALSE;
   }
   fill_results (s, n);
@@ -238,11 +329,23 @@ finish_run (VmoeSession *s, int n, GError **error)
 }
 
 static gboolean
-check_batch (int n, GError **error)
+check_batch (VmoeSession *s, int n, GError **error)
 {
   if (n < 1 || n > VMOE_MAX_BATCH) {
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
         "batch size %d is outside [1, %d]", n, VMOE_MAX_BATCH);
+    return FALSE;
+  }
+  /* The backends index routed rows (E3 member copies x tokens x k) with
+   * ints. */
+  const VmoeConfig *c = &s->model->config;
+  guint64 routed_rows = (guint64) n * c->ensemble_members * vmoe_config_tokens (c)
+      * MAX (s->routing.top_k, 1);
+  if (routed_rows > G_MAXINT) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
+        "a batch of %d images is too large for this model: %" G_GUINT64_FORMAT
+        " routed rows (images x ensemble members x tokens x k) exceed %d; "
+        "use a smaller batch", n, routed_rows, G_MAXINT);
     return FALSE;
   }
   return TRUE;
@@ -251,7 +354,7 @@ check_batch (int n, GError **error)
 gboolean
 vmoe_session_run_f32 (VmoeSession *s, const float *input, int n, GError **error)
 {
-  if (!check_batch (n, error))
+  if (!check_batch (s, n, error))
     return FALSE;
   const VmoeConfig *c = &s->model->config;
   size_t per_image = (size_t) c->in_channels * c->image_h * c->image_w;
@@ -271,7 +374,7 @@ vmoe_session_run_f32 (VmoeSession *s, const float *input, int n, GError **error)
 gboolean
 vmoe_session_run_u8 (VmoeSession *s, const VmoeImage *images, int n, GError **error)
 {
-  if (!check_batch (n, error))
+  if (!check_batch (s, n, error))
     return FALSE;
   reserve (s, n);
   if (!s->backend.ops->forward_u8 (s->backend.impl, images, n, &s->raw, error))

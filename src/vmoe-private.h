@@ -88,9 +88,10 @@ GPtrArray *vmoe_config_tensor_specs_within (const VmoeConfig *config,
     gboolean include_optional, guint64 max_tensors, guint64 max_elements,
     GError **error);
 
-/* Capacity of each expert per image for token routing (docs/design.md). */
+/* Capacity of each expert per image (per member copy with E3) for token
+ * routing (docs/design.md). */
 int vmoe_token_capacity (int top_k, int tokens, double capacity_ratio,
-    int num_experts);
+    int num_experts, int members);
 
 /* Where the model's Ht x Wt input lies in the virtual resized frame, for a
  * frame (or region) of w0 x h0 (docs/design.md step 1 and Aspect handling);

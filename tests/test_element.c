@@ -47,6 +47,9 @@ static const struct {
     "\"router_input\": \"mean\", \"expert_mlp_dim\": 48}}" },
   { "token_k2_c05_bpr", "{" RGB_CONFIG ", \"moe\": {\"layers\": [1, 2], \"num_experts\": 4, "
     "\"top_k\": 2, \"routing\": \"token\", \"capacity_ratio\": 0.5, \"bpr\": true}}" },
+  { "e3_token_m2_shared", "{" RGB_CONFIG ", \"moe\": {\"layers\": [1, 2], \"num_experts\": 4, "
+    "\"top_k\": 1, \"routing\": \"token\", \"shared_expert\": true, "
+    "\"ensemble_members\": 2}}" },
 };
 
 static char *
@@ -853,6 +856,140 @@ START_TEST (test_routing_knobs)
   }
   ck_assert_int_gt (dropped[0], 0);
   ck_assert_int_eq (dropped[1], 0);
+}
+END_TEST
+
+/* entropy-threshold marks results above it uncertain in the meta and the
+ * message, carried ones too, and follows changes while playing; 0 (the
+ * default) marks none.  The entropy is the engine's for the same pixels. */
+START_TEST (test_entropy_threshold_marks)
+{
+  GstHarness *hs = harness_for ("image_k1", "post-messages=true inference-interval=2",
+      GST_VIDEO_FORMAT_RGB, 32, 32);
+  GstBus *bus = harness_bus (hs);
+  guint8 rgb[32 * 32 * 3];
+  gboolean gray;
+  gst_buffer_unref (make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, 4, rgb, &gray));
+  char *path = model_path ("image_k1");
+  VmoeModel *model = vmoe_model_load (path, NULL);
+  VmoeSessionOptions cpu;
+  vmoe_session_options_init (&cpu);
+  cpu.backend = VMOE_BACKEND_CPU;
+  VmoeSession *session = vmoe_session_new (model, &cpu, NULL);
+  VmoeImage img;
+  vmoe_image_init_packed (&img, rgb, 32, 32, 3, 32 * 3);
+  ck_assert (vmoe_session_run_u8 (session, &img, 1, NULL));
+  float entropy = vmoe_session_get_result (session, 0)->entropy;
+  ck_assert (entropy > 0);
+  /* threshold just below, then just above the frame's entropy, then 0 */
+  const double thresholds[] = { 0, entropy * 0.99, entropy * 1.01 };
+  for (int f = 0; f < 6; f++) {
+    g_object_set (hs->element, "entropy-threshold", thresholds[f / 2 % 3], NULL);
+    GstBuffer *out = push_frame (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, 4, rgb,
+            &gray), f);
+    GstVmoeMeta *meta = gst_buffer_get_vmoe_meta (out);
+    gboolean want = f / 2 == 1;
+    ck_assert_int_eq (meta->fresh, f % 2 == 0);      /* odd frames are carried */
+    ck_assert_msg (meta->uncertain == want, "frame %d: uncertain %d", f, meta->uncertain);
+    assert_near (meta->entropy, entropy, 1e-6);
+    GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT);
+    ck_assert (msg != NULL);
+    const GstStructure *s = gst_message_get_structure (msg);
+    gboolean uncertain;
+    gdouble message_entropy;
+    ck_assert (gst_structure_get_boolean (s, "uncertain", &uncertain));
+    ck_assert (gst_structure_get_double (s, "entropy", &message_entropy));
+    ck_assert_int_eq (uncertain, want);
+    assert_near (message_entropy, entropy, 1e-6);
+    /* A single model has no ensemble fields. */
+    ck_assert (!gst_structure_has_field (s, "member-classes"));
+    ck_assert (!gst_structure_has_field (s, "disagreement"));
+    ck_assert_uint_eq (meta->n_members, 1);
+    gst_message_unref (msg);
+    gst_buffer_unref (out);
+  }
+  vmoe_session_free (session);
+  vmoe_model_unref (model);
+  g_free (path);
+  harness_bus_free (hs, bus);
+  gst_harness_teardown (hs);
+}
+END_TEST
+
+/* An E3 model through the element: the meta and the message carry the
+ * engine's members' top-1, disagreement and entropy, and token routing's
+ * layers per block and member with the member's 2 experts each. */
+START_TEST (test_ensemble_results)
+{
+  GstHarness *hs = harness_for ("e3_token_m2_shared", "post-messages=true",
+      GST_VIDEO_FORMAT_RGB, 32, 32);
+  GstBus *bus = harness_bus (hs);
+  guint8 rgb[32 * 32 * 3];
+  gboolean gray;
+  GstBuffer *out = push_frame (hs, make_frame (GST_VIDEO_FORMAT_RGB, 32, 32, 6, rgb,
+          &gray), 0);
+  GstVmoeMeta *meta = gst_buffer_get_vmoe_meta (out);
+  char *path = model_path ("e3_token_m2_shared");
+  VmoeModel *model = vmoe_model_load (path, NULL);
+  VmoeSessionOptions cpu;
+  vmoe_session_options_init (&cpu);
+  cpu.backend = VMOE_BACKEND_CPU;
+  VmoeSession *session = vmoe_session_new (model, &cpu, NULL);
+  VmoeImage img;
+  vmoe_image_init_packed (&img, rgb, 32, 32, 3, 32 * 3);
+  ck_assert (vmoe_session_run_u8 (session, &img, 1, NULL));
+  const VmoeImageResult *r = vmoe_session_get_result (session, 0);
+  ck_assert_int_eq (meta->class_id, r->top_classes[0]);
+  ck_assert_uint_eq (meta->n_members, 2);
+  guint n;
+  const gint *classes = gst_vmoe_meta_get_member_classes (meta, &n);
+  ck_assert_uint_eq (n, 2);
+  for (guint m = 0; m < 2; m++)
+    ck_assert_int_eq (classes[m], r->member_classes[m]);
+  assert_near (meta->entropy, r->entropy, score_tolerance);
+  assert_near (meta->disagreement, r->disagreement, 0);
+  ck_assert_uint_eq (meta->n_layers, 4);
+  const gint *members = gst_vmoe_meta_get_layer_members (meta, &n);
+  ck_assert_uint_eq (n, 4);
+  for (guint l = 0; l < 4; l++) {
+    ck_assert_int_eq (meta->layers[l].block, 1 + (gint) l / 2);
+    ck_assert_int_eq (members[l], (gint) l % 2);
+    ck_assert_uint_eq (meta->layers[l].n_experts, 2);
+    for (guint e = 0; e < 2; e++)
+      ck_assert_int_eq (meta->layers[l].tokens_per_expert[e],
+          r->layers[l].tokens_per_expert[e]);
+  }
+  GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT);
+  ck_assert (msg != NULL);
+  const GstStructure *s = gst_message_get_structure (msg);
+  G_GNUC_BEGIN_IGNORE_DEPRECATIONS
+  GValueArray *message_classes = array_field (s, "member-classes");
+  GValueArray *layer_members = array_field (s, "layer-members");
+  ck_assert_uint_eq (message_classes->n_values, 2);
+  for (guint m = 0; m < 2; m++)
+    ck_assert_int_eq (g_value_get_int (g_value_array_get_nth (message_classes, m)),
+        r->member_classes[m]);
+  ck_assert_uint_eq (layer_members->n_values, 4);
+  for (guint l = 0; l < 4; l++)
+    ck_assert_int_eq (g_value_get_int (g_value_array_get_nth (layer_members, l)),
+        (gint) l % 2);
+  G_GNUC_END_IGNORE_DEPRECATIONS
+  gdouble disagreement;
+  ck_assert (gst_structure_get_double (s, "disagreement", &disagreement));
+  assert_near (disagreement, r->disagreement, 0);
+  gst_message_unref (msg);
+  /* The meta copies itself whole. */
+  GstBuffer *copy = gst_buffer_copy (out);
+  GstVmoeMeta *copied = gst_buffer_get_vmoe_meta (copy);
+  ck_assert_int_eq (copied->member_classes[1], r->member_classes[1]);
+  ck_assert_int_eq (copied->layer_members[3], 1);
+  gst_buffer_unref (copy);
+  vmoe_session_free (session);
+  vmoe_model_unref (model);
+  g_free (path);
+  gst_buffer_unref (out);
+  harness_bus_free (hs, bus);
+  gst_harness_teardown (hs);
 }
 END_TEST
 
@@ -1850,6 +1987,17 @@ START_TEST (test_regions_of_interest)
     ck_assert_int_eq (g_value_get_int (g_value_array_get_nth (experts, 0)), expert);
     ck_assert_uint_eq (array_field (param, "gates")->n_values, 1);
     G_GNUC_END_IGNORE_DEPRECATIONS
+    /* The region's entropy, as in its own meta; unmarked without a threshold. */
+    gdouble entropy;
+    gboolean uncertain = TRUE;
+    ck_assert (gst_structure_get_double (param, "entropy", &entropy));
+    ck_assert (gst_structure_get_boolean (param, "uncertain", &uncertain));
+    ck_assert (!uncertain);
+    state = NULL;
+    while ((m = gst_buffer_iterate_meta_filtered (out, &state, GST_VMOE_META_API_TYPE)))
+      if (((GstVmoeMeta *) m)->roi_id == (gint) r + 10)
+        assert_near (entropy, ((GstVmoeMeta *) m)->entropy, 1e-7);
+    ck_assert (entropy > 0);
     /* Its message names the region as clamped. */
     GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT);
     ck_assert (msg != NULL);
@@ -1900,6 +2048,8 @@ element_suite (void)
   tcase_add_test (tc, test_qos_skips_only_lateness_we_cause);
   tcase_add_test (tc, test_qos_downstream_slow_classifies_all);
   tcase_add_test (tc, test_routing_knobs);
+  tcase_add_test (tc, test_entropy_threshold_marks);
+  tcase_add_test (tc, test_ensemble_results);
   tcase_add_test (tc, test_frame_size_limits);
   tcase_add_test (tc, test_rejected_setting_keeps_last);
   tcase_add_test (tc, test_swap_resets_settings_the_model_cannot_take);

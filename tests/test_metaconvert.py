@@ -27,13 +27,14 @@ def json_messages(messages):
             and m.get_structure().get_name() == "vmoe-json"]
 
 
-def classify_frames(model, convert_props=""):
+def classify_frames(model, convert_props="", classify_props=""):
     """N videotestsrc frames through vmoeclassify and vmoemetaconvert: the
     posted JSON texts and the frames' RGB pixels."""
     pipeline = Gst.parse_launch(
         "videotestsrc num-buffers=%d pattern=ball ! video/x-raw,format=RGB,width=%d,height=%d,"
-        "framerate=30/1 ! vmoeclassify model=%s ! vmoemetaconvert post-messages=true %s ! "
-        "appsink name=sink emit-signals=true sync=false" % (N, W, H, model, convert_props))
+        "framerate=30/1 ! vmoeclassify model=%s %s ! vmoemetaconvert post-messages=true %s ! "
+        "appsink name=sink emit-signals=true sync=false" % (N, W, H, model, classify_props,
+                                                            convert_props))
     frames = []
 
     def on_sample(sink):
@@ -69,9 +70,10 @@ class MetaConvertTest(unittest.TestCase):
         self.validator.validate(obj)
         return obj
 
-    def check_full_frame(self, model_name, routing_keys):
+    def check_full_frame(self, model_name, routing_keys, classify_props=""):
         model = os.path.join(PARITY, model_name + ".safetensors")
-        texts, frames = classify_frames(model, 'source=cam0 tags="{\\"site\\": \\"door\\"}"')
+        texts, frames = classify_frames(model, 'source=cam0 tags="{\\"site\\": \\"door\\"}"',
+                                        classify_props)
         self.assertEqual(len(texts), N)
         self.assertEqual(len(frames), N)
         expected = vmoe_run(model, frames)
@@ -93,13 +95,28 @@ class MetaConvertTest(unittest.TestCase):
             self.assertEqual(attr["model"], {"name": model_name})
             for key in routing_keys:
                 self.assertEqual(attr[key], ref[key], key)
-            self.assertEqual(set(attr) & {"experts", "gates", "layers"}, set(routing_keys))
+            moe_keys = {"experts", "gates", "layers", "members", "entropy", "disagreement"}
+            self.assertEqual(set(attr) & moe_keys, set(routing_keys))
+        return texts
 
     def test_image_routing_matches_vmoe_run(self):
         self.check_full_frame("image_k1", ["experts", "gates"])
 
     def test_token_routing_matches_vmoe_run(self):
         self.check_full_frame("token_k2_c05_bpr", ["layers"])
+
+    def test_ensembles_match_vmoe_run(self):
+        """E3: members, entropy and disagreement as `vmoe run` writes them,
+        layers per block and member; entropy-threshold's mark (here below
+        every frame's entropy) as "uncertain": true."""
+        ensemble = ["members", "entropy", "disagreement"]
+        self.check_full_frame("e3_image_m4_k2_norm_mean", ["experts", "gates"] + ensemble)
+        texts = self.check_full_frame("e3_token_m2_shared", ["layers"] + ensemble,
+                                      "entropy-threshold=0.001")
+        for text in texts:
+            self.assertIs(json.loads(text)["objects"][0]["vmoe"]["uncertain"], True)
+        for text in classify_frames(os.path.join(PARITY, "image_k1.safetensors"))[0]:
+            self.assertNotIn("uncertain", json.loads(text)["objects"][0]["vmoe"])
 
     def test_json_indent(self):
         model = os.path.join(PARITY, "image_k1.safetensors")

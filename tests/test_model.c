@@ -397,17 +397,22 @@ START_TEST (test_unknown_enum)
 }
 END_TEST
 
-/* E3 ensembles are in the contract but not computed yet: a model asking
- * for them must not load and silently get the plain forward pass; the
- * defaults still load.  "aspect" takes "crop" and "stretch" only. */
-START_TEST (test_unimplemented_additions_refused)
+/* The 2026-11-23 additions: "aspect" takes "crop" and "stretch" only;
+ * E3's ensemble_members must divide num_experts, with top_k at most E/M;
+ * the defaults load. */
+START_TEST (test_additions_validated)
 {
   JsonNode *s = json_node_new (JSON_NODE_VALUE);
   json_node_set_string (s, "squash");
   expect_config_error (NULL, "aspect", s, "'aspect' must be one of");
   const char *moe = "{\"layers\": [1], \"num_experts\": 4, \"top_k\": 1}";
-  expect_config_error (moe, "moe.ensemble_members", int_node (2),
-      "'moe.ensemble_members' is 2: E3 ensembles are not implemented");
+  expect_config_error (moe, "moe.ensemble_members", int_node (3),
+      "'moe.ensemble_members' is 3, which does not divide num_experts 4");
+  expect_config_error (moe, "moe.ensemble_members", int_node (0),
+      "'ensemble_members' is 0, outside [1, 4096]");
+  expect_config_error ("{\"layers\": [1], \"num_experts\": 8, \"top_k\": 3}",
+      "moe.ensemble_members", int_node (4),
+      "'moe.top_k' is 3, more than the 2 experts of each ensemble member");
   char *config = test_config_json ("{\"layers\": [1], \"num_experts\": 4, "
       "\"top_k\": 1, \"ensemble_members\": 1}, \"aspect\": \"crop\"");
   char *path = test_write_random_model (config);
@@ -719,6 +724,139 @@ START_TEST (test_config_values_fit_float)
 END_TEST
 
 /* Each CPU thread is started at once: 100,000 aborted in GLib. */
+/* vmoe info's FLOPs with E3 (docs/design.md), derived by hand for the test
+ * config (16x16 image, patch 8: 4 patches + class token = 5 tokens, D 8,
+ * MLP 16, 3 classes, depth 2) with block 1 an image-routed MoE of 4
+ * experts in 2 members: block 0 and block 1's attention run once, block 1's FFN and the head on
+ * 2 copies.  A session's experts-k above a member's 2 experts is refused. */
+START_TEST (test_ensemble_flops_and_experts_k)
+{
+  char *config = test_config_json ("{\"layers\": [1], \"num_experts\": 4, "
+      "\"top_k\": 1, \"ensemble_members\": 2}");
+  char *path = test_write_random_model (config);
+  GError *error = NULL;
+  VmoeModel *model = vmoe_model_load (path, &error);
+  ck_assert_msg (model != NULL, "%s", error ? error->message : "");
+  ck_assert_int_eq (vmoe_model_get_config (model)->ensemble_members, 2);
+  double embed = 2.0 * 4 * 8 * (3 * 8 * 8);                 /* 12288 */
+  double attention = 2.0 * 5 * 8 * 24 + 2.0 * 2 * 5 * 5 * 8 + 2.0 * 5 * 8 * 8; /* 3360 */
+  double mlp = 2.0 * 2 * 5 * 8 * 16;                         /* 2560 */
+  double router = 2.0 * 8 * 4, head = 2.0 * 8 * 3;
+  ck_assert_double_eq (vmoe_model_flops (model, TRUE),
+      embed + (attention + mlp) + attention + 2 * mlp + router + 2 * head);
+  ck_assert_double_eq (vmoe_model_flops (model, FALSE),
+      embed + (attention + mlp) + attention + 2 * 2 * mlp + router + 2 * head);
+
+  VmoeSessionOptions options;
+  vmoe_session_options_init (&options);
+  options.backend = VMOE_BACKEND_CPU;
+  options.experts_k = 3;
+  ck_assert (vmoe_session_new (model, &options, &error) == NULL);
+  ck_assert_int_eq (error->code, VMOE_ERROR_INVALID_ARGUMENT);
+  ck_assert_msg (strstr (error->message, "each of the model's 2 ensemble members has 2 "
+          "experts"), "%s", error->message);
+  g_clear_error (&error);
+  options.experts_k = 2;
+  VmoeSession *session = vmoe_session_new (model, &options, &error);
+  ck_assert_msg (session != NULL, "%s", error ? error->message : "");
+  float input[3 * 16 * 16];
+  for (guint i = 0; i < G_N_ELEMENTS (input); i++)
+    input[i] = (float) (i % 7) - 3.0f;
+  ck_assert (vmoe_session_run_f32 (session, input, 1, &error));
+  const VmoeImageResult *r = vmoe_session_get_result (session, 0);
+  ck_assert_int_eq (r->n_members, 2);
+  ck_assert_int_eq (r->n_experts, 4);
+  /* Member m's two experts are its partition's, {2m, 2m + 1}. */
+  for (int j = 0; j < 4; j++)
+    ck_assert_int_eq (r->experts[j] / 2, j / 2);
+  vmoe_session_free (session);
+  vmoe_model_unref (model);
+  g_unlink (path);
+  g_free (path);
+  g_free (config);
+}
+END_TEST
+
+/* E3 member copies multiply a batch's routed rows: 4096 members of one
+ * expert on 65 tokens (8x8 patches of 1 pixel and a class token) give
+ * 8066 x 4096 x 65 = 2,147,491,840 rows for a batch of 8066, past the
+ * ints the backends index them with: an error naming the limit, before
+ * anything is allocated. */
+START_TEST (test_batch_of_too_many_member_rows)
+{
+  const char *config = "{\"format\": \"vmoe\", \"version\": 1, \"image_size\": 8, "
+      "\"patch_size\": 1, \"embed_dim\": 2, \"depth\": 1, \"num_heads\": 1, "
+      "\"mlp_dim\": 1, \"num_classes\": 2, \"moe\": {\"layers\": [0], "
+      "\"num_experts\": 4096, \"ensemble_members\": 4096, \"routing\": \"token\"}}";
+  char *path = test_write_random_model (config);
+  GError *error = NULL;
+  VmoeModel *model = vmoe_model_load (path, &error);
+  ck_assert_msg (model != NULL, "%s", error ? error->message : "");
+  VmoeSessionOptions options;
+  vmoe_session_options_init (&options);
+  options.backend = VMOE_BACKEND_CPU;
+  VmoeSession *session = vmoe_session_new (model, &options, &error);
+  ck_assert_msg (session != NULL, "%s", error ? error->message : "");
+  /* (Running it at all is slow: the CPU scans every assignment per expert,
+   * 4096 x 266,240 for one image.) */
+  enum { N = 8066 };
+  float *input = g_new0 (float, (gsize) N * 3 * 8 * 8);
+  ck_assert (!vmoe_session_run_f32 (session, input, N, &error));
+  ck_assert_msg (g_error_matches (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT)
+      && strstr (error->message, "2147491840 routed rows"), "%s", error->message);
+  g_clear_error (&error);
+  g_free (input);
+  vmoe_session_free (session);
+  vmoe_model_unref (model);
+  g_unlink (path);
+  g_free (path);
+}
+END_TEST
+
+/* Without an ensemble the result still has an entropy, of the reported
+ * probabilities (softmax of the logits, recomputed here in double), one
+ * member whose top-1 is the top class, and no disagreement. */
+START_TEST (test_entropy_without_ensemble)
+{
+  char *config = test_config_json ("{\"layers\": [1], \"num_experts\": 4, \"top_k\": 2}");
+  char *path = test_write_random_model (config);
+  GError *error = NULL;
+  VmoeModel *model = vmoe_model_load (path, &error);
+  ck_assert_msg (model != NULL, "%s", error ? error->message : "");
+  VmoeSessionOptions options;
+  vmoe_session_options_init (&options);
+  options.backend = VMOE_BACKEND_CPU;
+  VmoeSession *session = vmoe_session_new (model, &options, &error);
+  ck_assert_msg (session != NULL, "%s", error ? error->message : "");
+  float input[2 * 3 * 16 * 16];
+  for (guint i = 0; i < G_N_ELEMENTS (input); i++)
+    input[i] = (float) ((i * 7919) % 13) / 3.0f - 2.0f;
+  ck_assert (vmoe_session_run_f32 (session, input, 2, &error));
+  for (int i = 0; i < 2; i++) {
+    const VmoeImageResult *r = vmoe_session_get_result (session, i);
+    double max = r->logits[0], sum = 0, entropy = 0;
+    for (int j = 1; j < 3; j++)
+      max = MAX (max, r->logits[j]);
+    for (int j = 0; j < 3; j++)
+      sum += exp (r->logits[j] - max);
+    for (int j = 0; j < 3; j++) {
+      double p = exp (r->logits[j] - max) / sum;
+      entropy -= p * log (p);
+    }
+    ck_assert_double_eq_tol (r->entropy, entropy, 1e-6);
+    ck_assert (r->entropy > 0 && r->entropy <= log (3) + 1e-6);
+    ck_assert_int_eq (r->n_members, 1);
+    ck_assert_int_eq (r->member_classes[0], r->top_classes[0]);
+    ck_assert_double_eq (r->disagreement, 0);
+  }
+  vmoe_session_free (session);
+  vmoe_model_unref (model);
+  g_unlink (path);
+  g_free (path);
+  g_free (config);
+}
+END_TEST
+
 START_TEST (test_session_threads_bounded)
 {
   char *config = test_config_json (NULL);
@@ -988,7 +1126,10 @@ model_suite (void)
   tcase_add_test (tc, test_capacity_ratio_range);
   tcase_add_test (tc, test_cls_router_without_class_token);
   tcase_add_test (tc, test_unknown_enum);
-  tcase_add_test (tc, test_unimplemented_additions_refused);
+  tcase_add_test (tc, test_additions_validated);
+  tcase_add_test (tc, test_ensemble_flops_and_experts_k);
+  tcase_add_test (tc, test_entropy_without_ensemble);
+  tcase_add_test (tc, test_batch_of_too_many_member_rows);
   tcase_add_test (tc, test_nan_weight);
   tcase_add_test (tc, test_deeply_nested_header);
   tcase_add_test (tc, test_deeply_nested_config);

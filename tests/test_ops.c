@@ -225,10 +225,13 @@ END_TEST
 START_TEST (test_capacity)
 {
   /* ceil(k T ratio / E) */
-  ck_assert_int_eq (vmoe_token_capacity (2, 17, 0.5, 4), 5);    /* 4.25 */
-  ck_assert_int_eq (vmoe_token_capacity (1, 197, 1.0, 10), 20); /* 19.7 */
-  ck_assert_int_eq (vmoe_token_capacity (1, 16, 1.0, 4), 4);    /* exact */
-  ck_assert_int_eq (vmoe_token_capacity (1, 4, 0.01, 8), 1);    /* never 0 */
+  ck_assert_int_eq (vmoe_token_capacity (2, 17, 0.5, 4, 1), 5);    /* 4.25 */
+  ck_assert_int_eq (vmoe_token_capacity (1, 197, 1.0, 10, 1), 20); /* 19.7 */
+  ck_assert_int_eq (vmoe_token_capacity (1, 16, 1.0, 4, 1), 4);    /* exact */
+  ck_assert_int_eq (vmoe_token_capacity (1, 4, 0.01, 8, 1), 1);    /* never 0 */
+  /* E3: ceil(k T ratio M / E), a member's E/M experts */
+  ck_assert_int_eq (vmoe_token_capacity (2, 17, 0.5, 8, 2), 5);    /* 4.25 */
+  ck_assert_int_eq (vmoe_token_capacity (1, 17, 1.0, 8, 4), 9);    /* 8.5 */
 }
 END_TEST
 

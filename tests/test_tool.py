@@ -116,6 +116,45 @@ class ToolTest(unittest.TestCase):
                       os.path.join(PARITY, case["inputs"][0]["file"]))
         self.assertNotIn("logits", json.loads(result.stdout.splitlines()[0]))
 
+    def test_run_ensemble_json(self):
+        """E3 (docs/design.md): members (their experts and gates the slices of
+        the concatenated top level, their top-1 classes), entropy and
+        disagreement as PyTorch computes them; token layers per block and
+        member; none of it for a single model."""
+        with open(os.path.join(PARITY, "expected.json")) as f:
+            cases = {c["name"]: c for c in json.load(f)["cases"]}
+        for name, members in (("e3_image_m4_k2_norm_mean", 4), ("e3_token_m2_shared", 2)):
+            case = cases[name]
+            entry = case["inputs"][0]
+            lines = self.run_json(os.path.join(PARITY, case["model"]),
+                                  os.path.join(PARITY, entry["file"]), "--backend", "cpu")
+            for i, obj in enumerate(lines):
+                self.assertEqual([m["class"] for m in obj["members"]],
+                                 entry["member_classes"][i])
+                self.assertAlmostEqual(obj["entropy"], entry["entropy"][i], places=4)
+                self.assertAlmostEqual(obj["disagreement"], entry["disagreement"][i])
+                if "experts" in entry:
+                    k = len(obj["experts"]) // members
+                    self.assertEqual(obj["experts"], entry["experts"][i])
+                    for m, member in enumerate(obj["members"]):
+                        self.assertEqual(member["experts"], obj["experts"][m * k:(m + 1) * k])
+                        self.assertEqual(member["gates"], obj["gates"][m * k:(m + 1) * k])
+                        self.assertTrue(all(m * 2 <= e < (m + 1) * 2 for e in member["experts"]))
+                else:
+                    self.assertEqual([(l["block"], l["member"]) for l in obj["layers"]],
+                                     [(1, 0), (1, 1), (2, 0), (2, 1)])
+                    self.assertEqual([l["tokens_per_expert"] for l in obj["layers"]],
+                                     entry["tokens_per_expert"][i])
+                    self.assertTrue(all(set(m) == {"class"} for m in obj["members"]))
+        single = cases["token_k2_c05_bpr"]
+        obj = self.run_json(os.path.join(PARITY, single["model"]),
+                            os.path.join(PARITY, single["inputs"][0]["file"]))[0]
+        for key in ("members", "entropy", "disagreement"):
+            self.assertNotIn(key, obj)
+        self.assertNotIn("member", obj["layers"][0])
+        info = vmoe("info", os.path.join(PARITY, "e3_image_m4_k2_norm_mean.safetensors"))
+        self.assertIn("ensemble:     E3, 4 members of 2 experts each", info.stdout)
+
     def run_json(self, *args):
         result = vmoe("run", *args)
         self.assertEqual(result.returncode, 0, result.stderr)

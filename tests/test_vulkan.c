@@ -327,7 +327,8 @@ START_TEST (test_route_image)
     VmoeRoutePush p = { .mode = VMOE_ROUTE_IMAGE, .images = n, .tokens = TOKENS,
       .dim = DIM, .experts = EXPERTS, .k = TOP_K, .x_off = 0, .w_off = 0, .b_off = 500,
       .router_mean = mean, .normalize_gates = 1, .entry_expert_off = 0,
-      .entry_gate_off = 50000, .out_experts_off = 5000, .out_gates_off = 60000 };
+      .entry_gate_off = 50000, .out_experts_off = 5000, .out_gates_off = 60000,
+      .members = 1 };
     run_shader (VMOE_SHADER_ROUTE, &p, sizeof p, 1, 1, 1);
     int experts[5 * TOP_K], entries[5 * TOKENS * TOP_K];
     float gates[5 * TOP_K], entry_gates[5 * TOKENS * TOP_K];
@@ -379,13 +380,13 @@ START_TEST (test_route_tokens)
   for (int r = 0; r < rows; r += 3)       /* repeated rows: tied probabilities */
     memcpy (logits + (size_t) r * EXPERTS, logits, EXPERTS * sizeof (float));
   for (int bpr = 0; bpr < 2; bpr++) {
-    int capacity = vmoe_token_capacity (TOP_K, TOKENS, 0.5, EXPERTS);
+    int capacity = vmoe_token_capacity (TOP_K, TOKENS, 0.5, EXPERTS, 1);
     write_floats (VMOE_VK_ACTIVATIONS, 0, logits, (size_t) rows * EXPERTS);
     VmoeRoutePush p = { .mode = VMOE_ROUTE_TOKEN, .images = n, .tokens = TOKENS,
       .dim = DIM, .experts = EXPERTS, .k = TOP_K, .probs_off = 0,
       .entry_expert_off = 0, .entry_gate_off = 20000, .order_off = 5000,
       .out_counts_off = 8000, .out_dropped_off = 9000, .layer = 1, .layers = 2,
-      .capacity = (uint32_t) capacity, .bpr = (uint32_t) bpr };
+      .capacity = (uint32_t) capacity, .bpr = (uint32_t) bpr, .members = 1 };
     run_shader (VMOE_SHADER_ROUTE, &p, sizeof p, 1, 1, 1);
     int assigned[4 * TOKENS * TOP_K], counts[4 * 2 * EXPERTS], dropped[4 * 2];
     float gates[4 * TOKENS * TOP_K];

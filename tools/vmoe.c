@@ -86,10 +86,13 @@ result_to_json (const VmoeConfig *c, const VmoeImageResult *r, gsize index,
    * the view's unsigned ones (C11 6.5p7 allows the access). */
   VmoeJsonLayer *layers = g_new (VmoeJsonLayer, r->n_layers);
   for (int l = 0; l < r->n_layers; l++)
-    layers[l] = (VmoeJsonLayer) { r->layers[l].block, (guint) c->num_experts,
-      (const guint *) r->layers[l].tokens_per_expert, r->layers[l].dropped };
+    layers[l] = (VmoeJsonLayer) { r->layers[l].block,
+      (guint) (c->num_experts / c->ensemble_members),
+      (const guint *) r->layers[l].tokens_per_expert, r->layers[l].dropped,
+      r->layers[l].member };
   VmoeJsonRouting routing = { (guint) r->n_experts, r->experts, r->gates,
-    (guint) r->n_layers, layers };
+    (guint) r->n_layers, layers, (guint) r->n_members, r->member_classes,
+    r->entropy, r->disagreement };
   vmoe_json_add_routing (b, &routing);
   g_free (layers);
   if (r->n_experts && c->n_superclasses) {
@@ -147,6 +150,10 @@ cmd_info (int argc, char **argv)
       printf (" %d", c->moe_layers[i]);
     printf ("\nexperts:      %d, top-k %d, expert MLP %d%s\n", c->num_experts,
         c->top_k, c->expert_mlp_dim, c->shared_expert ? ", shared expert" : "");
+    if (c->ensemble_members > 1)
+      printf ("ensemble:     E3, %d members of %d experts each, top-k within a member; "
+          "%d copies from block %d on\n", c->ensemble_members,
+          c->num_experts / c->ensemble_members, c->ensemble_members, c->moe_layers[0]);
     if (c->routing == VMOE_ROUTING_TOKEN)
       printf ("capacity:     ratio %g, BPR %s\n", c->capacity_ratio, c->bpr ? "on" : "off");
     else
@@ -155,8 +162,9 @@ cmd_info (int argc, char **argv)
           c->normalize_gates ? "normalised" : "raw");
   }
   printf ("parameters:   %" G_GUINT64_FORMAT "\n", vmoe_model_parameter_count (model));
-  printf ("GFLOPs/image: %.4f as routed, %.4f with every expert\n",
-      vmoe_model_flops (model, TRUE) / 1e9, vmoe_model_flops (model, FALSE) / 1e9);
+  printf ("GFLOPs/image: %.4f as routed, %.4f with every expert%s\n",
+      vmoe_model_flops (model, TRUE) / 1e9, vmoe_model_flops (model, FALSE) / 1e9,
+      c->ensemble_members > 1 ? " (all member copies)" : "");
   printf ("classes:      %d:", c->num_classes);
   for (int i = 0; i < c->num_classes && i < 20; i++)
     printf ("%s %s", i ? "," : "", c->labels[i]);

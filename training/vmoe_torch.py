@@ -27,7 +27,7 @@ CONFIG_DEFAULTS = {
 MOE_DEFAULTS = {
     "top_k": 1, "routing": "image", "router_input": "cls",
     "normalize_gates": False, "shared_expert": False, "capacity_ratio": 1.0,
-    "bpr": True,
+    "bpr": True, "ensemble_members": 1,
 }
 
 
@@ -52,9 +52,10 @@ def complete_config(config):
     return c
 
 
-def token_capacity(top_k, tokens, capacity_ratio, num_experts):
-    """Per-image expert capacity; the same expression as the C engine."""
-    c = math.ceil(top_k * tokens * capacity_ratio / num_experts)
+def token_capacity(top_k, tokens, capacity_ratio, num_experts, members=1):
+    """Per-image (per member copy) expert capacity; the same expression, in
+    the same order, as the C engine: a member routes among E/M experts."""
+    c = math.ceil(top_k * tokens * capacity_ratio * members / num_experts)
     return int(min(max(c, 1), top_k * tokens))
 
 
@@ -164,13 +165,28 @@ class MoE(nn.Module):
             out = out + self.shared(z)
         return out
 
-    def forward_token(self, z, top_k, capacity_ratio, bpr, router_noise=0.0):
+    def member_router_logits(self, z, members):
+        """The router's logits restricted to each copy's partition: z is
+        [N*M, T, D] with member m = row % M; returns [N*M, T, E/M], member m's
+        being those of experts P_m = [m*E/M, (m+1)*E/M)."""
+        if members == 1:
+            return self.router(z)
+        rows, t, d = z.shape
+        weight = self.router.weight.reshape(members, -1, d)          # [M, E/M, D]
+        bias = self.router.bias.reshape(members, 1, -1)              # [M, 1, E/M]
+        zm = z.reshape(rows // members, members, t, d)
+        return (torch.einsum("nmtd,med->nmte", zm, weight) + bias).reshape(rows, t, -1)
+
+    def forward_token(self, z, top_k, capacity_ratio, bpr, router_noise=0.0, members=1):
         """Token routing (V-MoE) with per-image capacity and optional BPR.
-        Returns the output, the router probabilities [N, T, E], the per-image
-        statistics tokens_per_expert [N, E] and dropped [N], and (training
-        with router_noise > 0 only, else None) V-MoE's auxiliary loss."""
+        With E3 (members > 1) z holds M copies per image (row n*M + m) and
+        copy m routes among its partition's E/M experts.  Returns the output,
+        the router probabilities [N*M, T, E/M], the per-copy statistics
+        tokens_per_expert [N*M, E/M] (local indices) and dropped [N*M], and
+        (training with router_noise > 0 only, else None) V-MoE's auxiliary
+        loss."""
         n, t, _ = z.shape
-        clean = self.router(z)
+        clean = self.member_router_logits(z, members)
         logits, aux = clean, None
         if router_noise > 0:
             logits = clean + router_noise * torch.randn_like(clean)
@@ -178,7 +194,7 @@ class MoE(nn.Module):
         probs = logits.softmax(dim=-1)
         e_count = probs.shape[-1]
         top_p, top_e = topk_stable(probs, top_k)            # [N, T, k]
-        capacity = token_capacity(top_k, t, capacity_ratio, e_count)
+        capacity = token_capacity(top_k, t, capacity_ratio, e_count * members, members)
         if bpr:
             _, order = torch.sort(top_p[..., 0], dim=1, descending=True, stable=True)
         else:
@@ -195,7 +211,9 @@ class MoE(nn.Module):
             keep[..., j].scatter_(1, order, taken)
         dropped = (~keep).sum(dim=(1, 2))
         rows = torch.arange(n * t, device=z.device).reshape(n, t, 1).expand(n, t, top_k)
-        out = self.combine(z, rows[keep], top_p[keep], top_e[keep])
+        # Local expert indices to global ones: copy m's partition starts at m*E/M.
+        first = (torch.arange(n, device=z.device) % members * e_count).reshape(n, 1, 1)
+        out = self.combine(z, rows[keep], top_p[keep], (top_e + first)[keep])
         if hasattr(self, "shared"):
             out = out + self.shared(z)
         return out, probs, counts, dropped, aux
@@ -242,54 +260,113 @@ class VisionMoE(nn.Module):
         self.capacity_ratio = moe["capacity_ratio"] if moe else 0.0
         self.router_noise = 0.0   # training only (V-MoE's noisy top-k)
 
+    @property
+    def members(self):
+        """E3's ensemble members M (1: no ensemble)."""
+        moe = self.config["moe"]
+        return moe["ensemble_members"] if moe else 1
+
     def route_images(self, x):
         """Mobile V-MoE's router on the residual stream entering the first
-        MoE block. Returns router probabilities [N, E], experts and gates [N, k]."""
+        MoE block's FFN, evaluated once per image.  With E3, member m takes
+        the softmax and top-k over its partition's E/M logits.  Returns
+        router probabilities [N, E] ([N, M, E/M] with M > 1), and experts
+        (global indices) and gates [N*M, k], row n*M + m for member m."""
         moe = self.config["moe"]
+        m = self.members
         r = x[:, 0] if moe["router_input"] == "cls" else x.mean(dim=1)
         logits = self.router(r)
         if self.training and self.router_noise > 0:
             logits = logits + self.router_noise * torch.randn_like(logits)
-        probs = logits.softmax(dim=-1)
-        gates, experts = topk_stable(probs, self.top_k)
+        n, e = logits.shape
+        probs = logits.reshape(n, m, e // m).softmax(dim=-1)
+        gates, experts = topk_stable(probs, self.top_k)              # [N, M, k]
         if moe["normalize_gates"]:
             gates = gates / gates.sum(dim=-1, keepdim=True)
-        return probs, experts, gates
+        experts = experts + (torch.arange(m, device=x.device) * (e // m)).reshape(1, m, 1)
+        k = gates.shape[-1]
+        return (probs.reshape(n, e) if m == 1 else probs,
+                experts.reshape(n * m, k), gates.reshape(n * m, k))
 
     def forward(self, images):
+        """Returns (logits [N, K], routing).  routing holds router_probs
+        (one entry per MoE block; one in all for image routing), and for
+        image routing experts and gates [N, M*k] (the members' concatenated
+        in member order, global indices), for token routing per MoE block
+        tokens_per_expert [N, E] (member m's E/M experts at m*E/M) and
+        dropped ([N], or [N, M] per member with M > 1).  With E3 (M > 1)
+        the logits are log(probs), probs being the mean of the members'
+        softmax, and routing adds member_logits [N, M, K], member_classes
+        [N, M] (each member's top-1), entropy [N] (nats) and disagreement
+        [N] (the fraction of members whose top-1 is not the ensemble's)."""
         c, moe = self.config, self.config["moe"]
+        m = self.members
         x = self.patch_embed(images)
+        n = x.shape[0]
         if c["class_token"]:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+            x = torch.cat([self.cls_token.expand(n, -1, -1), x], dim=1)
         x = x + self.pos_embed
         routing = {"router_probs": [], "tokens_per_expert": [], "dropped": []}
+        copied = False
         for block in self.blocks:
             x = x + block.attn(block.norm1(x))
             if not hasattr(block, "moe"):
                 x = x + block.mlp(block.norm2(x))
                 continue
+            if moe["routing"] == "image" and "experts" not in routing:
+                probs, routing["experts"], routing["gates"] = self.route_images(x)
+                routing["router_probs"].append(probs)
+            if not copied:
+                # E3: the M copies are equal until the first MoE FFN, so
+                # copying after the block's attention gives what copying
+                # the stream entering the block would, for one attention.
+                x = x.repeat_interleave(m, dim=0)                    # row n*M + m
+                copied = True
             if moe["routing"] == "image":
-                if "experts" not in routing:
-                    probs, routing["experts"], routing["gates"] = self.route_images(x)
-                    routing["router_probs"].append(probs)
                 x = x + block.moe.forward_image(block.norm2(x), routing["experts"],
                                                 routing["gates"])
             else:
                 noise = self.router_noise if self.training else 0.0
                 out, probs, counts, dropped, aux = block.moe.forward_token(
-                    block.norm2(x), self.top_k, self.capacity_ratio, moe["bpr"], noise)
+                    block.norm2(x), self.top_k, self.capacity_ratio, moe["bpr"], noise, m)
                 x = x + out
                 if aux is not None:
                     routing.setdefault("aux_losses", []).append(aux)
+                if m > 1:
+                    probs = probs.reshape(n, m, *probs.shape[1:])
+                    dropped = dropped.reshape(n, m)
                 routing["router_probs"].append(probs)
-                routing["tokens_per_expert"].append(counts)
+                routing["tokens_per_expert"].append(counts.reshape(n, -1))
                 routing["dropped"].append(dropped)
         if c["pool"] == "token":
             pooled = self.norm(x[:, 0])
         else:
             first = 1 if c["class_token"] else 0
             pooled = self.norm(x[:, first:]).mean(dim=1)
-        return self.head(pooled), routing
+        logits = self.head(pooled)
+        if "experts" in routing:
+            routing["experts"] = routing["experts"].reshape(n, -1)
+            routing["gates"] = routing["gates"].reshape(n, -1)
+        if m == 1:
+            return logits, routing
+        return ensemble_outputs(logits.reshape(n, m, -1), routing)
+
+
+def ensemble_outputs(member_logits, routing):
+    """E3's ensemble of member_logits [N, M, K]: log of the mean of the
+    members' softmax, computed as a log-sum-exp of their log-softmax so
+    that it stays finite where a probability underflows; fills routing's
+    ensemble entries (see VisionMoE.forward)."""
+    m = member_logits.shape[1]
+    log_probs = torch.logsumexp(member_logits.log_softmax(dim=-1), dim=1) - math.log(m)
+    probs = log_probs.exp()
+    top1 = topk_stable(log_probs, 1)[1]                                  # [N, 1]
+    member_classes = topk_stable(member_logits, 1)[1][..., 0]            # [N, M]
+    routing["member_logits"] = member_logits
+    routing["member_classes"] = member_classes
+    routing["entropy"] = -(probs * log_probs).sum(dim=-1)
+    routing["disagreement"] = (member_classes != top1).float().mean(dim=-1)
+    return log_probs, routing
 
 
 def clamp_region(region, h0, w0):

@@ -123,6 +123,9 @@ typedef struct {
 
   /* Appended after 0.1's fields (callers never allocate a VmoeConfig). */
   VmoeAspect aspect;
+  /* E3: members M (1 without an ensemble, and for a dense model); member m
+   * routes among experts [m*E/M, (m+1)*E/M) (docs/design.md). */
+  int ensemble_members;
 } VmoeConfig;
 
 /**
@@ -255,11 +258,14 @@ typedef struct {
  */
 VMOE_API void vmoe_session_options_init (VmoeSessionOptions *options);
 
-/* Per token-routing MoE layer of one image. */
+/* Per token-routing MoE layer of one image (of one ensemble member). */
 typedef struct {
   int block;
-  const int *tokens_per_expert;  /* num_experts entries */
+  const int *tokens_per_expert;  /* num_experts / ensemble_members entries:
+                                    the member's experts, in order */
   int dropped;                   /* assignments over capacity */
+  /* Appended after 0.1's fields (only the library makes one). */
+  int member;                    /* E3 member; 0 without an ensemble */
 } VmoeLayerStats;
 
 /**
@@ -283,6 +289,21 @@ typedef struct {
   /* token routing */
   int n_layers;
   const VmoeLayerStats *layers;
+  /* Appended after 0.1's fields (only the library makes a result).
+   *
+   * E3 ensembles (docs/design.md, Ensembles of expert paths) of M members:
+   * `logits` are log(probs), probs being the mean of the members' softmax,
+   * and the top classes are ranked by probs; `experts`, `gates` and
+   * `superclasses` hold M runs of k (member 0's first; n_experts = M*k,
+   * global expert indices); `layers` holds, per MoE block in order, one
+   * entry per member (n_layers = MoE blocks x M). */
+  int n_members;                /* M; 1 without an ensemble */
+  const int *member_classes;    /* n_members: each member's top-1 class */
+  /* Of the reported probabilities, for every model: the predictive entropy
+   * -sum p log p in nats, and the fraction of members whose top-1 is not
+   * top_classes[0] (0 with one member). */
+  float entropy;
+  float disagreement;
 } VmoeImageResult;
 
 /**

@@ -116,8 +116,32 @@ route_push (VmoeVulkan *vk, int n, uint32_t mode)
     .order_off = vk->i.order, .out_counts_off = vk->i.tokens_per_expert,
     .out_dropped_off = vk->i.dropped, .layers = (uint32_t) c->n_moe_layers,
     .capacity = (uint32_t) vmoe_token_capacity (vk->routing.top_k,
-        vmoe_config_tokens (c), vk->routing.capacity_ratio, c->num_experts),
-    .bpr = c->bpr };
+        vmoe_config_tokens (c), vk->routing.capacity_ratio, c->num_experts,
+        c->ensemble_members),
+    .bpr = c->bpr, .members = (uint32_t) c->ensemble_members };
+}
+
+/* E3: the residual stream of images [0, n) becomes n*M member copies, copy
+ * i*M + m being image i's, through a scratch copy (a buffer copy's source
+ * and destination must not overlap).  `scratch` holds n images. */
+static void
+copy_members (VmoeVulkan *vk, VkCommandBuffer cb, int n, uint32_t scratch)
+{
+  const VmoeConfig *c = &vk->model->config;
+  VkDeviceSize image = (VkDeviceSize) vmoe_config_tokens (c) * c->embed_dim * 4;
+  int members = c->ensemble_members;
+  VkBufferCopy whole = { (VkDeviceSize) vk->a.x * 4, (VkDeviceSize) scratch * 4, image * n };
+  vk->fn.vkCmdCopyBuffer (cb, vk->act.buffer, vk->act.buffer, 1, &whole);
+  vmoe_vk_full_barrier (vk, cb);
+  VkBufferCopy *regions = g_new (VkBufferCopy, (gsize) n * members);
+  for (int i = 0; i < n; i++)
+    for (int m = 0; m < members; m++)
+      regions[i * members + m] = (VkBufferCopy) { (VkDeviceSize) scratch * 4 + image * i,
+        (VkDeviceSize) vk->a.x * 4 + image * ((VkDeviceSize) i * members + m), image };
+  vk->fn.vkCmdCopyBuffer (cb, vk->act.buffer, vk->act.buffer, (uint32_t) (n * members),
+      regions);
+  g_free (regions);
+  vmoe_vk_full_barrier (vk, cb);
 }
 
 static void
@@ -152,10 +176,15 @@ record_forward (VmoeVulkan *vk, VkCommandBuffer cb, int n, gboolean frames)
   vmoe_vk_dispatch_flat (vk, cb, VMOE_SHADER_EMBED, &e, sizeof e, (guint64) rows * d, 256);
   vmoe_vk_full_barrier (vk, cb);
 
+  /* Images of the pass: n, and from the first MoE block's FFN on the E3
+   * member copies, rows of the same GEMMs (copied after that block's
+   * attention, as the CPU backend does). */
+  uint32_t images = (uint32_t) n;
   int layer = 0;
   for (int b = 0; b < c->depth; b++) {
     const VmoeBlock *blk = &vk->model->blocks[b];
     const BlockOffsets *o = &vk->blocks[b];
+    rows = images * t;
     layernorm (vk, cb, rows, vk->a.x, d, vk->a.z, o->norm1_w, o->norm1_b);
     linear (vk, cb, o->qkv, rows, d, 3 * d, vk->a.z, vk->a.qkv, 0);
     VmoeAttentionPush at = { .tokens = t, .dim = d, .heads = (uint32_t) c->num_heads,
@@ -163,17 +192,23 @@ record_forward (VmoeVulkan *vk, VkCommandBuffer cb, int n, gboolean frames)
     if (vk->attention_online)
       vmoe_vk_dispatch (vk, cb, VMOE_SHADER_ATTENTION_ONLINE, &at, sizeof at,
           (t + VMOE_ATTENTION_ONLINE_ROWS - 1) / VMOE_ATTENTION_ONLINE_ROWS,
-          (uint32_t) c->num_heads, (uint32_t) n);
+          (uint32_t) c->num_heads, images);
     else
       vmoe_vk_dispatch (vk, cb, VMOE_SHADER_ATTENTION, &at, sizeof at,
           (t + vk->attention_block - 1) / vk->attention_block, (uint32_t) c->num_heads,
-          (uint32_t) n);
+          images);
     vmoe_vk_full_barrier (vk, cb);
     linear (vk, cb, o->proj, rows, d, d, vk->a.attn, vk->a.x, VMOE_GEMM_ACCUMULATE);
     if (blk->is_moe && c->routing == VMOE_ROUTING_IMAGE && layer == 0) {
       /* Read by the expert lists after LN2, whose barrier orders it. */
       VmoeRoutePush r = route_push (vk, n, VMOE_ROUTE_IMAGE);
       vmoe_vk_dispatch_flat (vk, cb, VMOE_SHADER_ROUTE, &r, sizeof r, (guint64) n, 64);
+    }
+    if (blk->is_moe && layer == 0 && c->ensemble_members > 1) {
+      vmoe_vk_full_barrier (vk, cb);     /* the router has read x */
+      copy_members (vk, cb, n, vk->a.qkv);
+      images = (uint32_t) (n * c->ensemble_members);
+      rows = images * t;
     }
     layernorm (vk, cb, rows, vk->a.x, d, vk->a.z, o->norm2_w, o->norm2_b);
     if (!blk->is_moe) {
@@ -185,9 +220,9 @@ record_forward (VmoeVulkan *vk, VkCommandBuffer cb, int n, gboolean frames)
     if (c->routing == VMOE_ROUTING_TOKEN) {
       linear (vk, cb, o->router, rows, d, (uint32_t) c->num_experts, vk->a.z,
           vk->a.probs, 0);
-      VmoeRoutePush r = route_push (vk, n, VMOE_ROUTE_TOKEN);
+      VmoeRoutePush r = route_push (vk, (int) images, VMOE_ROUTE_TOKEN);
       r.layer = (uint32_t) layer;
-      vmoe_vk_dispatch_flat (vk, cb, VMOE_SHADER_ROUTE, &r, sizeof r, (guint64) n, 64);
+      vmoe_vk_dispatch_flat (vk, cb, VMOE_SHADER_ROUTE, &r, sizeof r, (guint64) images, 64);
       vmoe_vk_full_barrier (vk, cb);
     }
     experts (vk, cb, o, rows);
@@ -195,16 +230,16 @@ record_forward (VmoeVulkan *vk, VkCommandBuffer cb, int n, gboolean frames)
   }
 
   if (c->pool == VMOE_POOL_TOKEN) {
-    layernorm (vk, cb, (uint32_t) n, vk->a.x, t * d, vk->a.pooled, vk->norm_w, vk->norm_b);
+    layernorm (vk, cb, images, vk->a.x, t * d, vk->a.pooled, vk->norm_w, vk->norm_b);
   } else {
     layernorm (vk, cb, rows, vk->a.x, d, vk->a.z, vk->norm_w, vk->norm_b);
     uint32_t first = c->class_token ? 1 : 0;
-    VmoePoolPush p = { .images = (uint32_t) n, .tokens = t, .first = first,
+    VmoePoolPush p = { .images = images, .tokens = t, .first = first,
       .count = t - first, .dim = d, .in_off = vk->a.z, .out_off = vk->a.pooled };
-    vmoe_vk_dispatch_flat (vk, cb, VMOE_SHADER_POOL, &p, sizeof p, (guint64) n * d, 64);
+    vmoe_vk_dispatch_flat (vk, cb, VMOE_SHADER_POOL, &p, sizeof p, (guint64) images * d, 64);
     vmoe_vk_full_barrier (vk, cb);
   }
-  linear (vk, cb, vk->head, (uint32_t) n, d, (uint32_t) c->num_classes, vk->a.pooled,
+  linear (vk, cb, vk->head, images, d, (uint32_t) c->num_classes, vk->a.pooled,
       vk->a.logits, 0);
 
   VkDeviceSize float_bytes = (VkDeviceSize) (vk->a.end - vk->a.logits) * 4;

@@ -99,8 +99,9 @@ typedef struct {
   uint32_t out_experts_off, out_gates_off, order_off;
   uint32_t out_counts_off, out_dropped_off;
   uint32_t layer, layers, capacity, bpr;
+  uint32_t members;            /* E3: member copy i*M + m routes in P_m */
 } VmoeRoutePush;
-VMOE_VK_PUSH_LAYOUT (VmoeRoutePush, 23, bpr, 22);
+VMOE_VK_PUSH_LAYOUT (VmoeRoutePush, 24, members, 23);
 
 /* experts.comp: 256 elements per workgroup */
 enum { VMOE_EXPERTS_LISTS = 0, VMOE_EXPERTS_COMBINE = 1 };

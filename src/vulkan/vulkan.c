@@ -39,16 +39,17 @@ run (VmoeVulkan *vk, int n, gboolean frames, const VkBufferCopy *copies,
   const float *floats = vk->download.mapped;
   const int *ints = (const int *) (floats + (vk->a.end - vk->a.logits));
   int k = vk->routing.top_k, layers = c->n_moe_layers, e = c->num_experts;
-  memcpy (out->logits, floats, (size_t) n * c->num_classes * sizeof (float));
+  int member_outputs = n * c->ensemble_members;
+  memcpy (out->logits, floats, (size_t) member_outputs * c->num_classes * sizeof (float));
   if (c->routing == VMOE_ROUTING_IMAGE) {
-    memcpy (out->gates, floats + (vk->a.gates - vk->a.logits), (size_t) n * k * sizeof (float));
-    memcpy (out->experts, ints, (size_t) n * k * sizeof (int));
+    memcpy (out->gates, floats + (vk->a.gates - vk->a.logits), (size_t) member_outputs * k * sizeof (float));
+    memcpy (out->experts, ints, (size_t) member_outputs * k * sizeof (int));
   } else if (c->routing == VMOE_ROUTING_TOKEN) {
     /* The integer block was laid out for `reserved` images. */
     memcpy (out->tokens_per_expert, ints + (vk->i.tokens_per_expert - vk->i.experts),
         (size_t) n * layers * e * sizeof (int));
     memcpy (out->dropped, ints + (vk->i.dropped - vk->i.experts),
-        (size_t) n * layers * sizeof (int));
+        (size_t) member_outputs * layers * sizeof (int));
   }
   return TRUE;
 }

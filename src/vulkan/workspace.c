@@ -104,7 +104,10 @@ plan_workspace (VmoeVulkan *vk, int n, GError **error)
 {
   const VmoeConfig *c = &vk->model->config;
   guint64 t = vmoe_config_tokens (c), d = c->embed_dim, k = vk->k;
-  guint64 rows = (guint64) n * t, entries = rows * k;
+  /* Activations hold the E3 member copies (n*M images); the input, the
+   * patches and the frame parameters the n images. */
+  guint64 copies = (guint64) n * c->ensemble_members;
+  guint64 rows = copies * t, entries = rows * k;
   guint64 patches = (guint64) n * vmoe_config_patches (c);
   guint64 patch_len = (guint64) c->in_channels * c->patch_size * c->patch_size;
   guint64 experts = MAX (c->num_experts, 1), layers = MAX (c->n_moe_layers, 1);
@@ -122,9 +125,9 @@ plan_workspace (VmoeVulkan *vk, int n, GError **error)
   PLACE (patches, patches * patch_len);
   PLACE (probs, rows * experts);
   PLACE (entry_gate, entries);
-  PLACE (pooled, (guint64) n * d);
-  PLACE (logits, (guint64) n * c->num_classes);
-  PLACE (gates, (guint64) n * k);
+  PLACE (pooled, copies * d);
+  PLACE (logits, copies * c->num_classes);
+  PLACE (gates, copies * k);
   PLACE (end, 0);
 #undef PLACE
   guint64 floats = at;
@@ -135,9 +138,9 @@ plan_workspace (VmoeVulkan *vk, int n, GError **error)
   PLACE (counts, experts);
   PLACE (lists, experts * entries);
   PLACE (order, rows);
-  PLACE (experts, (guint64) n * k);
+  PLACE (experts, copies * k);
   PLACE (tokens_per_expert, (guint64) n * layers * experts);
-  PLACE (dropped, (guint64) n * layers);
+  PLACE (dropped, copies * layers);
   PLACE (end, 0);
 #undef PLACE
   if (floats >= G_MAXUINT32 || at >= G_MAXUINT32) {

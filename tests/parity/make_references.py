@@ -57,6 +57,23 @@ CASES = [
     ("stretch_image_k2", {"aspect": "stretch",
                           "moe": {"layers": [1, 2], "num_experts": 4, "top_k": 2,
                                   "routing": "image"}}, "F32", (5, 40, 30, 3)),
+    # E3 ensembles (docs/design.md): member copies from the first MoE block
+    # on, dense blocks after it included; the image router once, the token
+    # router per copy within its partition.
+    ("e3_image_m2_shared", {"moe": {"layers": [1], "num_experts": 4, "top_k": 1,
+                                    "routing": "image", "shared_expert": True,
+                                    "ensemble_members": 2}}, "F32", (5, 36, 44, 3)),
+    ("e3_image_m4_k2_norm_mean", {"moe": {"layers": [1, 2], "num_experts": 8, "top_k": 2,
+                                          "routing": "image", "normalize_gates": True,
+                                          "router_input": "mean",
+                                          "ensemble_members": 4}},
+     "F32", (5, 32, 32, 3)),
+    ("e3_token_m2_shared", {"moe": {"layers": [1, 2], "num_experts": 4, "top_k": 1,
+                                    "routing": "token", "shared_expert": True,
+                                    "ensemble_members": 2}}, "F32", (4, 30, 34, 3)),
+    ("e3_token_m4_k2_c075", {"moe": {"layers": [0, 2], "num_experts": 12, "top_k": 2,
+                                     "routing": "token", "capacity_ratio": 0.75,
+                                     "ensemble_members": 4}}, "F32", (4, 40, 40, 3)),
 ]
 
 
@@ -90,14 +107,24 @@ def randomize(model, seed):
 
 
 def routing_summary(routing, config):
+    """What the engine reports per image.  Token routing's layers are one
+    entry per MoE block and E3 member (the member's E/M experts), as the
+    engine's layers are."""
     moe = config.get("moe")
     out = {}
     if moe and moe["routing"] == "image":
         out["experts"] = routing["experts"].tolist()
         out["gates"] = routing["gates"].tolist()
     if moe and moe["routing"] == "token":
-        out["tokens_per_expert"] = torch.stack(routing["tokens_per_expert"], 1).tolist()
-        out["dropped"] = torch.stack(routing["dropped"], 1).tolist()
+        members = moe["ensemble_members"]
+        counts = torch.stack(routing["tokens_per_expert"], 1)      # [N, L, E]
+        n, layers, e = counts.shape
+        out["tokens_per_expert"] = counts.reshape(n, layers * members, e // members).tolist()
+        out["dropped"] = torch.stack(routing["dropped"], 1).reshape(n, -1).tolist()
+    if "member_classes" in routing:
+        out["member_classes"] = routing["member_classes"].tolist()
+        out["entropy"] = routing["entropy"].tolist()
+        out["disagreement"] = routing["disagreement"].tolist()
     return out
 
 
