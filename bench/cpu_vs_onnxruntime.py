@@ -105,11 +105,18 @@ def load(name):
         spinner.wait()
 
 
-def tool_has_precision(vmoe):
-    """Whether this vmoe build has --precision (bf16) for run and bench."""
+def bf16_unavailable(vmoe, model_path):
+    """None where `vmoe run/bench --precision bf16` works here, else why not
+    (a vmoe without the option, or a CPU the engine refuses bf16 on)."""
     helps = [subprocess.run([vmoe, cmd, "--help"], capture_output=True, text=True).stdout
              for cmd in ("run", "bench")]
-    return all("--precision" in h for h in helps)
+    if not all("--precision" in h for h in helps):
+        return "this vmoe has no --precision"
+    trial = subprocess.run([vmoe, "bench", model_path, "--backend", "cpu", "--precision",
+                            "bf16", "--seconds", "0.01", "--json"], capture_output=True, text=True)
+    if trial.returncode != 0:
+        return (trial.stderr.strip().splitlines() or ["vmoe bench failed"])[-1]
+    return None
 
 
 def make_models(vmoe, config_path, tmp, batches):
@@ -193,28 +200,36 @@ def main():
         modules = onnxruntime_node.node_modules(args.cache)
     except onnxruntime_node.Unavailable as e:
         fail(str(e))
-    bf16 = tool_has_precision(vmoe)
     torch.set_num_threads(os.cpu_count())
     warnings.filterwarnings("ignore")   # the tracer's notes on shapes taken as constants
 
     results = {"machine": machine(), "date": datetime.date.today().isoformat(),
                "onnxruntime": onnxruntime_node.VERSION, "torch": torch.__version__,
-               "opset": onnx_export.OPSET, "bf16": bf16, "seconds": seconds,
+               "opset": onnx_export.OPSET, "seconds": seconds,
                "rounds": rounds, "checks": [], "cases": []}
     with tempfile.TemporaryDirectory() as tmp:
         models = make_models(vmoe, args.config, tmp, batches)
+        results["bf16_unavailable"] = bf16_unavailable(vmoe, models[-1]["path"])
+        bf16 = results["bf16_unavailable"] is None
+        # What `vmoe info` says of the GEMM path and instruction set, where it does.
         results["gemm"] = {k: v for k, v in info(vmoe, models[0]["path"]).items()
-                           if any(w in k.lower() for w in ("gemm", "precision", "isa"))}
+                           if any(w in k.lower() for w in ("gemm", "precision", "isa",
+                                                           "instruction"))}
         print("machine: %s" % results["machine"], flush=True)
-        print("onnxruntime-node %s, torch %s (opset %d), bf16 %s"
+        print("onnxruntime-node %s, torch %s (opset %d); vmoe %s; bf16: %s"
               % (onnxruntime_node.VERSION, torch.__version__, onnx_export.OPSET,
-                 "via --precision bf16" if bf16 else "not available in this vmoe"), flush=True)
+                 ", ".join("%s %s" % kv for kv in results["gemm"].items()) or "-",
+                 "--precision bf16" if bf16 else "not available (%s)" % results[
+                     "bf16_unavailable"]), flush=True)
 
         graphs, failed = {}, False
         for m in models:
             for batch in m["batches"]:
                 onnx_path = os.path.join(tmp, "%s_b%d.onnx" % (m["name"], batch))
-                onnx_export.export(m["path"], onnx_path, batch)
+                try:
+                    onnx_export.export(m["path"], onnx_path, batch)
+                except ValueError as e:
+                    fail("%s: %s" % (m["name"], e))
                 graphs[m["name"], batch] = onnx_path
                 try:
                     found = check_same_model(vmoe, modules, m, batch, onnx_path, bf16,
@@ -228,7 +243,9 @@ def main():
                     m["name"], batch, found["error"],
                     "" if "same_experts" not in found else
                     (", same experts" if found["same_experts"] else ", EXPERTS DIFFER"),
-                    "" if not bf16 else ", bf16 error %.2g" % found["bf16_error"],
+                    "" if not bf16 else ", bf16 error %.2g%s" % (
+                        found["bf16_error"], "" if "bf16_same_experts" not in found else
+                        " with %.0f%% same experts" % (100 * found["bf16_same_experts"])),
                     "" if found["ok"] else "  FAILED (tolerance %g)" % args.tolerance),
                     flush=True)
         if failed:
@@ -288,6 +305,7 @@ def report(results):
     print("FMA peak (fp32, %s, all cores): %.1f GFLOP/s (median of %s)" % (
         results["fma_peak"]["isa"], results["fma_peak"]["gflops"],
         ", ".join("%.1f" % p for p in results["fma_peak"]["all"])))
+    print("(of peak: GFLOP/s as a share of the fp32 FMA peak, for bf16 too)")
     print("%-22s %5s %4s  %-11s %9s %8s %8s %7s %8s %7s" % (
         "model", "batch", "load", "engine", "img/s", "p50 ms", "p99 ms", "vs ORT",
         "GFLOP/s", "of peak"))
@@ -295,8 +313,8 @@ def report(results):
         print("%-22s %5d %4s  %-11s %9.2f %8.2f %8.2f %6.2fx %8.1f %6.0f%%" % (
             c["model"], c["batch"], c["load"], c["engine"], c["images_per_s"], c["p50_ms"],
             c["p99_ms"], c["vs_onnxruntime"], c["gflops"], 100 * c["peak_share"]))
-    if not results["bf16"]:
-        print("vmoe bf16: not available (this vmoe has no --precision)")
+    if results["bf16_unavailable"]:
+        print("vmoe bf16: not available (%s)" % results["bf16_unavailable"])
     cases = {(c["model"], c["batch"], c["load"], c["engine"]): c for c in results["cases"]}
     for what, engine, batch, load_name, key, least in TARGETS:
         for model in ("vit_tiny_dense", "vit_tiny_mobile_vmoe"):
@@ -309,4 +327,8 @@ def report(results):
             print("target %-38s batch %d, %-20s: %7s  %s" % (what, batch, model, got, verdict))
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except subprocess.CalledProcessError as e:
+        detail = (e.stderr or "").strip().splitlines()
+        fail("%s failed%s" % (" ".join(map(str, e.cmd[:2])), ": " + detail[-1] if detail else ""))

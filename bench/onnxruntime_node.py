@@ -45,8 +45,11 @@ def node_modules(cache=DEFAULT_CACHE, install=True):
                            "--prefix", prefix, "onnxruntime-node@" + VERSION],
                           capture_output=True, text=True)
     if done.returncode != 0 or not os.path.exists(package):
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise Unavailable("npm install onnxruntime-node@%s failed: %s" % (VERSION, last))
+        # npm's first error line with a message, not its "code"/"errno" lines.
+        errors = [line[len("npm error "):] for line in done.stderr.splitlines()
+                  if line.startswith("npm error ")] or ["no error message"]
+        reason = next((e for e in errors if "Error" in e), errors[0])
+        raise Unavailable("npm install onnxruntime-node@%s failed: %s" % (VERSION, reason))
     return modules
 
 
