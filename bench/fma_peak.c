@@ -7,7 +7,6 @@
 #include <glib.h>
 #include <immintrin.h>
 #include <stdio.h>
-#include <stdlib.h>
 
 /* Twelve independent chains: enough to keep two FMA pipes of four cycles'
  * latency busy, few enough to stay in AVX2's sixteen registers beside the
@@ -16,7 +15,7 @@
 #define N_CHAINS 12
 #define ROUNDS_PER_CHECK 100000
 
-/* acc = acc * 0.999999 + 1e-6 converges to 1: no overflow and no denormals
+/* acc = acc * 0.999999 + 1e-6 settles near 1: no overflow and no denormals
  * to slow a pipe down, however long it runs.  The chains start apart so that
  * the compiler cannot merge them into one.  Each ISA's function defines
  * VEC_TYPE, VEC_SET1, VEC_FMADD and VEC_ADD for it. */
@@ -100,12 +99,17 @@ run_worker (gpointer data)
 int
 main (int argc, char **argv)
 {
-  int threads = argc > 1 ? atoi (argv[1]) : 0;
-  double seconds = argc > 2 ? g_ascii_strtod (argv[2], NULL) : 1.0;
-  if (threads < 0 || !(seconds > 0)) {
-    fprintf (stderr, "vmoe-fma-peak: THREADS must be >= 0 and SECONDS positive\n");
+  guint64 threads_arg = 0;
+  double seconds = 1.0;
+  char *end = NULL;
+  if (argc > 2)
+    seconds = g_ascii_strtod (argv[2], &end);
+  if (argc > 3 || (argc > 1 && !g_ascii_string_to_unsigned (argv[1], 10, 0, 1024,
+              &threads_arg, NULL)) || (end && *end) || !(seconds > 0 && seconds < 3600)) {
+    fprintf (stderr, "usage: vmoe-fma-peak [THREADS (0 to 1024) [SECONDS (positive)]]\n");
     return 1;
   }
+  int threads = (int) threads_arg;
   if (threads == 0)
     threads = (int) g_get_num_processors ();
   __builtin_cpu_init ();
@@ -127,7 +131,7 @@ main (int argc, char **argv)
     total += workers[i].gflops;
     g_string_append_printf (each, "%s%.3f", i ? ", " : "", workers[i].gflops);
   }
-  /* The checksum keeps the chains' results alive: every lane converges to 1. */
+  /* The checksum keeps the chains' results alive: every lane settles near 1. */
   printf ("{\"isa\": \"%s\", \"threads\": %d, \"gflops\": %.3f, \"per_thread\": [%s], "
       "\"checksum\": %.1f}\n", avx512 ? "avx512f" : "avx2+fma", threads, total, each->str,
       workers[0].checksum);
