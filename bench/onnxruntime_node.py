@@ -53,8 +53,9 @@ def node_modules(cache=DEFAULT_CACHE, install=True):
     return modules
 
 
-def _run(modules, args):
-    done = subprocess.run(["node", RUNNER, modules, *map(str, args)],
+def _run(modules, args, spin=True):
+    done = subprocess.run(["node", RUNNER, *([] if spin else ["--no-spin"]), modules,
+                           *map(str, args)],
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise Unavailable(done.stderr.strip() or "node exited with %d" % done.returncode)
@@ -71,7 +72,8 @@ def logits(modules, onnx_path, images):
         return _run(modules, [onnx_path, "logits", path, *images.shape])
 
 
-def bench(modules, onnx_path, shape, seconds):
+def bench(modules, onnx_path, shape, seconds, spin=True):
     """Times the graph on an input of shape [N, C, H, W]: `vmoe bench --json`'s
-    images_per_s and latency_ms, plus threads and version."""
-    return _run(modules, [onnx_path, "bench", *shape, seconds])
+    images_per_s and latency_ms, plus threads and version.  spin=False: its
+    threads block instead of spinning while they wait for work."""
+    return _run(modules, [onnx_path, "bench", *shape, seconds], spin)

@@ -2,10 +2,14 @@
 // all cores (one intra-op thread per core), full graph optimisation.  Prints
 // one JSON object.
 //
-//   node onnxruntime_runner.js NODE_MODULES MODEL.onnx logits INPUT.f32 N C H W
+//   node onnxruntime_runner.js [--no-spin] NODE_MODULES MODEL.onnx logits INPUT.f32 N C H W
 //       -> {"logits": [[...], ...], "experts": [[...], ...] (MoE graphs only)}
-//   node onnxruntime_runner.js NODE_MODULES MODEL.onnx bench N C H W SECONDS
+//   node onnxruntime_runner.js [--no-spin] NODE_MODULES MODEL.onnx bench N C H W SECONDS
 //       -> {"images_per_s", "latency_ms": {"p50", "p90", "p99"}, "threads", "version"}
+//
+// ONNX Runtime's intra-op threads spin while they wait for work unless told
+// otherwise; --no-spin tells them (session.intra_op.allow_spinning = 0), as
+// one would where other processes share the cores.
 //
 // "bench" times session.run as `vmoe bench` times its calls: one untimed call
 // first, then calls on the same random input until SECONDS have passed and at
@@ -36,9 +40,11 @@ function rows(tensor, toNumber) {
 }
 
 async function main() {
-  const [nodeModules, modelPath, mode, ...rest] = process.argv.slice(2);
+  const args = process.argv.slice(2);
+  const noSpin = args[0] === '--no-spin';
+  const [nodeModules, modelPath, mode, ...rest] = noSpin ? args.slice(1) : args;
   if (!nodeModules || !modelPath || !['logits', 'bench'].includes(mode))
-    fail('usage: NODE_MODULES MODEL.onnx logits INPUT.f32 N C H W | bench N C H W SECONDS');
+    fail('usage: [--no-spin] NODE_MODULES MODEL.onnx logits INPUT.f32 N C H W | bench N C H W SECONDS');
   const ort = require(path.resolve(nodeModules, 'onnxruntime-node'));
   const threads = os.availableParallelism();
   const session = await ort.InferenceSession.create(modelPath, {
@@ -47,6 +53,7 @@ async function main() {
     executionMode: 'sequential',
     intraOpNumThreads: threads,
     interOpNumThreads: 1,
+    extra: noSpin ? { session: { intra_op: { allow_spinning: '0' } } } : {},
   });
   const inputFile = mode === 'logits' ? rest.shift() : null;
   const dims = rest.slice(0, 4).map(Number);
