@@ -200,7 +200,8 @@ def main():
     fma_peak = os.path.join(args.build, "bench", "vmoe-fma-peak")
     for exe in (vmoe, fma_peak):
         if not os.access(exe, os.X_OK):
-            fail("%s not found: build first (meson setup build && meson compile -C build)" % exe)
+            fail("%s not found: build first (meson setup build && meson compile -C build;"
+                 " vmoe-fma-peak is built for x86 only)" % exe)
     try:
         modules = onnxruntime_node.node_modules(args.cache)
     except onnxruntime_node.Unavailable as e:
