@@ -125,7 +125,8 @@ def bf16_unavailable(vmoe, model_path):
 
 
 def make_models(vmoe, config_path, tmp, batches):
-    """The benchmark's models: [{"name", "path", "batches", "shape", "gflop"}]."""
+    """The benchmark's models, the smallest last: [{"name", "path", "batches",
+    "chw" (input channels, height, width), "gflop" (per image, as routed)}]."""
     with open(config_path) as f:
         config = json.load(f)
     dense = {k: v for k, v in config.items() if k != "moe"}
@@ -215,6 +216,7 @@ def main():
                "rounds": rounds, "checks": [], "cases": []}
     with tempfile.TemporaryDirectory() as tmp:
         models = make_models(vmoe, args.config, tmp, batches)
+        # The smallest model makes the quickest trial.
         results["bf16_unavailable"] = bf16_unavailable(vmoe, models[-1]["path"])
         bf16 = results["bf16_unavailable"] is None
         # What `vmoe info` says of the GEMM path and instruction set, where it does.

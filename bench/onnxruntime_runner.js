@@ -44,7 +44,7 @@ async function main() {
   const noSpin = args[0] === '--no-spin';
   const [nodeModules, modelPath, mode, ...rest] = noSpin ? args.slice(1) : args;
   if (!nodeModules || !modelPath || !['logits', 'bench'].includes(mode))
-    fail('usage: [--no-spin] NODE_MODULES MODEL.onnx logits INPUT.f32 N C H W | bench N C H W SECONDS');
+    fail('usage: [--no-spin] NODE_MODULES MODEL.onnx (logits INPUT.f32 N C H W | bench N C H W SECONDS)');
   const ort = require(path.resolve(nodeModules, 'onnxruntime-node'));
   const threads = os.availableParallelism();
   const session = await ort.InferenceSession.create(modelPath, {
@@ -65,7 +65,10 @@ async function main() {
     const bytes = fs.readFileSync(inputFile);
     if (bytes.length !== count * 4)
       fail(`${inputFile} holds ${bytes.length} bytes, not ${count} float32 values`);
-    const data = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
+    // A copy: a small file's Buffer may sit at an offset of a shared pool
+    // that is not a multiple of 4.
+    const data = new Float32Array(count);
+    new Uint8Array(data.buffer).set(bytes);
     const out = await session.run({ images: new ort.Tensor('float32', data, dims) });
     const result = { logits: rows(out.logits, Number) };
     if (out.experts)
