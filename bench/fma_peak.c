@@ -6,7 +6,8 @@
  *   gflops: the rate reached, FLOPs over wall time, summed over the threads;
  *   gflops_on_cpu: FLOPs over each thread's own CPU time, summed: what the
  *     cores reach while they run the loop, the peak itself, which other
- *     processes sharing the cores lower far less than they lower gflops.
+ *     processes sharing the cores lower far less than they lower gflops
+ *     (with no more threads than cores: more would count a core twice).
  *
  *   vmoe-fma-peak [THREADS [SECONDS]]   (THREADS 0 or absent: one per core) */
 #include <glib.h>
