@@ -19,12 +19,11 @@ graph per batch size) and run by ONNX Runtime 1.30 from npm through node
    (build/bench/vmoe-fma-peak, FLOPs over the threads' CPU time).
 3. Output: per case the median images/s and p50/p99 latency of each engine,
    the median of the per-round ratios to the faster ONNX Runtime setting
-   of the round, GFLOP/s (FLOPs as
-   routed, from `vmoe info`) and its share of the FMA peak, and the
-   issue's targets, met or not.
+   of the round, GFLOP/s (FLOPs as routed, from `vmoe info`) and its share
+   of the FMA peak, and the issue's targets, met or not.
 
     /usr/bin/python3 bench/cpu_vs_onnxruntime.py [--build build] [--seconds 4]
-        [--rounds 3] [--quick] [--check-only] [--no-busy] [--json]
+        [--rounds 3] [--batches 1,8] [--quick] [--check-only] [--no-busy] [--json]
 
 --check-only runs step 1 alone; it needs no network once ONNX Runtime is in
 the cache (bench/.cache by default).
@@ -76,10 +75,11 @@ def fail(message):
 def relative_error(got, ref):
     """Per image max |got - ref| / max |ref| (the parity suite's measure)."""
     got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    return (np.abs(got - ref).max(axis=1) / np.maximum(np.abs(ref).max(axis=1), 1e-12))
+    return np.abs(got - ref).max(axis=1) / np.maximum(np.abs(ref).max(axis=1), 1e-12)
 
 
 def machine():
+    """CPU model, cores, architecture and the vector extensions that matter here."""
     cpu = "unknown CPU"
     flags = set()
     with contextlib.suppress(OSError):
@@ -265,45 +265,61 @@ def main():
 
         engines = [ORT, ORT_NO_SPIN, VMOE] + ([VMOE_BF16] if bf16 else [])
         loads = ["free"] + ([] if args.no_busy else ["busy"])
-        runs, peaks = {}, []
-        for r in range(rounds):
-            peaks.append(run_json([fma_peak, "0", "1"]))
+        runs, peaks = time_rounds(vmoe, fma_peak, modules, models, graphs, engines, loads,
+                                  rounds, seconds)
+    # The peak is the rate on the threads' own CPU time: the cores' peak even
+    # where other processes take turns on them.
+    peak = statistics.median(p["gflops_on_cpu"] for p in peaks)
+    results["fma_peak"] = {"gflops": peak, "isa": peaks[0]["isa"], "runs": peaks}
+    for m in models:
+        for batch in m["batches"]:
             for load_name in loads:
-                with load(load_name):
-                    for m in models:
-                        for batch in m["batches"]:
-                            # Alternate the order so that no engine always runs first.
-                            for engine in engines if r % 2 == 0 else engines[::-1]:
-                                runs.setdefault((m["name"], batch, load_name, engine), []).append(
-                                    measure(engine, vmoe, modules, m, batch,
-                                            graphs[m["name"], batch], seconds))
-            print("round %d of %d done" % (r + 1, rounds), file=sys.stderr, flush=True)
-        # The peak is the rate on the threads' own CPU time: the cores' peak
-        # even where other processes take turns on them.
-        peak = statistics.median(p["gflops_on_cpu"] for p in peaks)
-        results["fma_peak"] = {"gflops": peak, "isa": peaks[0]["isa"], "runs": peaks}
-        for m in models:
-            for batch in m["batches"]:
-                for load_name in loads:
-                    # Against the faster ONNX Runtime setting of each round:
-                    # a user would pick it.
-                    best = [max(a["images_per_s"], b["images_per_s"]) for a, b in zip(
-                        runs[m["name"], batch, load_name, ORT],
-                        runs[m["name"], batch, load_name, ORT_NO_SPIN])]
-                    for engine in engines:
-                        rs = runs[m["name"], batch, load_name, engine]
-                        ratios = [r["images_per_s"] / b for r, b in zip(rs, best)]
-                        ips = statistics.median(r["images_per_s"] for r in rs)
-                        results["cases"].append({
-                            "model": m["name"], "batch": batch, "load": load_name,
-                            "engine": engine, "images_per_s": ips,
-                            "p50_ms": statistics.median(r["latency_ms"]["p50"] for r in rs),
-                            "p99_ms": statistics.median(r["latency_ms"]["p99"] for r in rs),
-                            "vs_onnxruntime": statistics.median(ratios), "ratios": ratios,
-                            "gflops": ips * m["gflop"], "peak_share": ips * m["gflop"] / peak})
+                results["cases"] += summarise(runs, m, batch, load_name, engines, peak)
     report(results)
     if args.json:
         print(json.dumps(results))
+
+
+def time_rounds(vmoe, fma_peak, modules, models, graphs, engines, loads, rounds, seconds):
+    """Step 2: {(model name, batch, load, engine): [one bench result per
+    round]} and the FMA peak runs, one per round."""
+    runs, peaks = {}, []
+    for round_index in range(rounds):
+        peaks.append(run_json([fma_peak, "0", "1"]))
+        # Alternate the order so that no engine always runs first.
+        order = engines if round_index % 2 == 0 else engines[::-1]
+        for load_name in loads:
+            with load(load_name):
+                for m in models:
+                    for batch in m["batches"]:
+                        for engine in order:
+                            runs.setdefault((m["name"], batch, load_name, engine), []).append(
+                                measure(engine, vmoe, modules, m, batch,
+                                        graphs[m["name"], batch], seconds))
+        print("round %d of %d done" % (round_index + 1, rounds), file=sys.stderr, flush=True)
+    return runs, peaks
+
+
+def summarise(runs, model, batch, load_name, engines, peak):
+    """One case's rows: medians over the rounds, ratios to ONNX Runtime."""
+    def key(engine):
+        return model["name"], batch, load_name, engine
+    # Against the faster ONNX Runtime setting of each round: a user would pick it.
+    best = [max(a["images_per_s"], b["images_per_s"])
+            for a, b in zip(runs[key(ORT)], runs[key(ORT_NO_SPIN)])]
+    rows = []
+    for engine in engines:
+        rs = runs[key(engine)]
+        ips = statistics.median(r["images_per_s"] for r in rs)
+        ratios = [r["images_per_s"] / b for r, b in zip(rs, best)]
+        rows.append({
+            "model": model["name"], "batch": batch, "load": load_name, "engine": engine,
+            "images_per_s": ips,
+            "p50_ms": statistics.median(r["latency_ms"]["p50"] for r in rs),
+            "p99_ms": statistics.median(r["latency_ms"]["p99"] for r in rs),
+            "vs_onnxruntime": statistics.median(ratios), "ratios": ratios,
+            "gflops": ips * model["gflop"], "peak_share": ips * model["gflop"] / peak})
+    return rows
 
 
 def measure(engine, vmoe, modules, model, batch, onnx_path, seconds):
