@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,12 +26,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "training"))
 import vmoe_torch  # noqa: E402
-
-
-def run_json(cmd, env=None):
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True,
-                         env=dict(os.environ, **(env or {}))).stdout
-    return json.loads(out.strip().splitlines()[-1])
+from vmoe_tool import gflop_per_image, random_model, run_json  # noqa: E402
 
 
 def torch_rate(model, batch, seconds, config):
@@ -68,12 +62,9 @@ def main():
                "torch": torch.__version__, "batches": []}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.safetensors")
-        subprocess.run([vmoe, "random-model", "--config", args.config, "-o", path],
-                       check=True)
+        random_model(vmoe, args.config, path)
         model = vmoe_torch.load_model(path).eval()
-        gflop = float(next(line.split()[1] for line in subprocess.run(
-            [vmoe, "info", path], capture_output=True, text=True,
-            check=True).stdout.splitlines() if line.startswith("GFLOPs/image")))
+        gflop = gflop_per_image(vmoe, path)
         results["gflop_per_image"] = gflop
         # The model's largest GEMM at batch 8: (8 * tokens) x D by D x MLP.
         h, w = config["image_size"]

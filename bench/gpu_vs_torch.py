@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "training"))
 import vmoe_torch  # noqa: E402
-from cpu_vs_torch import run_json  # noqa: E402
+from vmoe_tool import random_model, run_json  # noqa: E402
 
 
 def torch_cuda(model, batch, seconds, config):
@@ -70,7 +69,7 @@ def main():
                "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "batches": []}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.safetensors")
-        subprocess.run([vmoe, "random-model", "--config", args.config, "-o", path], check=True)
+        random_model(vmoe, args.config, path)
         model = vmoe_torch.load_model(path).eval().cuda()
         for batch in [int(b) for b in args.batches.split(",")]:
             variants = (("vulkan", [], {}), ("vulkan_fp16", ["--fp16"], {}),

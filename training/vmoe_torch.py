@@ -61,6 +61,9 @@ def token_capacity(top_k, tokens, capacity_ratio, num_experts, members=1):
 
 def topk_stable(p, k):
     """The k largest along the last axis, ties to the lower index."""
+    if torch.onnx.is_in_onnx_export():
+        # ONNX has no stable sort; its TopK puts the lower index first on ties.
+        return torch.topk(p, k, dim=-1)
     values, index = torch.sort(p, dim=-1, descending=True, stable=True)
     return values[..., :k], index[..., :k]
 
