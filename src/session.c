@@ -2,7 +2,7 @@
  * every backend shares.  Buffers grow to the largest batch seen and are then
  * reused, so steady-state runs allocate nothing. */
 #include "backend.h"
-#include "cpu.h"
+#include "cpu/ops.h"
 
 #include <math.h>
 #include <string.h>

@@ -1,6 +1,6 @@
 /* Op-level tests against values derived by hand (the derivations are in the
  * comments), independent of the code under test. */
-#include "cpu.h"
+#include "cpu/cpu.h"
 
 #include <check.h>
 #include <float.h>

@@ -1,4 +1,4 @@
-/* The CPU backend behind the backend interface: the forward pass of cpu.c,
+/* The CPU backend behind the backend interface: the forward pass of forward.c,
  * plus pre-processing of 8-bit frames into the float input it takes (the
  * Vulkan backend does that step in a shader instead). */
 #include "cpu.h"
