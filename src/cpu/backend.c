@@ -15,9 +15,11 @@ vmoe_cpu_backend_open (VmoeModel *model, VmoeRoutingParams routing,
     const VmoeSessionOptions *options, gboolean automatic, GError **error)
 {
   (void) automatic;
-  (void) error;
+  VmoeCpu *cpu = vmoe_cpu_new (model, routing, options->threads, error);
+  if (!cpu)
+    return NULL;
   VmoeCpuBackend *backend = g_new0 (VmoeCpuBackend, 1);
-  backend->cpu = vmoe_cpu_new (model, routing, options->threads);
+  backend->cpu = cpu;
   backend->config = &model->config;
   vmoe_cpu_reserve (backend->cpu, 1);
   return backend;

@@ -5,57 +5,59 @@
 #include "linear.h"
 #include "pass.h"
 
-#include <cblas.h>
 #include <string.h>
-
 
 /* z = LN1(x); qkv = z Wqkv^T + b. */
 static void
-attention_input_rows (VmoeCpu *cpu, const void *arg, int first, int count)
+attention_input_rows (VmoeCpu *cpu, const void *arg, int first, int count,
+    VmoeGemmScratch *gemm)
 {
   const VmoeBlock *block = arg;
   size_t d = cpu->dim;
   vmoe_layernorm_forward (cpu->z + first * d, cpu->x + first * d,
       block->norm1_weight, block->norm1_bias, count, d,
       (float) cpu->model->config.norm_eps);
-  vmoe_linear_forward (cpu->qkv + first * 3 * d, cpu->z + first * d, &block->qkv,
-      count, FALSE);
+  vmoe_linear_forward (gemm, cpu->qkv + first * 3 * d, cpu->z + first * d,
+      &block->qkv, count, VMOE_EPILOGUE_STORE);
 }
 
 /* x += attn Wproj^T + b; z = LN2(x); and for a dense block x += MLP(z). */
 static void
-attention_output_rows (VmoeCpu *cpu, const void *arg, int first, int count)
+attention_output_rows (VmoeCpu *cpu, const void *arg, int first, int count,
+    VmoeGemmScratch *gemm)
 {
   const VmoeBlock *block = arg;
   const VmoeConfig *c = &cpu->model->config;
   size_t d = cpu->dim;
-  vmoe_linear_forward (cpu->x + first * d, cpu->attn + first * d, &block->proj,
-      count, TRUE);
+  vmoe_linear_forward (gemm, cpu->x + first * d, cpu->attn + first * d,
+      &block->proj, count, VMOE_EPILOGUE_ADD);
   vmoe_layernorm_forward (cpu->z + first * d, cpu->x + first * d,
       block->norm2_weight, block->norm2_bias, count, d, (float) c->norm_eps);
   if (!block->is_moe)
-    vmoe_mlp_forward (cpu->x + first * d, cpu->z + first * d, &block->mlp, count,
-        cpu->hidden + (size_t) first * cpu->hidden_dim, c->act, TRUE);
+    vmoe_mlp_forward (gemm, cpu->x + first * d, cpu->z + first * d, &block->mlp,
+        count, cpu->hidden + (size_t) first * cpu->hidden_dim, c->act, TRUE);
 }
 
 /* ViMoE's shared expert: x += MLP(z). */
 static void
-shared_expert_rows (VmoeCpu *cpu, const void *arg, int first, int count)
+shared_expert_rows (VmoeCpu *cpu, const void *arg, int first, int count,
+    VmoeGemmScratch *gemm)
 {
   const VmoeBlock *block = arg;
   size_t d = cpu->dim;
-  vmoe_mlp_forward (cpu->x + first * d, cpu->z + first * d, &block->shared, count,
-      cpu->hidden + (size_t) first * cpu->hidden_dim,
+  vmoe_mlp_forward (gemm, cpu->x + first * d, cpu->z + first * d, &block->shared,
+      count, cpu->hidden + (size_t) first * cpu->hidden_dim,
       cpu->model->config.act, TRUE);
 }
 
 /* z (N*Np, D) = patches W^T + b. */
 static void
-patch_embed_rows (VmoeCpu *cpu, const void *arg, int first, int count)
+patch_embed_rows (VmoeCpu *cpu, const void *arg, int first, int count,
+    VmoeGemmScratch *gemm)
 {
   const VmoeLinear *lin = arg;
-  vmoe_linear_forward (cpu->z + (size_t) first * lin->out,
-      cpu->patches + (size_t) first * lin->in, lin, count, FALSE);
+  vmoe_linear_forward (gemm, cpu->z + (size_t) first * lin->out,
+      cpu->patches + (size_t) first * lin->in, lin, count, VMOE_EPILOGUE_STORE);
 }
 
 /* input (N, C, H, W) -> patches (N*Np, C*P*P), im2col order (c, ky, kx). */
@@ -129,7 +131,8 @@ pool_and_head (VmoeCpu *cpu, int n, float *logits)
       pooled[j] = (float) (s / count);
     }
   }
-  vmoe_linear_forward (logits, cpu->pooled, &m->head, n, FALSE);
+  vmoe_linear_forward (cpu->gemm[0], logits, cpu->pooled, &m->head, n,
+      VMOE_EPILOGUE_STORE);
 }
 
 void
@@ -223,19 +226,23 @@ vmoe_cpu_reserve (VmoeCpu *cpu, int n)
 }
 
 VmoeCpu *
-vmoe_cpu_new (VmoeModel *model, VmoeRoutingParams routing, int threads)
+vmoe_cpu_new (VmoeModel *model, VmoeRoutingParams routing, int threads,
+    GError **error)
 {
   const VmoeConfig *c = &model->config;
+  if (!vmoe_cpu_gemm_prepare (model, error))
+    return NULL;
   VmoeCpu *cpu = g_new0 (VmoeCpu, 1);
   cpu->model = vmoe_model_ref (model);
   cpu->routing = routing;
   cpu->tokens = vmoe_config_tokens (c);
   cpu->dim = c->embed_dim;
   cpu->hidden_dim = MAX (c->mlp_dim, c->routing != VMOE_ROUTING_NONE ? c->expert_mlp_dim : 0);
-  /* OpenBLAS's thread count is process-wide: every CPU session wants it at
-   * one (linear.c, docs/cpu.md, which says so to embedders). */
-  openblas_set_num_threads (1);
   cpu->workers = vmoe_workers_new (threads > 0 ? threads : (int) g_get_num_processors ());
+  int n_threads = vmoe_workers_threads (cpu->workers);
+  cpu->gemm = g_new0 (VmoeGemmScratch *, n_threads);
+  for (int t = 0; t < n_threads; t++)
+    cpu->gemm[t] = vmoe_gemm_scratch_new ();
   return cpu;
 }
 
@@ -245,6 +252,9 @@ vmoe_cpu_free (VmoeCpu *cpu)
   if (!cpu)
     return;
   workspace_free (cpu);
+  for (int t = 0; t < vmoe_workers_threads (cpu->workers); t++)
+    vmoe_gemm_scratch_free (cpu->gemm[t]);
+  g_free (cpu->gemm);
   vmoe_workers_free (cpu->workers);
   vmoe_model_unref (cpu->model);
   g_free (cpu);

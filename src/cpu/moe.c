@@ -52,7 +52,8 @@ vmoe_assign_tokens (const int *choice, const float *choice_p, int tokens,
  * into the same rows of x.  An expert's list holds a row at most once, so
  * slices never write the same row. */
 static void
-expert_rows (VmoeCpu *cpu, const void *arg, int first, int count)
+expert_rows (VmoeCpu *cpu, const void *arg, int first, int count,
+    VmoeGemmScratch *gemm)
 {
   const VmoeMlp *mlp = arg;
   size_t d = cpu->dim;
@@ -60,8 +61,8 @@ expert_rows (VmoeCpu *cpu, const void *arg, int first, int count)
   for (int r = 0; r < count; r++)
     memcpy (in + r * d, cpu->z + (size_t) cpu->rows[first + r] * d,
         d * sizeof (float));
-  vmoe_mlp_forward (out, in, mlp, count, cpu->hidden + (size_t) first * cpu->hidden_dim,
-      cpu->model->config.act, FALSE);
+  vmoe_mlp_forward (gemm, out, in, mlp, count,
+      cpu->hidden + (size_t) first * cpu->hidden_dim, cpu->model->config.act, FALSE);
   for (int r = 0; r < count; r++) {
     float *x = cpu->x + (size_t) cpu->rows[first + r] * d;
     const float *y = out + r * d;
@@ -92,7 +93,8 @@ vmoe_cpu_route_images (VmoeCpu *cpu, int n, VmoeRawOutput *out)
       }
     }
   }
-  vmoe_linear_forward (cpu->router_probs, cpu->router_input, &m->router, n, FALSE);
+  vmoe_linear_forward (cpu->gemm[0], cpu->router_probs, cpu->router_input,
+      &m->router, n, VMOE_EPILOGUE_STORE);
   vmoe_softmax_rows (cpu->router_probs, n, e_count);
   for (int i = 0; i < n; i++) {
     int *experts = out->experts + (size_t) i * k;
@@ -139,7 +141,8 @@ moe_token_routed (VmoeCpu *cpu, const VmoeBlock *block, int layer, int n,
   int t_count = cpu->tokens, e_count = c->num_experts, k = cpu->routing.top_k;
   int rows = n * t_count;
   int capacity = vmoe_token_capacity (k, t_count, cpu->routing.capacity_ratio, e_count);
-  vmoe_linear_forward (cpu->router_probs, cpu->z, &block->router, rows, FALSE);
+  vmoe_linear_forward (cpu->gemm[0], cpu->router_probs, cpu->z, &block->router,
+      rows, VMOE_EPILOGUE_STORE);
   vmoe_softmax_rows (cpu->router_probs, rows, e_count);
   for (int r = 0; r < rows; r++)
     vmoe_topk (cpu->router_probs + (size_t) r * e_count, e_count, k,

@@ -9,6 +9,7 @@
 
 #include "backend.h"
 #include "workers.h"
+#include "cpu/linear.h"
 
 typedef struct VmoeCpu VmoeCpu;
 
@@ -23,6 +24,7 @@ struct VmoeCpu {
   VmoeRoutingParams routing;
   int reserved;               /* images the workspace holds */
   VmoeWorkers *workers;
+  VmoeGemmScratch **gemm;     /* one per thread of `workers` */
   int tokens, dim, hidden_dim;
 
   float *x;                   /* [N, T, D] residual stream */
@@ -46,8 +48,9 @@ struct VmoeCpu {
 };
 
 /* Work on the token rows [first, first + count); arg is what the phase
- * needs besides the pass. */
-typedef void (*VmoeRowsFunc) (VmoeCpu *cpu, const void *arg, int first, int count);
+ * needs besides the pass, gemm the running thread's scratch. */
+typedef void (*VmoeRowsFunc) (VmoeCpu *cpu, const void *arg, int first, int count,
+    VmoeGemmScratch *gemm);
 
 /* Runs func on one slice of [0, rows) per thread and returns when all are
  * done; fmas_per_row is what the phase costs a row. */

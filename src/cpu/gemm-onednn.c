@@ -1,0 +1,426 @@
+/* The linear layers on oneDNN's matmul primitive (the `onednn` build; see
+ * docs/cpu.md).  Each layer's weights are reordered once into the blocked
+ * layout oneDNN picks for them (format_tag any), stored with the model and
+ * shared by every session on it.  Bias, GELU and the residual add run as the
+ * primitive's epilogue (bias and post-ops).
+ *
+ * Row counts vary from call to call (slices, experts), and a primitive has a
+ * fixed M (oneDNN 2.6 runs a run-time M on its reference kernel only), so a
+ * call is cut into chunks of 256, 128, ..., 8 rows, the last padded to 8:
+ * six primitives per shape and epilogue, made on first use.  Every chunk
+ * shares the weights' layout, and each output row is summed in the same
+ * order whatever chunk it lands in and at whichever row of it (checked
+ * bit for bit by the ops test "batch"), so an image's result does not depend
+ * on its batch.
+ *
+ * Threads: the session's own pool splits the rows; each call runs on the
+ * calling thread with OpenMP set to one thread for its duration (oneDNN's
+ * parallel regions then run inline), so oneDNN never starts threads of its
+ * own beside the pool's. */
+#include "linear.h"
+
+#include <oneapi/dnnl/dnnl.h>
+#include <omp.h>
+#include <string.h>
+
+#define CHUNK_SIZES 6
+#define SMALLEST_CHUNK 8            /* rows; chunk i holds SMALLEST_CHUNK << i */
+#define LARGEST_CHUNK (SMALLEST_CHUNK << (CHUNK_SIZES - 1))
+
+/* The primitives of one shape and epilogue, one per chunk size. */
+typedef struct {
+  dnnl_primitive_t chunk[CHUNK_SIZES];
+  size_t scratchpad_bytes;          /* the largest of the six */
+} PrimitiveSet;
+
+struct VmoePackedLinear {
+  float *weights;                   /* in `layout` */
+  dnnl_memory_desc_t layout;
+  /* The primitives of the epilogues the layer is used with, from `sets`. */
+  const PrimitiveSet *sets[VMOE_N_EPILOGUES];
+};
+
+struct VmoeGemmScratch {
+  float *pad_in, *pad_out;          /* SMALLEST_CHUNK rows of a padded chunk */
+  size_t pad_floats;
+  void *scratchpad;
+  size_t scratchpad_bytes;
+  dnnl_stream_t stream;             /* made on first use */
+};
+
+static GMutex lock;                 /* packing and primitive creation */
+static dnnl_engine_t engine;        /* the CPU engine, made once per process */
+/* Primitive sets by shape and epilogue, shared by every layer and model of
+ * the process that has them, kept for the process's life (a few per
+ * shape: a ViT-Tiny holds 9). */
+static GHashTable *sets;
+static char implementation[64];     /* what oneDNN picked, for vmoe info */
+
+static gboolean
+check (dnnl_status_t status, const char *what, GError **error)
+{
+  if (status == dnnl_success)
+    return TRUE;
+  g_set_error (error, VMOE_ERROR, VMOE_ERROR_BACKEND,
+      "oneDNN: %s failed (status %d)", what, (int) status);
+  return FALSE;
+}
+
+static gboolean
+engine_ensure (GError **error)
+{
+  return engine || check (dnnl_engine_create (&engine, dnnl_cpu, 0),
+      "creating the CPU engine", error);
+}
+
+static void
+plain_md (dnnl_memory_desc_t *md, int rows, int cols)
+{
+  dnnl_dims_t dims = { rows, cols };
+  dnnl_memory_desc_init_by_tag (md, 2, dims, dnnl_f32, dnnl_ab);
+}
+
+/* A matmul of m rows by lin with `weights` as the weights' layout (any, at
+ * packing) and the epilogue as post-ops; scratchpad from the caller. */
+static gboolean
+primitive_desc_new (dnnl_primitive_desc_t *pd, const VmoeLinear *lin, int m,
+    const dnnl_memory_desc_t *weights, VmoeEpilogue epilogue, GError **error)
+{
+  dnnl_memory_desc_t src, bias, dst;
+  plain_md (&src, m, lin->in);
+  plain_md (&bias, 1, lin->out);
+  plain_md (&dst, m, lin->out);
+  dnnl_matmul_desc_t desc;
+  if (!check (dnnl_matmul_desc_init (&desc, &src, weights, lin->bias ? &bias : NULL,
+              &dst), "describing a matmul", error))
+    return FALSE;
+  dnnl_primitive_attr_t attr;
+  dnnl_post_ops_t post_ops;
+  dnnl_primitive_attr_create (&attr);
+  dnnl_post_ops_create (&post_ops);
+  dnnl_primitive_attr_set_scratchpad_mode (attr, dnnl_scratchpad_mode_user);
+  if (epilogue == VMOE_EPILOGUE_GELU_ERF)
+    dnnl_post_ops_append_eltwise (post_ops, 1.0f, dnnl_eltwise_gelu_erf, 0, 0);
+  else if (epilogue == VMOE_EPILOGUE_GELU_TANH)
+    dnnl_post_ops_append_eltwise (post_ops, 1.0f, dnnl_eltwise_gelu_tanh, 0, 0);
+  else if (epilogue == VMOE_EPILOGUE_ADD)
+    dnnl_post_ops_append_sum (post_ops, 1.0f);
+  dnnl_primitive_attr_set_post_ops (attr, post_ops);
+  gboolean ok = check (dnnl_primitive_desc_create (pd, &desc, attr, engine, NULL),
+      "creating a matmul", error);
+  dnnl_post_ops_destroy (post_ops);
+  dnnl_primitive_attr_destroy (attr);
+  return ok;
+}
+
+static void
+primitive_set_free (PrimitiveSet *set)
+{
+  for (int i = 0; i < CHUNK_SIZES; i++)
+    if (set->chunk[i])
+      dnnl_primitive_destroy (set->chunk[i]);
+  g_free (set);
+}
+
+static PrimitiveSet *
+primitive_set_new (const VmoeLinear *lin, VmoeEpilogue epilogue, GError **error)
+{
+  PrimitiveSet *set = g_new0 (PrimitiveSet, 1);
+  for (int i = 0; i < CHUNK_SIZES; i++) {
+    dnnl_primitive_desc_t pd;
+    if (!primitive_desc_new (&pd, lin, SMALLEST_CHUNK << i, &lin->packed->layout,
+            epilogue, error)) {
+      primitive_set_free (set);
+      return NULL;
+    }
+    const dnnl_memory_desc_t *pad = dnnl_primitive_desc_query_md (pd,
+        dnnl_query_scratchpad_md, 0);
+    set->scratchpad_bytes = MAX (set->scratchpad_bytes,
+        pad ? dnnl_memory_desc_get_size (pad) : 0);
+    gboolean ok = check (dnnl_primitive_create (&set->chunk[i], pd),
+        "creating a matmul", error);
+    dnnl_primitive_desc_destroy (pd);
+    if (!ok) {
+      primitive_set_free (set);
+      return NULL;
+    }
+  }
+  return set;
+}
+
+/* Reorders lin's weights (out, in) row-major, i.e. (in, out) in tag ba, into
+ * the layout a 256-row matmul picks; every chunk size takes that layout. */
+static gboolean
+pack_linear (VmoeLinear *lin, GError **error)
+{
+  dnnl_memory_desc_t any, plain;
+  dnnl_dims_t dims = { lin->in, lin->out };
+  dnnl_memory_desc_init_by_tag (&any, 2, dims, dnnl_f32, dnnl_format_tag_any);
+  dnnl_memory_desc_init_by_tag (&plain, 2, dims, dnnl_f32, dnnl_ba);
+  dnnl_primitive_desc_t pd;
+  if (!primitive_desc_new (&pd, lin, LARGEST_CHUNK, &any, VMOE_EPILOGUE_STORE, error))
+    return FALSE;
+  VmoePackedLinear *packed = g_new0 (VmoePackedLinear, 1);
+  packed->layout = *dnnl_primitive_desc_query_md (pd, dnnl_query_weights_md, 0);
+  if (!implementation[0]) {
+    const char *impl = NULL;
+    dnnl_primitive_desc_query (pd, dnnl_query_impl_info_str, 0, &impl);
+    g_strlcpy (implementation, impl ? impl : "?", sizeof implementation);
+  }
+  dnnl_primitive_desc_destroy (pd);
+  packed->weights = g_aligned_alloc (dnnl_memory_desc_get_size (&packed->layout), 1, 64);
+
+  dnnl_primitive_desc_t reorder_pd;
+  dnnl_primitive_t reorder = NULL;
+  dnnl_memory_t from = NULL, to = NULL;
+  dnnl_stream_t stream = NULL;
+  gboolean ok = check (dnnl_reorder_primitive_desc_create (&reorder_pd, &plain,
+          engine, &packed->layout, engine, NULL), "planning a weight reorder", error);
+  if (ok) {
+    ok = check (dnnl_primitive_create (&reorder, reorder_pd), "reordering weights",
+        error);
+    dnnl_primitive_desc_destroy (reorder_pd);
+  }
+  ok = ok && check (dnnl_memory_create (&from, &plain, engine, (void *) lin->weight),
+      "reordering weights", error)
+      && check (dnnl_memory_create (&to, &packed->layout, engine, packed->weights),
+      "reordering weights", error)
+      && check (dnnl_stream_create (&stream, engine, dnnl_stream_default_flags),
+      "reordering weights", error);
+  if (ok) {
+    dnnl_exec_arg_t args[] = { { DNNL_ARG_FROM, from }, { DNNL_ARG_TO, to } };
+    ok = check (dnnl_primitive_execute (reorder, stream, 2, args), "reordering weights",
+        error) && check (dnnl_stream_wait (stream), "reordering weights", error);
+  }
+  if (stream)
+    dnnl_stream_destroy (stream);
+  if (from)
+    dnnl_memory_destroy (from);
+  if (to)
+    dnnl_memory_destroy (to);
+  if (reorder)
+    dnnl_primitive_destroy (reorder);
+  if (!ok) {
+    g_aligned_free (packed->weights);
+    g_free (packed);
+    return FALSE;
+  }
+  lin->packed = packed;
+  return TRUE;
+}
+
+/* The shared set of lin's shape with the epilogue, made if new. */
+static const PrimitiveSet *
+primitive_set_get (const VmoeLinear *lin, VmoeEpilogue epilogue, GError **error)
+{
+  if (!sets)
+    sets = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  char *key = g_strdup_printf ("%d %d %d %d", lin->in, lin->out, lin->bias != NULL,
+      (int) epilogue);
+  PrimitiveSet *set = g_hash_table_lookup (sets, key);
+  if (!set && (set = primitive_set_new (lin, epilogue, error)))
+    g_hash_table_insert (sets, g_steal_pointer (&key), set);
+  g_free (key);
+  return set;
+}
+
+static void
+packed_linear_free (VmoeLinear *lin)
+{
+  VmoePackedLinear *packed = (VmoePackedLinear *) lin->packed;
+  if (!packed)
+    return;
+  g_aligned_free (packed->weights);
+  g_free (packed);
+  lin->packed = NULL;
+}
+
+typedef gboolean (*LinearFunc) (VmoeLinear *lin, VmoeEpilogue epilogue,
+    GError **error);
+
+/* Calls func on every linear layer of the model, with the epilogue the
+ * forward pass (forward.c, moe.c, linear.c) runs it with. */
+static gboolean
+each_linear (VmoeModel *model, LinearFunc func, GError **error)
+{
+  const VmoeConfig *c = &model->config;
+  VmoeEpilogue gelu = c->act == VMOE_ACT_GELU ? VMOE_EPILOGUE_GELU_ERF
+      : VMOE_EPILOGUE_GELU_TANH;
+  if (!func (&model->patch_embed, VMOE_EPILOGUE_STORE, error)
+      || !func (&model->head, VMOE_EPILOGUE_STORE, error))
+    return FALSE;
+  if (c->routing == VMOE_ROUTING_IMAGE
+      && !func (&model->router, VMOE_EPILOGUE_STORE, error))
+    return FALSE;
+  for (int b = 0; b < c->depth; b++) {
+    VmoeBlock *block = &model->blocks[b];
+    /* Dense and shared MLPs add into the residual, experts store. */
+    VmoeMlp *adding[] = { block->is_moe ? NULL : &block->mlp,
+      block->has_shared ? &block->shared : NULL };
+    if (!func (&block->qkv, VMOE_EPILOGUE_STORE, error)
+        || !func (&block->proj, VMOE_EPILOGUE_ADD, error))
+      return FALSE;
+    for (guint i = 0; i < G_N_ELEMENTS (adding); i++)
+      if (adding[i] && (!func (&adding[i]->fc1, gelu, error)
+              || !func (&adding[i]->fc2, VMOE_EPILOGUE_ADD, error)))
+        return FALSE;
+    if (!block->is_moe)
+      continue;
+    if (c->routing == VMOE_ROUTING_TOKEN
+        && !func (&block->router, VMOE_EPILOGUE_STORE, error))
+      return FALSE;
+    for (int e = 0; e < c->num_experts; e++)
+      if (!func (&block->experts[e].fc1, gelu, error)
+          || !func (&block->experts[e].fc2, VMOE_EPILOGUE_STORE, error))
+        return FALSE;
+  }
+  return TRUE;
+}
+
+static gboolean
+free_linear (VmoeLinear *lin, VmoeEpilogue epilogue, GError **error)
+{
+  packed_linear_free (lin);
+  return TRUE;
+}
+
+static gboolean
+pack_if_needed (VmoeLinear *lin, VmoeEpilogue epilogue, GError **error)
+{
+  if (!lin->packed && !pack_linear (lin, error))
+    return FALSE;
+  VmoePackedLinear *packed = (VmoePackedLinear *) lin->packed;
+  if (!packed->sets[epilogue])
+    packed->sets[epilogue] = primitive_set_get (lin, epilogue, error);
+  return packed->sets[epilogue] != NULL;
+}
+
+gboolean
+vmoe_cpu_gemm_prepare (VmoeModel *model, GError **error)
+{
+  g_mutex_lock (&lock);
+  gboolean ok = engine_ensure (error) && each_linear (model, pack_if_needed, error);
+  g_mutex_unlock (&lock);
+  return ok;
+}
+
+void
+vmoe_cpu_weights_free (VmoeModel *model)
+{
+  if (model->blocks)
+    each_linear (model, free_linear, NULL);
+}
+
+VmoeGemmScratch *
+vmoe_gemm_scratch_new (void)
+{
+  return g_new0 (VmoeGemmScratch, 1);
+}
+
+void
+vmoe_gemm_scratch_free (VmoeGemmScratch *scratch)
+{
+  if (!scratch)
+    return;
+  g_free (scratch->pad_in);
+  g_free (scratch->pad_out);
+  g_free (scratch->scratchpad);
+  if (scratch->stream)
+    dnnl_stream_destroy (scratch->stream);
+  g_free (scratch);
+}
+
+static void
+execute_chunk (dnnl_primitive_t primitive, const VmoeLinear *lin, int m,
+    const float *in, float *out, VmoeGemmScratch *scratch)
+{
+  dnnl_memory_desc_t src_md, bias_md, dst_md, pad_md;
+  plain_md (&src_md, m, lin->in);
+  plain_md (&bias_md, 1, lin->out);
+  plain_md (&dst_md, m, lin->out);
+  dnnl_dims_t pad_dims = { (dnnl_dim_t) scratch->scratchpad_bytes };
+  dnnl_memory_desc_init_by_tag (&pad_md, 1, pad_dims, dnnl_u8, dnnl_a);
+  dnnl_memory_t src, weights, bias = NULL, dst, pad;
+  const VmoePackedLinear *packed = lin->packed;
+  dnnl_memory_create (&src, &src_md, engine, (void *) in);
+  dnnl_memory_create (&weights, &packed->layout, engine, packed->weights);
+  dnnl_memory_create (&dst, &dst_md, engine, out);
+  dnnl_memory_create (&pad, &pad_md, engine, scratch->scratchpad);
+  dnnl_exec_arg_t args[5] = { { DNNL_ARG_SRC, src }, { DNNL_ARG_WEIGHTS, weights },
+    { DNNL_ARG_DST, dst }, { DNNL_ARG_SCRATCHPAD, pad } };
+  int n_args = 4;
+  if (lin->bias) {
+    dnnl_memory_create (&bias, &bias_md, engine, (void *) lin->bias);
+    args[n_args++] = (dnnl_exec_arg_t) { DNNL_ARG_BIAS, bias };
+  }
+  dnnl_primitive_execute (primitive, scratch->stream, n_args, args);
+  dnnl_stream_wait (scratch->stream);
+  for (int i = 0; i < n_args; i++)
+    dnnl_memory_destroy (args[i].memory);
+}
+
+void
+vmoe_linear_forward (VmoeGemmScratch *scratch, float *out, const float *inp,
+    const VmoeLinear *lin, int rows, VmoeEpilogue epilogue)
+{
+  if (rows == 0)
+    return;
+  const PrimitiveSet *set = lin->packed->sets[epilogue];
+  g_assert (set);                   /* each_linear lists every use */
+  size_t pad_floats = (size_t) SMALLEST_CHUNK * MAX (lin->in, lin->out);
+  if (scratch->pad_floats < pad_floats) {
+    g_free (scratch->pad_in);
+    g_free (scratch->pad_out);
+    scratch->pad_in = g_new0 (float, pad_floats);
+    scratch->pad_out = g_new0 (float, pad_floats);
+    scratch->pad_floats = pad_floats;
+  }
+  if (scratch->scratchpad_bytes < set->scratchpad_bytes) {
+    g_free (scratch->scratchpad);
+    scratch->scratchpad = g_malloc (set->scratchpad_bytes);
+    scratch->scratchpad_bytes = set->scratchpad_bytes;
+  }
+  if (!scratch->stream)
+    dnnl_stream_create (&scratch->stream, engine, dnnl_stream_default_flags);
+  int threads = omp_get_max_threads ();
+  if (threads != 1)
+    omp_set_num_threads (1);
+  int done = 0;
+  while (rows - done >= SMALLEST_CHUNK) {
+    int i = CHUNK_SIZES - 1;
+    while ((SMALLEST_CHUNK << i) > rows - done)
+      i--;
+    execute_chunk (set->chunk[i], lin, SMALLEST_CHUNK << i,
+        inp + (size_t) done * lin->in, out + (size_t) done * lin->out, scratch);
+    done += SMALLEST_CHUNK << i;
+  }
+  int tail = rows - done;
+  if (tail > 0) {
+    float *tail_out = out + (size_t) done * lin->out;
+    memcpy (scratch->pad_in, inp + (size_t) done * lin->in,
+        (size_t) tail * lin->in * sizeof (float));
+    if (epilogue == VMOE_EPILOGUE_ADD)
+      memcpy (scratch->pad_out, tail_out, (size_t) tail * lin->out * sizeof (float));
+    execute_chunk (set->chunk[0], lin, SMALLEST_CHUNK, scratch->pad_in,
+        scratch->pad_out, scratch);
+    memcpy (tail_out, scratch->pad_out, (size_t) tail * lin->out * sizeof (float));
+  }
+  if (threads != 1)
+    omp_set_num_threads (threads);
+}
+
+const char *
+vmoe_cpu_gemm_path (void)
+{
+  g_mutex_lock (&lock);
+  if (!implementation[0]) {
+    /* What a ViT-Tiny layer gets. */
+    float *weight = g_new0 (float, 192 * 192);
+    VmoeLinear lin = { weight, NULL, 192, 192, NULL };
+    if (engine_ensure (NULL) && pack_linear (&lin, NULL))
+      packed_linear_free (&lin);
+    g_free (weight);
+  }
+  g_mutex_unlock (&lock);
+  return implementation[0] ? implementation : "unavailable";
+}
