@@ -95,6 +95,12 @@ vmoe_session_new (VmoeModel *model, const VmoeSessionOptions *options,
         "top_k must not be negative, threads must be 0 to %d", VMOE_MAX_THREADS);
     return NULL;
   }
+  if (options->precision != VMOE_PRECISION_FP32
+      && options->precision != VMOE_PRECISION_BF16) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
+        "precision %d is neither fp32 nor bf16", (int) options->precision);
+    return NULL;
+  }
   VmoeRoutingParams routing = { c->top_k, c->capacity_ratio };
   if (options->experts_k > 0) {
     if (c->routing == VMOE_ROUTING_NONE || options->experts_k > c->num_experts) {

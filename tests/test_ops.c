@@ -981,7 +981,24 @@ END_TEST
  * images change how many rows each expert and each row slice gets, and
  * where the image's rows land in them).  Needs every GEMM to sum each
  * output in an order that depends on neither the row count nor the row's
- * position.  Image routing (with a shared expert) and token routing. */
+ * position.  Image routing (with a shared expert) and token routing.
+ * OpenBLAS does not promise that (docs/cpu.md): on that path the logits
+ * agree to float rounding only. */
+static void
+assert_same_logits (const float *got, const float *want, int classes,
+    const char *what, guint model, int image)
+{
+#ifdef VMOE_HAVE_ONEDNN
+  ck_assert_msg (memcmp (got, want, classes * sizeof (float)) == 0,
+      "model %u image %d: %s gives other logits than batch 8", model, image, what);
+#else
+  for (int c = 0; c < classes; c++)
+    ck_assert_msg (fabsf (got[c] - want[c]) <= 1e-5f * (1 + fabsf (want[c])),
+        "model %u image %d class %d: %s gives %g, batch 8 %g", model, image, c,
+        what, got[c], want[c]);
+#endif
+}
+
 START_TEST (test_batch_does_not_change_bits)
 {
   static const char *const moes[] = {
@@ -1009,8 +1026,7 @@ START_TEST (test_batch_does_not_change_bits)
     for (int i = 0; i < n; i++) {
       ck_assert (vmoe_session_run_f32 (session, input + (size_t) i * pixels, 1, NULL));
       const VmoeImageResult *r = vmoe_session_get_result (session, 0);
-      ck_assert_msg (memcmp (r->logits, want[i], classes * sizeof (float)) == 0,
-          "model %u image %d: batch 1 gives other logits than batch 8", m, i);
+      assert_same_logits (r->logits, want[i], classes, "batch 1", m, i);
       for (int e = 0; e < MIN (r->n_experts, 2); e++)
         ck_assert_int_eq (r->experts[e], want_experts[i][e]);
     }
@@ -1020,10 +1036,8 @@ START_TEST (test_batch_does_not_change_bits)
           pixels * sizeof (float));
     ck_assert (vmoe_session_run_f32 (session, three, 3, NULL));
     for (int j = 0; j < 3; j++)
-      ck_assert_msg (memcmp (vmoe_session_get_result (session, j)->logits,
-              want[companions[j]], classes * sizeof (float)) == 0,
-          "model %u image %d: batch 3 gives other logits than batch 8", m,
-          companions[j]);
+      assert_same_logits (vmoe_session_get_result (session, j)->logits,
+          want[companions[j]], classes, "batch 3", m, companions[j]);
     g_free (three);
     vmoe_session_free (session);
     g_unlink (path);

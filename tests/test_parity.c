@@ -4,8 +4,10 @@
  * Vulkan's fp16 weights (max |c - ref| / max |ref| per image), and every
  * routing decision exactly: experts, token counts per expert, drops.  An
  * input with "regions" runs its frames with those regions of interest.
+ * The CPU's bf16 precision gets 2e-2 and 1e-2 on gates, and must route
+ * exactly too (its routers run in fp32; docs/cpu.md).
  *
- *   test_parity DIR [cpu|vulkan|vulkan-fp16]
+ *   test_parity DIR [cpu|cpu-bf16|vulkan|vulkan-fp16]
  *
  * The Vulkan modes exit 77 (skipped) when no Vulkan device opens; the
  * device is VMOE_VULKAN_DEVICE's (the tests set "cpu": lavapipe). */
@@ -308,16 +310,27 @@ main (int argc, char **argv)
     options.fp16 = strcmp (mode, "vulkan-fp16") == 0;
     logit_tolerance = options.fp16 ? 1e-2 : 1e-3;
     gate_tolerance = options.fp16 ? 1e-3 : 1e-5;
+  } else if (strcmp (mode, "cpu-bf16") == 0) {
+    options.precision = VMOE_PRECISION_BF16;
+    logit_tolerance = 2e-2;
+    gate_tolerance = 1e-2;
   } else if (strcmp (mode, "cpu") != 0) {
     parity_dir = NULL;
   }
   if (!parity_dir) {
-    fprintf (stderr, "usage: test_parity DIR [cpu|vulkan|vulkan-fp16] "
+    fprintf (stderr, "usage: test_parity DIR [cpu|cpu-bf16|vulkan|vulkan-fp16] "
         "(DIR: the output of make_references.py)\n");
     return 1;
   }
   if (options.backend == VMOE_BACKEND_VULKAN && !vulkan_opens ()) 
     return 77;
+  GError *no_bf16 = NULL;
+  if (options.precision == VMOE_PRECISION_BF16
+      && !vmoe_cpu_gemm_describe (options.precision, &no_bf16)) {
+    printf ("test_parity: skipped: %s\n", no_bf16->message);
+    g_error_free (no_bf16);
+    return 77;
+  }
   char *expected_path = g_build_filename (parity_dir, "expected.json", NULL);
   JsonParser *parser = json_parser_new ();
   GError *error = NULL;

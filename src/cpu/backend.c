@@ -15,7 +15,8 @@ vmoe_cpu_backend_open (VmoeModel *model, VmoeRoutingParams routing,
     const VmoeSessionOptions *options, gboolean automatic, GError **error)
 {
   (void) automatic;
-  VmoeCpu *cpu = vmoe_cpu_new (model, routing, options->threads, error);
+  VmoeCpu *cpu = vmoe_cpu_new (model, routing, options->threads,
+      options->precision, error);
   if (!cpu)
     return NULL;
   VmoeCpuBackend *backend = g_new0 (VmoeCpuBackend, 1);

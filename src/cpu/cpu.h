@@ -14,7 +14,7 @@ typedef struct VmoeCpu VmoeCpu;
 
 /* NULL with `error` set where the GEMM path cannot be readied. */
 VmoeCpu *vmoe_cpu_new (VmoeModel *model, VmoeRoutingParams routing, int threads,
-    GError **error);
+    VmoePrecision precision, GError **error);
 void vmoe_cpu_free (VmoeCpu *cpu);
 /* Grows the workspace to hold n images; afterwards runs of up to n images
  * allocate nothing. */

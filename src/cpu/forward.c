@@ -227,10 +227,10 @@ vmoe_cpu_reserve (VmoeCpu *cpu, int n)
 
 VmoeCpu *
 vmoe_cpu_new (VmoeModel *model, VmoeRoutingParams routing, int threads,
-    GError **error)
+    VmoePrecision precision, GError **error)
 {
   const VmoeConfig *c = &model->config;
-  if (!vmoe_cpu_gemm_prepare (model, error))
+  if (!vmoe_cpu_gemm_prepare (model, precision, error))
     return NULL;
   VmoeCpu *cpu = g_new0 (VmoeCpu, 1);
   cpu->model = vmoe_model_ref (model);
@@ -242,7 +242,7 @@ vmoe_cpu_new (VmoeModel *model, VmoeRoutingParams routing, int threads,
   int n_threads = vmoe_workers_threads (cpu->workers);
   cpu->gemm = g_new0 (VmoeGemmScratch *, n_threads);
   for (int t = 0; t < n_threads; t++)
-    cpu->gemm[t] = vmoe_gemm_scratch_new ();
+    cpu->gemm[t] = vmoe_gemm_scratch_new (precision);
   return cpu;
 }
 

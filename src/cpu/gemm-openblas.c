@@ -11,7 +11,7 @@
 #include <string.h>
 
 VmoeGemmScratch *
-vmoe_gemm_scratch_new (void)
+vmoe_gemm_scratch_new (VmoePrecision precision)
 {
   return NULL;                /* OpenBLAS keeps its own buffers */
 }
@@ -21,11 +21,18 @@ vmoe_gemm_scratch_free (VmoeGemmScratch *scratch)
 {
 }
 
+static const char no_bf16[] = "precision bf16 needs the oneDNN GEMM path, and "
+    "this libvmoe was built without it (meson option onednn); use fp32";
+
 /* sgemm reads the weights as stored.  OpenBLAS's thread count is
  * process-wide (it has no per-call setting). */
 gboolean
-vmoe_cpu_gemm_prepare (VmoeModel *model, GError **error)
+vmoe_cpu_gemm_prepare (VmoeModel *model, VmoePrecision precision, GError **error)
 {
+  if (precision != VMOE_PRECISION_FP32) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_BACKEND, no_bf16);
+    return FALSE;
+  }
   openblas_set_num_threads (1);
   return TRUE;
 }
@@ -63,13 +70,27 @@ vmoe_linear_forward (VmoeGemmScratch *scratch, float *out, const float *inp,
         epilogue == VMOE_EPILOGUE_GELU_ERF ? VMOE_ACT_GELU : VMOE_ACT_GELU_TANH);
 }
 
+void
+vmoe_linear_forward_fp32 (VmoeGemmScratch *scratch, float *out, const float *inp,
+    const VmoeLinear *lin, int rows, VmoeEpilogue epilogue)
+{
+  vmoe_linear_forward (scratch, out, inp, lin, rows, epilogue);
+}
+
 const char *
-vmoe_cpu_gemm_path (void)
+vmoe_cpu_gemm_describe (VmoePrecision precision, GError **error)
 {
   static char path[96];
   static gsize once;
+  if (precision != VMOE_PRECISION_FP32) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_BACKEND, no_bf16);
+    return NULL;
+  }
   if (g_once_init_enter (&once)) {
-    g_snprintf (path, sizeof path, "OpenBLAS (%s)", openblas_get_corename ());
+    g_snprintf (path, sizeof path, "%s", OPENBLAS_VERSION);
+    g_strstrip (path);
+    g_strlcat (path, " ", sizeof path);
+    g_strlcat (path, openblas_get_corename (), sizeof path);
     g_once_init_leave (&once, 1);
   }
   return path;

@@ -20,14 +20,17 @@ typedef enum {
  * own); grows on first use, so steady-state calls allocate nothing. */
 typedef struct VmoeGemmScratch VmoeGemmScratch;
 
-VmoeGemmScratch *vmoe_gemm_scratch_new (void);
+/* For a session at `precision` (which vmoe_cpu_gemm_prepare accepted). */
+VmoeGemmScratch *vmoe_gemm_scratch_new (VmoePrecision precision);
 void vmoe_gemm_scratch_free (VmoeGemmScratch *scratch);
 
-/* Readies the GEMM path for a new session on the model.  oneDNN: puts the
- * model's weights into its layout, once per model (later calls return at
- * once), shared by every session on it and freed with the model.  OpenBLAS:
- * sets it to one thread, process-wide (docs/cpu.md). */
-gboolean vmoe_cpu_gemm_prepare (VmoeModel *model, GError **error);
+/* Readies the GEMM path for a new session on the model at `precision`, or
+ * fails with a VMOE_ERROR_BACKEND error where it cannot run it.  oneDNN:
+ * puts the model's weights into its layout, once per model and precision
+ * (later calls return at once), shared by every session on it and freed with
+ * the model.  OpenBLAS: sets it to one thread, process-wide (docs/cpu.md). */
+gboolean vmoe_cpu_gemm_prepare (VmoeModel *model, VmoePrecision precision,
+    GError **error);
 void vmoe_cpu_weights_free (VmoeModel *model);
 
 /* out (rows, lin->out) = epilogue (inp (rows, lin->in) W^T + b), on the
@@ -35,6 +38,10 @@ void vmoe_cpu_weights_free (VmoeModel *model);
  * on `rows`, nor on where the row is) on the oneDNN path. */
 void vmoe_linear_forward (VmoeGemmScratch *scratch, float *out, const float *inp,
     const VmoeLinear *lin, int rows, VmoeEpilogue epilogue);
+/* The same in fp32 whatever the session's precision: the routers, so that
+ * bf16 moves routing decisions less (docs/cpu.md). */
+void vmoe_linear_forward_fp32 (VmoeGemmScratch *scratch, float *out,
+    const float *inp, const VmoeLinear *lin, int rows, VmoeEpilogue epilogue);
 /* out (rows, D) = fc2(act(fc1(inp))), or += with accumulate; hidden is
  * scratch (rows, M). */
 void vmoe_mlp_forward (VmoeGemmScratch *scratch, float *out, const float *inp,
@@ -43,8 +50,5 @@ void vmoe_mlp_forward (VmoeGemmScratch *scratch, float *out, const float *inp,
 /* Multiply-adds of the MLP per row. */
 double vmoe_mlp_fmas_per_row (const VmoeMlp *mlp);
 
-/* The GEMM path and instruction set the linear layers run on, for people
- * ("oneDNN 2.6.3 brg:avx512_core", "OpenBLAS 0.3.21 SkylakeX"). */
-const char *vmoe_cpu_gemm_path (void);
 
 #endif

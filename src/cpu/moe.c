@@ -93,7 +93,7 @@ vmoe_cpu_route_images (VmoeCpu *cpu, int n, VmoeRawOutput *out)
       }
     }
   }
-  vmoe_linear_forward (cpu->gemm[0], cpu->router_probs, cpu->router_input,
+  vmoe_linear_forward_fp32 (cpu->gemm[0], cpu->router_probs, cpu->router_input,
       &m->router, n, VMOE_EPILOGUE_STORE);
   vmoe_softmax_rows (cpu->router_probs, n, e_count);
   for (int i = 0; i < n; i++) {
@@ -141,7 +141,7 @@ moe_token_routed (VmoeCpu *cpu, const VmoeBlock *block, int layer, int n,
   int t_count = cpu->tokens, e_count = c->num_experts, k = cpu->routing.top_k;
   int rows = n * t_count;
   int capacity = vmoe_token_capacity (k, t_count, cpu->routing.capacity_ratio, e_count);
-  vmoe_linear_forward (cpu->gemm[0], cpu->router_probs, cpu->z, &block->router,
+  vmoe_linear_forward_fp32 (cpu->gemm[0], cpu->router_probs, cpu->z, &block->router,
       rows, VMOE_EPILOGUE_STORE);
   vmoe_softmax_rows (cpu->router_probs, rows, e_count);
   for (int r = 0; r < rows; r++)
