@@ -171,7 +171,10 @@ primitive_set_new (const VmoeLinear *lin, VmoeEpilogue epilogue,
 
 /* OpenMP at one thread on the calling thread until one_thread_end: oneDNN
  * then runs inline and libgomp starts no threads, which would also hang a
- * fork()ed child that uses OpenMP again (libgomp is not fork-safe). */
+ * fork()ed child that uses OpenMP again (libgomp is not fork-safe).  It must
+ * hold when primitives are made too: a primitive plans its threads then, and
+ * one made with two ran a two-thread OpenMP team on every call whatever the
+ * caller's setting (libgomp's spinning was 11% of the profile). */
 static int
 one_thread_begin (void)
 {
@@ -190,7 +193,7 @@ one_thread_end (int threads)
 
 /* Reorders lin's weights (out, in) row-major, i.e. (in, out) in tag ba, into
  * the layout a 256-row matmul at `precision` picks; every chunk size takes
- * that layout. */
+ * that layout.  Called inside one_thread_begin. */
 static gboolean
 pack_linear (VmoeLinear *lin, VmoePrecision precision, GError **error)
 {
@@ -229,10 +232,8 @@ pack_linear (VmoeLinear *lin, VmoePrecision precision, GError **error)
       "reordering weights", error);
   if (ok) {
     dnnl_exec_arg_t args[] = { { DNNL_ARG_FROM, from }, { DNNL_ARG_TO, to } };
-    int threads = one_thread_begin ();
     ok = check (dnnl_primitive_execute (reorder, stream, 2, args), "reordering weights",
         error) && check (dnnl_stream_wait (stream), "reordering weights", error);
-    one_thread_end (threads);
   }
   if (stream)
     dnnl_stream_destroy (stream);
@@ -359,6 +360,7 @@ gboolean
 vmoe_cpu_gemm_prepare (VmoeModel *model, VmoePrecision precision, GError **error)
 {
   g_mutex_lock (&lock);
+  int threads = one_thread_begin ();
   gboolean ok = engine_ensure (error);
   const char *why = ok ? precision_unsupported (precision) : NULL;
   if (why) {
@@ -366,6 +368,7 @@ vmoe_cpu_gemm_prepare (VmoeModel *model, VmoePrecision precision, GError **error
     ok = FALSE;
   }
   ok = ok && each_linear (model, pack_if_needed, precision, error);
+  one_thread_end (threads);
   g_mutex_unlock (&lock);
   return ok;
 }
@@ -528,6 +531,7 @@ vmoe_cpu_gemm_describe (VmoePrecision precision, GError **error)
 {
   static char described[2][96];
   g_mutex_lock (&lock);
+  int threads = one_thread_begin ();
   const char *why = NULL;
   if (!described[precision][0] && engine_ensure (error)
       && !(why = precision_unsupported (precision))) {
@@ -550,6 +554,7 @@ vmoe_cpu_gemm_describe (VmoePrecision precision, GError **error)
   }
   if (why)
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_BACKEND, "%s", why);
+  one_thread_end (threads);
   g_mutex_unlock (&lock);
   return described[precision][0] ? described[precision] : NULL;
 }
