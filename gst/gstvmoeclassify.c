@@ -46,6 +46,7 @@ enum {
   PROP_BACKEND,
   PROP_DEVICE,
   PROP_FP16,
+  PROP_PRECISION,
   PROP_TOP_K,
   PROP_INFERENCE_INTERVAL,
   PROP_THREADS,
@@ -120,6 +121,7 @@ struct _GstVmoeClassify {
   VmoeBackend backend;
   gchar *device;
   gboolean fp16;
+  VmoePrecision precision;
   guint top_k;
   guint interval;
   gint threads;
@@ -185,12 +187,27 @@ gst_vmoe_backend_get_type (void)
   static GType type = 0;
   static const GEnumValue values[] = {
     { VMOE_BACKEND_AUTO, "Vulkan on a GPU if there is one, else CPU", "auto" },
-    { VMOE_BACKEND_CPU, "CPU (OpenBLAS)", "cpu" },
+    { VMOE_BACKEND_CPU, "CPU (oneDNN or OpenBLAS)", "cpu" },
     { VMOE_BACKEND_VULKAN, "Vulkan compute", "vulkan" },
     { 0, NULL, NULL },
   };
   if (g_once_init_enter (&type))
     g_once_init_leave (&type, g_enum_register_static ("GstVmoeBackend", values));
+  return type;
+}
+
+#define GST_TYPE_VMOE_PRECISION (gst_vmoe_precision_get_type ())
+static GType
+gst_vmoe_precision_get_type (void)
+{
+  static GType type = 0;
+  static const GEnumValue values[] = {
+    { VMOE_PRECISION_FP32, "float32", "fp32" },
+    { VMOE_PRECISION_BF16, "bfloat16 weights and activations, float32 sums", "bf16" },
+    { 0, NULL, NULL },
+  };
+  if (g_once_init_enter (&type))
+    g_once_init_leave (&type, g_enum_register_static ("GstVmoePrecision", values));
   return type;
 }
 
@@ -225,6 +242,7 @@ session_options (GstVmoeClassify *self, VmoeSessionOptions *options, gchar **dev
   *device = g_strdup (self->device);
   options->device = *device;
   options->fp16 = self->fp16;
+  options->precision = self->precision;
   options->threads = self->threads;
   options->top_k = (int) self->top_k;
   options->experts_k = self->routing.experts_k;
@@ -1052,6 +1070,7 @@ gst_vmoe_classify_start (GstBaseTransform *trans)
     .backend = self->backend,
     .device = g_strdup (self->device),
     .fp16 = self->fp16,
+    .precision = self->precision,
     .batch_size = self->batch_size,
     .batch_timeout_us = self->batch_timeout,
   };
@@ -1197,6 +1216,9 @@ gst_vmoe_classify_set_property (GObject *object, guint prop_id,
     case PROP_FP16:
       self->fp16 = g_value_get_boolean (value);
       break;
+    case PROP_PRECISION:
+      self->precision = g_value_get_enum (value);
+      break;
     case PROP_TOP_K:
       self->top_k = g_value_get_uint (value);
       self->top_k_changed = TRUE;
@@ -1290,6 +1312,9 @@ gst_vmoe_classify_get_property (GObject *object, guint prop_id, GValue *value,
       break;
     case PROP_FP16:
       g_value_set_boolean (value, self->fp16);
+      break;
+    case PROP_PRECISION:
+      g_value_set_enum (value, self->precision);
       break;
     case PROP_TOP_K:
       g_value_set_uint (value, self->top_k);
@@ -1392,6 +1417,11 @@ gst_vmoe_classify_class_init (GstVmoeClassifyClass *klass)
   properties[PROP_FP16] = g_param_spec_boolean ("fp16", "fp16 weights",
       "Vulkan: keep the GEMM weights as half floats (logits within 1e-2 "
       "relative)", FALSE, rw | GST_PARAM_MUTABLE_READY);
+  properties[PROP_PRECISION] = g_param_spec_enum ("precision", "CPU precision",
+      "CPU backend: fp32, or bf16 weights and activations (oneDNN on CPUs with "
+      "avx512_bf16, logits within 2e-2 relative; refused elsewhere, and by "
+      "Vulkan)", GST_TYPE_VMOE_PRECISION, VMOE_PRECISION_FP32,
+      rw | GST_PARAM_MUTABLE_READY);
   properties[PROP_TOP_K] = g_param_spec_uint ("top-k", "Top k",
       "Classes reported per frame in the meta and messages (at most the "
       "model's)", 1, 1000, DEFAULT_TOP_K, rw | GST_PARAM_MUTABLE_PLAYING);
@@ -1492,6 +1522,7 @@ gst_vmoe_classify_class_init (GstVmoeClassifyClass *klass)
   GST_DEBUG_CATEGORY_INIT (gst_vmoe_classify_debug, "vmoeclassify", 0,
       "sparse ViT Mixture-of-Experts classifier");
   gst_type_mark_as_plugin_api (GST_TYPE_VMOE_BACKEND, 0);
+  gst_type_mark_as_plugin_api (GST_TYPE_VMOE_PRECISION, 0);
   gst_type_mark_as_plugin_api (GST_TYPE_VMOE_INFERENCE_REGION, 0);
 }
 

@@ -155,12 +155,14 @@ same_settings (const GstVmoeInstanceSettings *a, const GstVmoeInstanceSettings *
     what = "device";
   else if (a->fp16 != b->fp16)
     what = "fp16";
+  else if (a->precision != b->precision)
+    what = "precision";
   if (what)
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
         "model-instance-id is shared with an element whose '%s' differs (model '%s', "
-        "backend %s, device %s, fp16 %d): sharers must ask for the same model", what,
-        a->model_path, vmoe_backend_name (a->backend), a->device ? a->device : "(default)",
-        a->fp16);
+        "backend %s, device %s, fp16 %d, precision %s): sharers must ask for the same "
+        "model", what, a->model_path, vmoe_backend_name (a->backend),
+        a->device ? a->device : "(default)", a->fp16, vmoe_precision_name (a->precision));
   return what == NULL;
 }
 

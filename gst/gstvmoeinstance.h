@@ -39,6 +39,7 @@ typedef struct {
   VmoeBackend backend;
   gchar *device;
   gboolean fp16;
+  VmoePrecision precision;
   guint batch_size;
   guint64 batch_timeout_us;
 } GstVmoeInstanceSettings;

@@ -3,7 +3,7 @@
 # whichever are missing (as root, or through sudo).  Sourced by test.sh and
 # .ci/run so that the list lives in one place.
 VMOE_PACKAGES="meson ninja-build pkg-config gcc clang-14 libclang-rt-14-dev libc6-dev \
-libglib2.0-dev libjson-glib-dev libopenblas-dev check \
+libglib2.0-dev libjson-glib-dev libopenblas-dev libdnnl-dev check \
 libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools \
 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 libvulkan-dev mesa-vulkan-drivers glslc spirv-tools valgrind \

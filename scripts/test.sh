@@ -1,17 +1,25 @@
 #!/bin/sh
 # The whole test suite, from a fresh Debian 12 machine: installs what is
-# missing, builds with warnings as errors, runs every test, then runs them
-# again in a build with AddressSanitizer and UndefinedBehaviorSanitizer
-# (which also reports leaks), and finally runs each libFuzzer harness for
-# ${VMOE_FUZZ_SECONDS:-60} seconds (tests/fuzz/README.md).
+# missing, builds with warnings as errors, runs every test, runs the engine's
+# suites again on the other GEMM path (OpenBLAS instead of oneDNN,
+# docs/cpu.md), then runs every test again in a build with AddressSanitizer
+# and UndefinedBehaviorSanitizer (which also reports leaks), and finally runs
+# each libFuzzer harness for ${VMOE_FUZZ_SECONDS:-60} seconds
+# (tests/fuzz/README.md).
 set -eu
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
 vmoe_install_deps
 
-meson setup build --wipe -Dwerror=true >/dev/null 2>&1 || meson setup build -Dwerror=true
+meson setup build --wipe -Dwerror=true -Donednn=enabled >/dev/null 2>&1 \
+  || meson setup build -Dwerror=true -Donednn=enabled
 meson compile -C build
 meson test -C build --print-errorlogs
+
+meson setup build-openblas --wipe -Dwerror=true -Donednn=disabled >/dev/null 2>&1 \
+  || meson setup build-openblas -Dwerror=true -Donednn=disabled
+meson compile -C build-openblas
+meson test -C build-openblas --print-errorlogs ops model parity tool
 
 meson setup build-sanitize --wipe -Dwerror=true -Dbuildtype=debug \
   -Db_sanitize=address,undefined -Db_lundef=false >/dev/null 2>&1 \

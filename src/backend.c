@@ -45,11 +45,31 @@ vmoe_backend_from_string (const char *name, VmoeBackend *backend)
   return FALSE;
 }
 
+const char *
+vmoe_precision_name (VmoePrecision precision)
+{
+  return precision == VMOE_PRECISION_BF16 ? "bf16" : "fp32";
+}
+
+gboolean
+vmoe_precision_from_string (const char *name, VmoePrecision *precision)
+{
+  static const VmoePrecision all[] = { VMOE_PRECISION_FP32, VMOE_PRECISION_BF16 };
+  for (guint i = 0; name && i < G_N_ELEMENTS (all); i++) {
+    if (strcmp (name, vmoe_precision_name (all[i])) == 0) {
+      *precision = all[i];
+      return TRUE;
+    }
+  }
+  return FALSE;
+}
+
 gboolean
 vmoe_backend_open (VmoeModel *model, VmoeRoutingParams routing,
     const VmoeSessionOptions *options, VmoeBackendInstance *backend, GError **error)
 {
   gboolean automatic = options->backend == VMOE_BACKEND_AUTO;
+  GError *last_why = NULL;        /* auto: why the last backend tried declined */
   for (guint i = 0; i < G_N_ELEMENTS (backends); i++) {
     const BackendEntry *entry = &backends[i];
     if (!automatic && entry->kind != options->backend)
@@ -66,16 +86,23 @@ vmoe_backend_open (VmoeModel *model, VmoeRoutingParams routing,
     void *impl = entry->open (model, routing, options, automatic,
         automatic ? &why : error);
     if (impl) {
+      g_clear_error (&last_why);
       *backend = (VmoeBackendInstance) { entry->ops, impl };
       return TRUE;
     }
     if (!automatic)
       return FALSE;
     g_debug ("backend auto passes over %s: %s", entry->name, why->message);
-    g_clear_error (&why);
+    g_clear_error (&last_why);
+    last_why = why;
   }
-  g_set_error (error, VMOE_ERROR, VMOE_ERROR_BACKEND,
-      "no backend named %d in this libvmoe", (int) options->backend);
+  /* auto ends with the CPU, whose refusal (a precision it cannot run) is
+   * what the caller needs to read. */
+  if (last_why)
+    g_propagate_error (error, last_why);
+  else
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_BACKEND,
+        "no backend named %d in this libvmoe", (int) options->backend);
   return FALSE;
 }
 

@@ -2,6 +2,7 @@
  * in full before any tensor is touched.  Every failure is a GError naming the
  * key or tensor at fault. */
 #include "vmoe-private.h"
+#include "cpu/linear.h"
 
 #include <json-glib/json-glib.h>
 #include <math.h>
@@ -534,6 +535,7 @@ vmoe_model_unref (VmoeModel *model)
 {
   if (!model || !g_atomic_int_dec_and_test (&model->refcount))
     return;
+  vmoe_cpu_weights_free (model);
   if (model->blocks) {
     for (int i = 0; i < model->config.depth; i++)
       g_free (model->blocks[i].experts);

@@ -2,7 +2,7 @@
  * every backend shares.  Buffers grow to the largest batch seen and are then
  * reused, so steady-state runs allocate nothing. */
 #include "backend.h"
-#include "cpu.h"
+#include "cpu/ops.h"
 
 #include <math.h>
 #include <string.h>
@@ -105,6 +105,12 @@ vmoe_session_new (VmoeModel *model, const VmoeSessionOptions *options,
       || options->threads > VMOE_MAX_THREADS) {
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
         "top_k must not be negative, threads must be 0 to %d", VMOE_MAX_THREADS);
+    return NULL;
+  }
+  if (options->precision != VMOE_PRECISION_FP32
+      && options->precision != VMOE_PRECISION_BF16) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
+        "precision %d is neither fp32 nor bf16", (int) options->precision);
     return NULL;
   }
   VmoeRoutingParams routing = { c->top_k, c->capacity_ratio };

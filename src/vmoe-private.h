@@ -4,11 +4,16 @@
 
 #include "vmoe/vmoe.h"
 
+typedef struct VmoePackedLinear VmoePackedLinear;
+
 /* y = x W^T + b, W is [out, in] row-major as in PyTorch; b may be NULL. */
 typedef struct {
   const float *weight;
   const float *bias;
   int in, out;
+  /* W in the CPU GEMM path's layout, or NULL (src/cpu/linear.h): made by
+   * the model's first CPU session, freed with the model. */
+  const VmoePackedLinear *packed;
 } VmoeLinear;
 
 typedef struct {

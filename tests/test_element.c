@@ -578,6 +578,8 @@ START_TEST (test_bad_models_error_at_start)
   char *path = model_path ("image_k1");
   expect_start_error (path, "experts-k=9", "experts-k 9");
 #ifdef VMOE_HAVE_VULKAN
+  /* A precision the backend does not have (docs/cpu.md). */
+  expect_start_error (path, "backend=vulkan precision=bf16", "no precision bf16");
   /* A Vulkan device that is not there. */
   char *saved = g_strdup (g_getenv ("VMOE_VULKAN_DEVICE"));
   g_setenv ("VMOE_VULKAN_DEVICE", "no-such-gpu", TRUE);
@@ -1586,6 +1588,10 @@ START_TEST (test_shared_instance_mismatch_errors)
   char *props = g_strdup_printf ("model-instance-id=mismatch backend=%s fp16=true",
       backend);
   expect_start_error (k1, props, "'fp16' differs");
+  g_free (props);
+  props = g_strdup_printf ("model-instance-id=mismatch backend=%s precision=bf16",
+      backend);
+  expect_start_error (k1, props, "'precision' differs");
   g_free (props);
   g_free (k1);
   g_free (dense);

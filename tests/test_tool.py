@@ -215,6 +215,38 @@ class ToolTest(unittest.TestCase):
             vmoe("run", model, os.path.join(PARITY, "dense.f32.npy"), "--backend", "tpu"),
             "unknown backend")
 
+    def test_precision(self):
+        """--precision: bf16 runs where `vmoe info` says it can, and is a
+        one-line error where it cannot (a CPU without avx512_bf16, emulated
+        with DNNL_MAX_CPU_ISA; the OpenBLAS build; the Vulkan backend)."""
+        model = os.path.join(PARITY, "image_k1.safetensors")
+        data = os.path.join(PARITY, "image_k1.f32.npy")
+        info = vmoe("info", model)
+        self.assertEqual(info.returncode, 0, info.stderr)
+        lines = dict(l.split(":", 1) for l in info.stdout.splitlines() if l.startswith("cpu "))
+        fp32, bf16 = lines["cpu fp32"].strip(), lines["cpu bf16"].strip()
+        onednn = fp32.startswith("oneDNN ")
+        self.assertTrue(onednn or fp32.startswith("OpenBLAS "), fp32)
+        self.assert_one_line_error(vmoe("run", model, data, "--precision", "bf17"),
+                                   "unknown precision 'bf17' (fp32 or bf16)")
+        hidden = vmoe("run", model, data, "--backend", "cpu", "--precision", "bf16",
+                      env={"DNNL_MAX_CPU_ISA": "AVX512_CORE"})
+        self.assert_one_line_error(hidden, "needs a CPU with avx512_bf16" if onednn
+                                   else "built without it")
+        self.assert_one_line_error(vmoe_vulkan("run", model, data, "--backend", "vulkan",
+                                               "--device", "cpu", "--precision", "bf16"),
+                                   "vulkan backend")
+        if not bf16.startswith("oneDNN "):
+            self.assertIn("use fp32", bf16)
+            return
+        self.assertIn("bf16", bf16)
+        # auto passes over Vulkan to the CPU; the classes match fp32's.
+        runs = [vmoe("run", model, data, *p) for p in ([], ["--precision", "bf16"])]
+        for r in runs:
+            self.assertEqual(r.returncode, 0, r.stderr)
+        top = lambda out: [json.loads(l)["top"][0]["class"] for l in out.splitlines()]
+        self.assertEqual(top(runs[0].stdout), top(runs[1].stdout))
+
     def test_vulkan_choice_and_errors(self):
         model = os.path.join(PARITY, "image_k1.safetensors")
         data = os.path.join(PARITY, "image_k1.f32.npy")

@@ -3,6 +3,7 @@
  * time, plus the backend's error paths.  Runs on the device that
  * VMOE_VULKAN_DEVICE names (the tests set "cpu": Mesa's lavapipe) and exits
  * 77 (skipped) when no Vulkan device opens. */
+#include "cpu/cpu.h"
 #include "vulkan/vk-internal.h"
 
 #include <check.h>

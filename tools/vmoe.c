@@ -165,6 +165,15 @@ cmd_info (int argc, char **argv)
   printf ("GFLOPs/image: %.4f as routed, %.4f with every expert%s\n",
       vmoe_model_flops (model, TRUE) / 1e9, vmoe_model_flops (model, FALSE) / 1e9,
       c->ensemble_members > 1 ? " (all member copies)" : "");
+  /* What a CPU session would run its linear layers on, per precision. */
+  static const VmoePrecision precisions[] = { VMOE_PRECISION_FP32, VMOE_PRECISION_BF16 };
+  for (guint i = 0; i < G_N_ELEMENTS (precisions); i++) {
+    GError *why = NULL;
+    const char *gemm = vmoe_cpu_gemm_describe (precisions[i], &why);
+    printf ("cpu %s:     %s\n", vmoe_precision_name (precisions[i]),
+        gemm ? gemm : why->message);
+    g_clear_error (&why);
+  }
   printf ("classes:      %d:", c->num_classes);
   for (int i = 0; i < c->num_classes && i < 20; i++)
     printf ("%s %s", i ? "," : "", c->labels[i]);
@@ -187,6 +196,7 @@ typedef struct {
   char *device;
   gboolean fp16;
   int threads;
+  char *precision;
 } BackendArgs;
 
 #define BACKEND_OPTIONS(args) \
@@ -196,13 +206,16 @@ typedef struct {
     "(default: $VMOE_VULKAN_DEVICE, else auto)", "DEVICE" }, \
   { "fp16", 0, 0, G_OPTION_ARG_NONE, &(args).fp16, \
     "Vulkan: store the GEMM weights as fp16", NULL }, \
-  { "threads", 0, 0, G_OPTION_ARG_INT, &(args).threads, "CPU threads (default: all)", "N" }
+  { "threads", 0, 0, G_OPTION_ARG_INT, &(args).threads, "CPU threads (default: all)", "N" }, \
+  { "precision", 0, 0, G_OPTION_ARG_STRING, &(args).precision, \
+    "CPU: fp32 (default) or bf16 (oneDNN on avx512_bf16 CPUs)", "P" }
 
 static void
 backend_args_clear (BackendArgs *args)
 {
   g_clear_pointer (&args->backend, g_free);
   g_clear_pointer (&args->device, g_free);
+  g_clear_pointer (&args->precision, g_free);
 }
 
 static gboolean
@@ -219,6 +232,12 @@ make_session (const BackendArgs *args, int top_k, VmoeModel *model,
   if (args->threads < 0 || args->threads > VMOE_MAX_THREADS) {
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
         "--threads must be 0 to %d", VMOE_MAX_THREADS);
+    return FALSE;
+  }
+  if (args->precision
+      && !vmoe_precision_from_string (args->precision, &options.precision)) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
+        "unknown precision '%s' (fp32 or bf16)", args->precision);
     return FALSE;
   }
   options.threads = args->threads;

@@ -225,6 +225,29 @@ typedef enum {
 VMOE_API const char *vmoe_backend_name (VmoeBackend backend);
 VMOE_API gboolean vmoe_backend_from_string (const char *name, VmoeBackend *backend);
 
+/* What the CPU backend's linear layers compute in (docs/cpu.md): fp32, or
+ * bf16 weights and activations with fp32 sums (oneDNN builds on CPUs with
+ * avx512_bf16; elsewhere a session asking for it fails). */
+typedef enum {
+  VMOE_PRECISION_FP32,
+  VMOE_PRECISION_BF16,
+} VmoePrecision;
+
+/* Returns: (transfer none): "fp32" or "bf16"; a static string. */
+VMOE_API const char *vmoe_precision_name (VmoePrecision precision);
+VMOE_API gboolean vmoe_precision_from_string (const char *name, VmoePrecision *precision);
+/**
+ * vmoe_cpu_gemm_describe:
+ * @precision: the precision a session would ask for
+ * @error: return location for a VMOE_ERROR, or NULL
+ *
+ * Returns: (transfer none): the GEMM path and instruction set a CPU session
+ * at @precision would run its linear layers on in this process (e.g.
+ * "oneDNN 2.6.3 brg:avx512_core"), or NULL with a VMOE_ERROR_BACKEND error
+ * saying why such a session would be refused.
+ */
+VMOE_API const char *vmoe_cpu_gemm_describe (VmoePrecision precision, GError **error);
+
 /**
  * VmoeSessionOptions:
  *
@@ -245,6 +268,8 @@ typedef struct {
    * never chosen otherwise) or part of the device's name. */
   const char *device;
   gboolean fp16;              /* Vulkan: GEMM weights stored as fp16 */
+  VmoePrecision precision;    /* CPU: fp32 (the default) or bf16; Vulkan
+                                 refuses bf16 (its own is `fp16`) */
   /*< private >*/
   gpointer _vmoe_reserved[11];
 } VmoeSessionOptions;

@@ -2,7 +2,7 @@
 #ifndef VMOE_VK_BACKEND_H
 #define VMOE_VK_BACKEND_H
 
-#include "../cpu.h"
+#include "../backend.h"
 #include "vk-push.h"
 
 typedef struct VmoeVulkan VmoeVulkan;

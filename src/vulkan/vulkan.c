@@ -303,6 +303,13 @@ void *
 vmoe_vulkan_backend_open (VmoeModel *model, VmoeRoutingParams routing,
     const VmoeSessionOptions *options, gboolean automatic, GError **error)
 {
+  /* bf16 is the CPU backend's; auto then passes over to it. */
+  if (options->precision != VMOE_PRECISION_FP32) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_BACKEND, "the vulkan backend has no "
+        "precision %s; its reduced precision is fp16 weights (option fp16)",
+        vmoe_precision_name (options->precision));
+    return NULL;
+  }
   /* auto takes Vulkan only on a GPU. */
   return vmoe_vulkan_new (model, routing, options->device, automatic,
       options->fp16, error);

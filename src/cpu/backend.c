@@ -1,4 +1,4 @@
-/* The CPU backend behind the backend interface: the forward pass of cpu.c,
+/* The CPU backend behind the backend interface: the forward pass of forward.c,
  * plus pre-processing of 8-bit frames into the float input it takes (the
  * Vulkan backend does that step in a shader instead). */
 #include "cpu.h"
@@ -15,9 +15,12 @@ vmoe_cpu_backend_open (VmoeModel *model, VmoeRoutingParams routing,
     const VmoeSessionOptions *options, gboolean automatic, GError **error)
 {
   (void) automatic;
-  (void) error;
+  VmoeCpu *cpu = vmoe_cpu_new (model, routing, options->threads,
+      options->precision, error);
+  if (!cpu)
+    return NULL;
   VmoeCpuBackend *backend = g_new0 (VmoeCpuBackend, 1);
-  backend->cpu = vmoe_cpu_new (model, routing, options->threads);
+  backend->cpu = cpu;
   backend->config = &model->config;
   vmoe_cpu_reserve (backend->cpu, 1);
   return backend;

@@ -1,0 +1,292 @@
+/* The CPU backend's forward pass.  vmoe_cpu_forward reads top to bottom like
+ * docs/design.md's "Forward pass"; the phases it runs on row slices (pass.h)
+ * come first, then the embedding and the head, then the workspace. */
+#include "cpu.h"
+#include "linear.h"
+#include "pass.h"
+
+#include <string.h>
+
+/* z = LN1(x); qkv = z Wqkv^T + b. */
+static void
+attention_input_rows (VmoeCpu *cpu, const void *arg, int first, int count,
+    VmoeGemmScratch *gemm)
+{
+  const VmoeBlock *block = arg;
+  size_t d = cpu->dim;
+  vmoe_layernorm_forward (cpu->z + first * d, cpu->x + first * d,
+      block->norm1_weight, block->norm1_bias, count, d,
+      (float) cpu->model->config.norm_eps);
+  vmoe_linear_forward (gemm, cpu->qkv + first * 3 * d, cpu->z + first * d,
+      &block->qkv, count, VMOE_EPILOGUE_STORE);
+}
+
+/* x += attn Wproj^T + b; z = LN2(x); and for a dense block x += MLP(z). */
+static void
+attention_output_rows (VmoeCpu *cpu, const void *arg, int first, int count,
+    VmoeGemmScratch *gemm)
+{
+  const VmoeBlock *block = arg;
+  const VmoeConfig *c = &cpu->model->config;
+  size_t d = cpu->dim;
+  vmoe_linear_forward (gemm, cpu->x + first * d, cpu->attn + first * d,
+      &block->proj, count, VMOE_EPILOGUE_ADD);
+  vmoe_layernorm_forward (cpu->z + first * d, cpu->x + first * d,
+      block->norm2_weight, block->norm2_bias, count, d, (float) c->norm_eps);
+  if (!block->is_moe)
+    vmoe_mlp_forward (gemm, cpu->x + first * d, cpu->z + first * d, &block->mlp,
+        count, cpu->hidden + (size_t) first * cpu->hidden_dim, c->act, TRUE);
+}
+
+/* ViMoE's shared expert: x += MLP(z). */
+static void
+shared_expert_rows (VmoeCpu *cpu, const void *arg, int first, int count,
+    VmoeGemmScratch *gemm)
+{
+  const VmoeBlock *block = arg;
+  size_t d = cpu->dim;
+  vmoe_mlp_forward (gemm, cpu->x + first * d, cpu->z + first * d, &block->shared,
+      count, cpu->hidden + (size_t) first * cpu->hidden_dim,
+      cpu->model->config.act, TRUE);
+}
+
+/* z (N*Np, D) = patches W^T + b. */
+static void
+patch_embed_rows (VmoeCpu *cpu, const void *arg, int first, int count,
+    VmoeGemmScratch *gemm)
+{
+  const VmoeLinear *lin = arg;
+  vmoe_linear_forward (gemm, cpu->z + (size_t) first * lin->out,
+      cpu->patches + (size_t) first * lin->in, lin, count, VMOE_EPILOGUE_STORE);
+}
+
+/* input (N, C, H, W) -> patches (N*Np, C*P*P), im2col order (c, ky, kx). */
+static void
+im2col (float *patches, const float *input, int n, const VmoeConfig *c)
+{
+  int p = c->patch_size, gh = c->image_h / p, gw = c->image_w / p;
+  int h = c->image_h, w = c->image_w;
+  for (int i = 0; i < n; i++) {
+    const float *img = input + (size_t) i * c->in_channels * h * w;
+    for (int py = 0; py < gh; py++) {
+      for (int px = 0; px < gw; px++) {
+        float *dst = patches + ((size_t) (i * gh + py) * gw + px) * c->in_channels * p * p;
+        for (int ch = 0; ch < c->in_channels; ch++)
+          for (int ky = 0; ky < p; ky++) {
+            memcpy (dst, img + ((size_t) ch * h + py * p + ky) * w + px * p,
+                p * sizeof (float));
+            dst += p;
+          }
+      }
+    }
+  }
+}
+
+static void
+embed (VmoeCpu *cpu, const float *input, int n)
+{
+  const VmoeModel *m = cpu->model;
+  const VmoeConfig *c = &m->config;
+  int d = cpu->dim, n_patches = vmoe_config_patches (c);
+  int first_patch = c->class_token ? 1 : 0;
+  im2col (cpu->patches, input, n, c);
+  vmoe_cpu_run_on_rows (cpu, n * n_patches, (double) m->patch_embed.in * d,
+      patch_embed_rows, &m->patch_embed);
+  for (int i = 0; i < n; i++) {
+    float *x = cpu->x + (size_t) i * cpu->tokens * d;
+    if (c->class_token)
+      for (int j = 0; j < d; j++)
+        x[j] = m->cls_token[j] + m->pos_embed[j];
+    for (int t = 0; t < n_patches; t++) {
+      float *dst = x + (size_t) (first_patch + t) * d;
+      const float *src = cpu->z + ((size_t) i * n_patches + t) * d;
+      const float *pos = m->pos_embed + (size_t) (first_patch + t) * d;
+      for (int j = 0; j < d; j++)
+        dst[j] = src[j] + pos[j];
+    }
+  }
+}
+
+static void
+pool_and_head (VmoeCpu *cpu, int n, float *logits)
+{
+  const VmoeModel *m = cpu->model;
+  const VmoeConfig *c = &m->config;
+  int d = cpu->dim, t_count = cpu->tokens;
+  float eps = (float) c->norm_eps;
+  for (int i = 0; i < n; i++) {
+    const float *x = cpu->x + (size_t) i * t_count * d;
+    float *pooled = cpu->pooled + (size_t) i * d;
+    if (c->pool == VMOE_POOL_TOKEN) {
+      vmoe_layernorm_forward (pooled, x, m->norm_weight, m->norm_bias, 1, d, eps);
+      continue;
+    }
+    int first = c->class_token ? 1 : 0, count = t_count - first;
+    vmoe_layernorm_forward (cpu->z, x + (size_t) first * d, m->norm_weight,
+        m->norm_bias, count, d, eps);
+    for (int j = 0; j < d; j++) {
+      double s = 0;
+      for (int t = 0; t < count; t++)
+        s += cpu->z[(size_t) t * d + j];
+      pooled[j] = (float) (s / count);
+    }
+  }
+  vmoe_linear_forward (cpu->gemm[0], logits, cpu->pooled, &m->head, n,
+      VMOE_EPILOGUE_STORE);
+}
+
+/* E3: images [0, n) of x and z become n*M member copies, copy i*M + m
+ * being image i's.  In place from the last image down: copy i's targets
+ * start at i*M >= i, past every image still to be read. */
+static void
+copy_members (VmoeCpu *cpu, int n)
+{
+  int members = cpu->model->config.ensemble_members;
+  size_t image = (size_t) cpu->tokens * cpu->dim;
+  for (int i = n - 1; i >= 0; i--)
+    for (int m = members - 1; m >= 0; m--) {
+      size_t to = ((size_t) i * members + m) * image, from = (size_t) i * image;
+      if (to == from)
+        continue;
+      memcpy (cpu->x + to, cpu->x + from, image * sizeof (float));
+      memcpy (cpu->z + to, cpu->z + from, image * sizeof (float));
+    }
+}
+
+void
+vmoe_cpu_forward (VmoeCpu *cpu, const float *input, int n, VmoeRawOutput *out)
+{
+  const VmoeModel *m = cpu->model;
+  const VmoeConfig *c = &m->config;
+  int d = cpu->dim;
+  vmoe_cpu_reserve (cpu, n);
+
+  embed (cpu, input, n);
+  /* Rows of the batch: images, and from the first MoE block's FFN on, the
+   * ensemble's member copies (docs/design.md: copying there gives what
+   * copying the stream entering the block would, as the copies are equal
+   * until their routing differs, for one attention instead of M). */
+  int images = n, layer = 0;
+  for (int b = 0; b < c->depth; b++) {
+    const VmoeBlock *block = &m->blocks[b];
+    int rows = images * cpu->tokens;
+    /* x = x + Attn(LN1(x)) */
+    vmoe_cpu_run_on_rows (cpu, rows, (double) d * block->qkv.out,
+        attention_input_rows, block);
+    vmoe_attention_forward (cpu->attn, cpu->qkv, cpu->attention_scratch,
+        cpu->workers, images, cpu->tokens, d, c->num_heads);
+    /* x = x + FFN(LN2(x)); the image router reads x before the FFN. */
+    vmoe_cpu_run_on_rows (cpu, rows, (double) d * d + (block->is_moe ? 0
+            : vmoe_mlp_fmas_per_row (&block->mlp)), attention_output_rows, block);
+    if (!block->is_moe)
+      continue;
+    if (c->routing == VMOE_ROUTING_IMAGE && layer == 0)
+      vmoe_cpu_route_images (cpu, n, out);
+    if (layer == 0 && c->ensemble_members > 1) {
+      copy_members (cpu, n);
+      images = n * c->ensemble_members;
+      rows = images * cpu->tokens;
+    }
+    if (block->has_shared)
+      vmoe_cpu_run_on_rows (cpu, rows, vmoe_mlp_fmas_per_row (&block->shared),
+          shared_expert_rows, block);
+    vmoe_cpu_moe_forward (cpu, block, layer, images, out);
+    layer++;
+  }
+  pool_and_head (cpu, images, out->logits);
+}
+
+/* ---------------------------------------------------------------- life */
+
+static void
+workspace_free (VmoeCpu *cpu)
+{
+  cpu->patches = NULL;
+  float **floats[] = { &cpu->x, &cpu->z, &cpu->qkv, &cpu->attn, &cpu->hidden,
+    &cpu->gather_in, &cpu->gather_out,
+    &cpu->router_probs, &cpu->router_input, &cpu->pooled, &cpu->row_weights,
+    &cpu->choice_p };
+  for (guint i = 0; i < G_N_ELEMENTS (floats); i++)
+    g_clear_pointer (floats[i], g_free);
+  g_clear_pointer (&cpu->rows, g_free);
+  g_clear_pointer (&cpu->choice, g_free);
+  g_clear_pointer (&cpu->assigned, g_free);
+  g_clear_pointer (&cpu->order, g_free);
+  g_clear_pointer (&cpu->attention_scratch, g_aligned_free);
+}
+
+void
+vmoe_cpu_reserve (VmoeCpu *cpu, int n)
+{
+  if (n <= cpu->reserved)
+    return;
+  const VmoeConfig *c = &cpu->model->config;
+  workspace_free (cpu);
+  size_t t = cpu->tokens, d = cpu->dim, k = MAX (cpu->routing.top_k, 1);
+  /* Activations for the E3 member copies (n*M images); the patches and
+   * the router's input only ever hold the n images. */
+  size_t rows = (size_t) n * c->ensemble_members * t;
+  /* An image may send all its tokens to one expert k times only with k
+   * distinct experts, so one expert sees at most N*T rows; the shared buffers
+   * are sized for N*T*k to stay obviously safe. */
+  size_t expert_rows = rows * k;
+  size_t patch_len = (size_t) c->in_channels * c->patch_size * c->patch_size;
+  cpu->x = g_new (float, rows * d);
+  cpu->z = g_new (float, MAX (rows * d, (size_t) n * vmoe_config_patches (c) * d));
+  cpu->qkv = g_new (float, rows * 3 * d);
+  cpu->attn = g_new (float, rows * d);
+  size_t patches_len = (size_t) n * vmoe_config_patches (c) * patch_len;
+  cpu->hidden = g_new (float, MAX (expert_rows * cpu->hidden_dim, patches_len));
+  cpu->patches = cpu->hidden;
+  cpu->attention_scratch = g_aligned_alloc (vmoe_attention_scratch_len (
+          n * c->ensemble_members, cpu->tokens, cpu->dim, c->num_heads, vmoe_workers_threads (cpu->workers)),
+      sizeof (float), 64);
+  cpu->gather_in = g_new (float, expert_rows * d);
+  cpu->gather_out = g_new (float, expert_rows * d);
+  /* Token routing: [rows, E/M]; image routing: [n, E], no larger. */
+  cpu->router_probs = g_new (float, rows * MAX (c->num_experts / c->ensemble_members, 1));
+  cpu->router_input = g_new (float, (size_t) n * d);
+  cpu->pooled = g_new (float, (size_t) n * c->ensemble_members * d);
+  cpu->rows = g_new (int, expert_rows);
+  cpu->row_weights = g_new (float, expert_rows);
+  cpu->choice = g_new (int, expert_rows);
+  cpu->choice_p = g_new (float, expert_rows);
+  cpu->assigned = g_new (int, expert_rows);
+  cpu->order = g_new (int, t);
+  cpu->reserved = n;
+}
+
+VmoeCpu *
+vmoe_cpu_new (VmoeModel *model, VmoeRoutingParams routing, int threads,
+    VmoePrecision precision, GError **error)
+{
+  const VmoeConfig *c = &model->config;
+  if (!vmoe_cpu_gemm_prepare (model, precision, error))
+    return NULL;
+  VmoeCpu *cpu = g_new0 (VmoeCpu, 1);
+  cpu->model = vmoe_model_ref (model);
+  cpu->routing = routing;
+  cpu->tokens = vmoe_config_tokens (c);
+  cpu->dim = c->embed_dim;
+  cpu->hidden_dim = MAX (c->mlp_dim, c->routing != VMOE_ROUTING_NONE ? c->expert_mlp_dim : 0);
+  cpu->workers = vmoe_workers_new (threads > 0 ? threads : (int) g_get_num_processors ());
+  int n_threads = vmoe_workers_threads (cpu->workers);
+  cpu->gemm = g_new0 (VmoeGemmScratch *, n_threads);
+  for (int t = 0; t < n_threads; t++)
+    cpu->gemm[t] = vmoe_gemm_scratch_new (precision);
+  return cpu;
+}
+
+void
+vmoe_cpu_free (VmoeCpu *cpu)
+{
+  if (!cpu)
+    return;
+  workspace_free (cpu);
+  for (int t = 0; t < vmoe_workers_threads (cpu->workers); t++)
+    vmoe_gemm_scratch_free (cpu->gemm[t]);
+  g_free (cpu->gemm);
+  vmoe_workers_free (cpu->workers);
+  vmoe_model_unref (cpu->model);
+  g_free (cpu);
+}

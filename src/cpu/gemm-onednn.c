@@ -1,0 +1,560 @@
+/* The linear layers on oneDNN's matmul primitive (the `onednn` build; see
+ * docs/cpu.md).  Each layer's weights are reordered once into the blocked
+ * layout oneDNN picks for them (format_tag any), stored with the model and
+ * shared by every session on it.  Bias, GELU and the residual add run as the
+ * primitive's epilogue (bias and post-ops).
+ *
+ * Row counts vary from call to call (slices, experts), and a primitive has a
+ * fixed M (oneDNN 2.6 runs a run-time M on its reference kernel only), so a
+ * call is cut into chunks of 256, 128, ..., 8 rows, the last padded to 8:
+ * six primitives per shape and epilogue, made on first use.  Every chunk
+ * shares the weights' layout, and each output row is summed in the same
+ * order whatever chunk it lands in and at whichever row of it (checked
+ * bit for bit by the ops test "batch"), so an image's result does not depend
+ * on its batch.
+ *
+ * Threads: the session's own pool splits the rows; each call runs on the
+ * calling thread with OpenMP set to one thread for its duration (oneDNN's
+ * parallel regions then run inline), so oneDNN never starts threads of its
+ * own beside the pool's.
+ *
+ * bf16 (VMOE_PRECISION_BF16): the weights are packed a second time as bf16,
+ * and each call rounds its input rows to bf16 (to nearest even) before the
+ * matmul, which sums in fp32 and writes fp32 (avx512_core_bf16 only). */
+#include "linear.h"
+#include "ops.h"
+
+#include <oneapi/dnnl/dnnl.h>
+#include <omp.h>
+#include <string.h>
+
+#define CHUNK_SIZES 6
+#define SMALLEST_CHUNK 8            /* rows; chunk i holds SMALLEST_CHUNK << i */
+#define LARGEST_CHUNK (SMALLEST_CHUNK << (CHUNK_SIZES - 1))
+
+/* The primitives of one shape and epilogue, one per chunk size. */
+typedef struct {
+  dnnl_primitive_t chunk[CHUNK_SIZES];
+  size_t scratchpad_bytes;          /* the largest of the six */
+} PrimitiveSet;
+
+/* A layer packed at one precision; weights NULL until a session asks. */
+typedef struct {
+  void *weights;                    /* in `layout` */
+  dnnl_memory_desc_t layout;
+  /* The primitives of the epilogues the layer is used with, from `sets`. */
+  const PrimitiveSet *sets[VMOE_N_EPILOGUES];
+} PackedAt;
+
+struct VmoePackedLinear {
+  PackedAt at[2];                   /* by VmoePrecision */
+};
+
+struct VmoeGemmScratch {
+  VmoePrecision precision;          /* the session's */
+  float *pad_in, *pad_out;          /* SMALLEST_CHUNK rows of a padded chunk */
+  size_t pad_floats;
+  guint16 *rounded;                 /* bf16: the call's input rows */
+  size_t rounded_len;
+  void *scratchpad;
+  size_t scratchpad_bytes;
+  dnnl_stream_t stream;             /* made on first use */
+};
+
+static GMutex lock;                 /* packing and primitive creation */
+static dnnl_engine_t engine;        /* the CPU engine, made once per process */
+/* Primitive sets by shape and epilogue, shared by every layer and model of
+ * the process that has them, kept for the process's life (a few per
+ * shape: a ViT-Tiny Mobile V-MoE holds 8). */
+static GHashTable *sets;
+
+static gboolean
+check (dnnl_status_t status, const char *what, GError **error)
+{
+  if (status == dnnl_success)
+    return TRUE;
+  g_set_error (error, VMOE_ERROR, VMOE_ERROR_BACKEND,
+      "oneDNN: %s failed (status %d)", what, (int) status);
+  return FALSE;
+}
+
+static gboolean
+engine_ensure (GError **error)
+{
+  return engine || check (dnnl_engine_create (&engine, dnnl_cpu, 0),
+      "creating the CPU engine", error);
+}
+
+static void
+plain_md (dnnl_memory_desc_t *md, int rows, int cols, dnnl_data_type_t type)
+{
+  dnnl_dims_t dims = { rows, cols };
+  dnnl_memory_desc_init_by_tag (md, 2, dims, type, dnnl_ab);
+}
+
+static dnnl_data_type_t
+data_type (VmoePrecision precision)
+{
+  return precision == VMOE_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
+}
+
+/* A matmul of m rows by lin with `weights` as the weights' layout (any, at
+ * packing) and the epilogue as post-ops; input and weights at `precision`,
+ * bias and output fp32; scratchpad from the caller. */
+static gboolean
+primitive_desc_new (dnnl_primitive_desc_t *pd, const VmoeLinear *lin, int m,
+    const dnnl_memory_desc_t *weights, VmoeEpilogue epilogue,
+    VmoePrecision precision, GError **error)
+{
+  dnnl_memory_desc_t src, bias, dst;
+  plain_md (&src, m, lin->in, data_type (precision));
+  plain_md (&bias, 1, lin->out, dnnl_f32);
+  plain_md (&dst, m, lin->out, dnnl_f32);
+  dnnl_matmul_desc_t desc;
+  if (!check (dnnl_matmul_desc_init (&desc, &src, weights, lin->bias ? &bias : NULL,
+              &dst), "describing a matmul", error))
+    return FALSE;
+  dnnl_primitive_attr_t attr;
+  dnnl_post_ops_t post_ops;
+  dnnl_primitive_attr_create (&attr);
+  dnnl_post_ops_create (&post_ops);
+  dnnl_primitive_attr_set_scratchpad_mode (attr, dnnl_scratchpad_mode_user);
+  if (epilogue == VMOE_EPILOGUE_GELU_ERF)
+    dnnl_post_ops_append_eltwise (post_ops, 1.0f, dnnl_eltwise_gelu_erf, 0, 0);
+  else if (epilogue == VMOE_EPILOGUE_GELU_TANH)
+    dnnl_post_ops_append_eltwise (post_ops, 1.0f, dnnl_eltwise_gelu_tanh, 0, 0);
+  else if (epilogue == VMOE_EPILOGUE_ADD)
+    dnnl_post_ops_append_sum (post_ops, 1.0f);
+  dnnl_primitive_attr_set_post_ops (attr, post_ops);
+  gboolean ok = check (dnnl_primitive_desc_create (pd, &desc, attr, engine, NULL),
+      "creating a matmul", error);
+  dnnl_post_ops_destroy (post_ops);
+  dnnl_primitive_attr_destroy (attr);
+  return ok;
+}
+
+static void
+primitive_set_free (PrimitiveSet *set)
+{
+  for (int i = 0; i < CHUNK_SIZES; i++)
+    if (set->chunk[i])
+      dnnl_primitive_destroy (set->chunk[i]);
+  g_free (set);
+}
+
+static PrimitiveSet *
+primitive_set_new (const VmoeLinear *lin, VmoeEpilogue epilogue,
+    VmoePrecision precision, GError **error)
+{
+  PrimitiveSet *set = g_new0 (PrimitiveSet, 1);
+  for (int i = 0; i < CHUNK_SIZES; i++) {
+    dnnl_primitive_desc_t pd;
+    if (!primitive_desc_new (&pd, lin, SMALLEST_CHUNK << i,
+            &lin->packed->at[precision].layout, epilogue, precision, error)) {
+      primitive_set_free (set);
+      return NULL;
+    }
+    const dnnl_memory_desc_t *pad = dnnl_primitive_desc_query_md (pd,
+        dnnl_query_scratchpad_md, 0);
+    set->scratchpad_bytes = MAX (set->scratchpad_bytes,
+        pad ? dnnl_memory_desc_get_size (pad) : 0);
+    gboolean ok = check (dnnl_primitive_create (&set->chunk[i], pd),
+        "creating a matmul", error);
+    dnnl_primitive_desc_destroy (pd);
+    if (!ok) {
+      primitive_set_free (set);
+      return NULL;
+    }
+  }
+  return set;
+}
+
+/* OpenMP at one thread on the calling thread until one_thread_end: oneDNN
+ * then runs inline and libgomp starts no threads, which would also hang a
+ * fork()ed child that uses OpenMP again (libgomp is not fork-safe).  It must
+ * hold when primitives are made too: a primitive plans its threads then, and
+ * one made with two ran a two-thread OpenMP team on every call whatever the
+ * caller's setting (libgomp's spinning was 11% of the profile). */
+static int
+one_thread_begin (void)
+{
+  int threads = omp_get_max_threads ();
+  if (threads != 1)
+    omp_set_num_threads (1);
+  return threads;
+}
+
+static void
+one_thread_end (int threads)
+{
+  if (threads != 1)
+    omp_set_num_threads (threads);
+}
+
+/* Reorders lin's weights (out, in) row-major, i.e. (in, out) in tag ba, into
+ * the layout a 256-row matmul at `precision` picks; every chunk size takes
+ * that layout.  Called inside one_thread_begin. */
+static gboolean
+pack_linear (VmoeLinear *lin, VmoePrecision precision, GError **error)
+{
+  dnnl_memory_desc_t any, plain;
+  dnnl_dims_t dims = { lin->in, lin->out };
+  dnnl_memory_desc_init_by_tag (&any, 2, dims, data_type (precision),
+      dnnl_format_tag_any);
+  dnnl_memory_desc_init_by_tag (&plain, 2, dims, dnnl_f32, dnnl_ba);
+  dnnl_primitive_desc_t pd;
+  if (!primitive_desc_new (&pd, lin, LARGEST_CHUNK, &any, VMOE_EPILOGUE_STORE,
+          precision, error))
+    return FALSE;
+  if (!lin->packed)
+    lin->packed = g_new0 (VmoePackedLinear, 1);
+  PackedAt *packed = &((VmoePackedLinear *) lin->packed)->at[precision];
+  packed->layout = *dnnl_primitive_desc_query_md (pd, dnnl_query_weights_md, 0);
+  dnnl_primitive_desc_destroy (pd);
+  void *weights = g_aligned_alloc (dnnl_memory_desc_get_size (&packed->layout), 1, 64);
+
+  dnnl_primitive_desc_t reorder_pd;
+  dnnl_primitive_t reorder = NULL;
+  dnnl_memory_t from = NULL, to = NULL;
+  dnnl_stream_t stream = NULL;
+  gboolean ok = check (dnnl_reorder_primitive_desc_create (&reorder_pd, &plain,
+          engine, &packed->layout, engine, NULL), "planning a weight reorder", error);
+  if (ok) {
+    ok = check (dnnl_primitive_create (&reorder, reorder_pd), "reordering weights",
+        error);
+    dnnl_primitive_desc_destroy (reorder_pd);
+  }
+  ok = ok && check (dnnl_memory_create (&from, &plain, engine, (void *) lin->weight),
+      "reordering weights", error)
+      && check (dnnl_memory_create (&to, &packed->layout, engine, weights),
+      "reordering weights", error)
+      && check (dnnl_stream_create (&stream, engine, dnnl_stream_default_flags),
+      "reordering weights", error);
+  if (ok) {
+    dnnl_exec_arg_t args[] = { { DNNL_ARG_FROM, from }, { DNNL_ARG_TO, to } };
+    ok = check (dnnl_primitive_execute (reorder, stream, 2, args), "reordering weights",
+        error) && check (dnnl_stream_wait (stream), "reordering weights", error);
+  }
+  if (stream)
+    dnnl_stream_destroy (stream);
+  if (from)
+    dnnl_memory_destroy (from);
+  if (to)
+    dnnl_memory_destroy (to);
+  if (reorder)
+    dnnl_primitive_destroy (reorder);
+  if (!ok) {
+    g_aligned_free (weights);
+    return FALSE;
+  }
+  packed->weights = weights;
+  return TRUE;
+}
+
+/* The shared set of lin's shape with the epilogue, made if new. */
+static const PrimitiveSet *
+primitive_set_get (const VmoeLinear *lin, VmoeEpilogue epilogue,
+    VmoePrecision precision, GError **error)
+{
+  if (!sets)
+    sets = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  char *key = g_strdup_printf ("%d %d %d %d %d", lin->in, lin->out,
+      lin->bias != NULL, (int) epilogue, (int) precision);
+  PrimitiveSet *set = g_hash_table_lookup (sets, key);
+  if (!set && (set = primitive_set_new (lin, epilogue, precision, error)))
+    g_hash_table_insert (sets, g_steal_pointer (&key), set);
+  g_free (key);
+  return set;
+}
+
+static void
+packed_linear_free (VmoeLinear *lin)
+{
+  VmoePackedLinear *packed = (VmoePackedLinear *) lin->packed;
+  if (!packed)
+    return;
+  for (guint p = 0; p < G_N_ELEMENTS (packed->at); p++)
+    g_aligned_free (packed->at[p].weights);
+  g_free (packed);
+  lin->packed = NULL;
+}
+
+typedef gboolean (*LinearFunc) (VmoeLinear *lin, VmoeEpilogue epilogue,
+    VmoePrecision precision, GError **error);
+
+/* Calls func on every linear layer of the model, with the epilogue the
+ * forward pass (forward.c, moe.c, linear.c) runs it with. */
+static gboolean
+each_linear (VmoeModel *model, LinearFunc func, VmoePrecision p, GError **error)
+{
+  const VmoeConfig *c = &model->config;
+  VmoeEpilogue gelu = c->act == VMOE_ACT_GELU ? VMOE_EPILOGUE_GELU_ERF
+      : VMOE_EPILOGUE_GELU_TANH;
+  if (!func (&model->patch_embed, VMOE_EPILOGUE_STORE, p, error)
+      || !func (&model->head, VMOE_EPILOGUE_STORE, p, error))
+    return FALSE;
+  if (c->routing == VMOE_ROUTING_IMAGE
+      && !func (&model->router, VMOE_EPILOGUE_STORE, VMOE_PRECISION_FP32, error))
+    return FALSE;
+  for (int b = 0; b < c->depth; b++) {
+    VmoeBlock *block = &model->blocks[b];
+    /* Dense and shared MLPs add into the residual, experts store; routers run
+   * in fp32 at any precision. */
+    VmoeMlp *adding[] = { block->is_moe ? NULL : &block->mlp,
+      block->has_shared ? &block->shared : NULL };
+    if (!func (&block->qkv, VMOE_EPILOGUE_STORE, p, error)
+        || !func (&block->proj, VMOE_EPILOGUE_ADD, p, error))
+      return FALSE;
+    for (guint i = 0; i < G_N_ELEMENTS (adding); i++)
+      if (adding[i] && (!func (&adding[i]->fc1, gelu, p, error)
+              || !func (&adding[i]->fc2, VMOE_EPILOGUE_ADD, p, error)))
+        return FALSE;
+    if (!block->is_moe)
+      continue;
+    if (c->routing == VMOE_ROUTING_TOKEN
+        && !func (&block->router, VMOE_EPILOGUE_STORE, VMOE_PRECISION_FP32, error))
+      return FALSE;
+    for (int e = 0; e < c->num_experts; e++)
+      if (!func (&block->experts[e].fc1, gelu, p, error)
+          || !func (&block->experts[e].fc2, VMOE_EPILOGUE_STORE, p, error))
+        return FALSE;
+  }
+  return TRUE;
+}
+
+static gboolean
+free_linear (VmoeLinear *lin, VmoeEpilogue epilogue, VmoePrecision precision,
+    GError **error)
+{
+  packed_linear_free (lin);
+  return TRUE;
+}
+
+static gboolean
+pack_if_needed (VmoeLinear *lin, VmoeEpilogue epilogue, VmoePrecision precision,
+    GError **error)
+{
+  if ((!lin->packed || !lin->packed->at[precision].weights)
+      && !pack_linear (lin, precision, error))
+    return FALSE;
+  PackedAt *packed = &((VmoePackedLinear *) lin->packed)->at[precision];
+  if (!packed->sets[epilogue])
+    packed->sets[epilogue] = primitive_set_get (lin, epilogue, precision, error);
+  return packed->sets[epilogue] != NULL;
+}
+
+/* NULL where oneDNN can run `precision` natively here, else why not. */
+static const char *
+precision_unsupported (VmoePrecision precision)
+{
+  dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa ();
+  if (precision == VMOE_PRECISION_BF16
+      && (isa & dnnl_cpu_isa_avx512_core_bf16) != dnnl_cpu_isa_avx512_core_bf16)
+    return "precision bf16 needs a CPU with avx512_bf16 (oneDNN's "
+        "avx512_core_bf16), which this one lacks (or DNNL_MAX_CPU_ISA hides); "
+        "use fp32";
+  return NULL;
+}
+
+gboolean
+vmoe_cpu_gemm_prepare (VmoeModel *model, VmoePrecision precision, GError **error)
+{
+  g_mutex_lock (&lock);
+  int threads = one_thread_begin ();
+  gboolean ok = engine_ensure (error);
+  const char *why = ok ? precision_unsupported (precision) : NULL;
+  if (why) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_BACKEND, "%s", why);
+    ok = FALSE;
+  }
+  ok = ok && each_linear (model, pack_if_needed, precision, error);
+  one_thread_end (threads);
+  g_mutex_unlock (&lock);
+  return ok;
+}
+
+void
+vmoe_cpu_weights_free (VmoeModel *model)
+{
+  if (model->blocks)
+    each_linear (model, free_linear, VMOE_PRECISION_FP32, NULL);
+}
+
+VmoeGemmScratch *
+vmoe_gemm_scratch_new (VmoePrecision precision)
+{
+  VmoeGemmScratch *scratch = g_new0 (VmoeGemmScratch, 1);
+  scratch->precision = precision;
+  return scratch;
+}
+
+void
+vmoe_gemm_scratch_free (VmoeGemmScratch *scratch)
+{
+  if (!scratch)
+    return;
+  g_free (scratch->pad_in);
+  g_free (scratch->pad_out);
+  g_free (scratch->rounded);
+  g_free (scratch->scratchpad);
+  if (scratch->stream)
+    dnnl_stream_destroy (scratch->stream);
+  g_free (scratch);
+}
+
+/* bf16 of each float, rounded to nearest even; NaN stays NaN. */
+static VMOE_VECTOR_CLONES void
+round_to_bf16 (guint16 *out, const float *in, size_t n)
+{
+  for (size_t i = 0; i < n; i++) {
+    guint32 bits;
+    memcpy (&bits, &in[i], sizeof bits);
+    guint32 rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    gboolean is_nan = (bits & 0x7fffffffu) > 0x7f800000u;
+    out[i] = (guint16) (is_nan ? (bits >> 16) | 0x40u : rounded);
+  }
+}
+
+static void
+execute_chunk (dnnl_primitive_t primitive, const VmoeLinear *lin, int m,
+    VmoePrecision precision, const void *in, float *out, VmoeGemmScratch *scratch)
+{
+  const PackedAt *packed = &lin->packed->at[precision];
+  dnnl_memory_desc_t src_md, bias_md, dst_md, pad_md;
+  plain_md (&src_md, m, lin->in, data_type (precision));
+  plain_md (&bias_md, 1, lin->out, dnnl_f32);
+  plain_md (&dst_md, m, lin->out, dnnl_f32);
+  dnnl_dims_t pad_dims = { (dnnl_dim_t) scratch->scratchpad_bytes };
+  dnnl_memory_desc_init_by_tag (&pad_md, 1, pad_dims, dnnl_u8, dnnl_a);
+  dnnl_memory_t src, weights, bias = NULL, dst, pad;
+  dnnl_memory_create (&src, &src_md, engine, (void *) in);
+  dnnl_memory_create (&weights, &packed->layout, engine, packed->weights);
+  dnnl_memory_create (&dst, &dst_md, engine, out);
+  dnnl_memory_create (&pad, &pad_md, engine, scratch->scratchpad);
+  dnnl_exec_arg_t args[5] = { { DNNL_ARG_SRC, src }, { DNNL_ARG_WEIGHTS, weights },
+    { DNNL_ARG_DST, dst }, { DNNL_ARG_SCRATCHPAD, pad } };
+  int n_args = 4;
+  if (lin->bias) {
+    dnnl_memory_create (&bias, &bias_md, engine, (void *) lin->bias);
+    args[n_args++] = (dnnl_exec_arg_t) { DNNL_ARG_BIAS, bias };
+  }
+  dnnl_primitive_execute (primitive, scratch->stream, n_args, args);
+  dnnl_stream_wait (scratch->stream);
+  for (int i = 0; i < n_args; i++)
+    dnnl_memory_destroy (args[i].memory);
+}
+
+/* Grows scratch for a call of `rows` rows of lin with `set`. */
+static void
+scratch_reserve (VmoeGemmScratch *scratch, const VmoeLinear *lin, int rows,
+    VmoePrecision precision, const PrimitiveSet *set)
+{
+  size_t pad_floats = (size_t) SMALLEST_CHUNK * MAX (lin->in, lin->out);
+  if (scratch->pad_floats < pad_floats) {
+    g_free (scratch->pad_in);
+    g_free (scratch->pad_out);
+    scratch->pad_in = g_new0 (float, pad_floats);
+    scratch->pad_out = g_new0 (float, pad_floats);
+    scratch->pad_floats = pad_floats;
+  }
+  size_t rounded_len = precision == VMOE_PRECISION_BF16
+      ? (size_t) rows * lin->in : 0;
+  if (scratch->rounded_len < rounded_len) {
+    g_free (scratch->rounded);
+    scratch->rounded = g_new (guint16, rounded_len);
+    scratch->rounded_len = rounded_len;
+  }
+  if (scratch->scratchpad_bytes < set->scratchpad_bytes) {
+    g_free (scratch->scratchpad);
+    scratch->scratchpad = g_malloc (set->scratchpad_bytes);
+    scratch->scratchpad_bytes = set->scratchpad_bytes;
+  }
+  if (!scratch->stream)
+    dnnl_stream_create (&scratch->stream, engine, dnnl_stream_default_flags);
+}
+
+static void
+linear_forward_at (VmoeGemmScratch *scratch, VmoePrecision precision, float *out,
+    const float *inp, const VmoeLinear *lin, int rows, VmoeEpilogue epilogue)
+{
+  if (rows == 0)
+    return;
+  const PrimitiveSet *set = lin->packed->at[precision].sets[epilogue];
+  g_assert (set);                   /* each_linear lists every use */
+  scratch_reserve (scratch, lin, rows, precision, set);
+  const char *src = (const char *) inp;
+  size_t row_bytes = (size_t) lin->in * sizeof (float);
+  if (precision == VMOE_PRECISION_BF16) {
+    round_to_bf16 (scratch->rounded, inp, (size_t) rows * lin->in);
+    src = (const char *) scratch->rounded;
+    row_bytes = (size_t) lin->in * sizeof (guint16);
+  }
+  int threads = one_thread_begin ();
+  int done = 0;
+  while (rows - done >= SMALLEST_CHUNK) {
+    int i = CHUNK_SIZES - 1;
+    while ((SMALLEST_CHUNK << i) > rows - done)
+      i--;
+    execute_chunk (set->chunk[i], lin, SMALLEST_CHUNK << i, precision,
+        src + done * row_bytes, out + (size_t) done * lin->out, scratch);
+    done += SMALLEST_CHUNK << i;
+  }
+  int tail = rows - done;
+  if (tail > 0) {
+    float *tail_out = out + (size_t) done * lin->out;
+    memcpy (scratch->pad_in, src + done * row_bytes, tail * row_bytes);
+    if (epilogue == VMOE_EPILOGUE_ADD)
+      memcpy (scratch->pad_out, tail_out, (size_t) tail * lin->out * sizeof (float));
+    execute_chunk (set->chunk[0], lin, SMALLEST_CHUNK, precision, scratch->pad_in,
+        scratch->pad_out, scratch);
+    memcpy (tail_out, scratch->pad_out, (size_t) tail * lin->out * sizeof (float));
+  }
+  one_thread_end (threads);
+}
+
+void
+vmoe_linear_forward (VmoeGemmScratch *scratch, float *out, const float *inp,
+    const VmoeLinear *lin, int rows, VmoeEpilogue epilogue)
+{
+  linear_forward_at (scratch, scratch->precision, out, inp, lin, rows, epilogue);
+}
+
+void
+vmoe_linear_forward_fp32 (VmoeGemmScratch *scratch, float *out, const float *inp,
+    const VmoeLinear *lin, int rows, VmoeEpilogue epilogue)
+{
+  linear_forward_at (scratch, VMOE_PRECISION_FP32, out, inp, lin, rows, epilogue);
+}
+
+const char *
+vmoe_cpu_gemm_describe (VmoePrecision precision, GError **error)
+{
+  static char described[2][96];
+  g_mutex_lock (&lock);
+  int threads = one_thread_begin ();
+  const char *why = NULL;
+  if (!described[precision][0] && engine_ensure (error)
+      && !(why = precision_unsupported (precision))) {
+    /* What a ViT-Tiny layer gets (planned, not run). */
+    VmoeLinear lin = { NULL, NULL, 192, 192, NULL };
+    dnnl_memory_desc_t any;
+    dnnl_dims_t dims = { lin.in, lin.out };
+    dnnl_memory_desc_init_by_tag (&any, 2, dims, data_type (precision),
+        dnnl_format_tag_any);
+    dnnl_primitive_desc_t pd;
+    if (primitive_desc_new (&pd, &lin, LARGEST_CHUNK, &any, VMOE_EPILOGUE_STORE,
+            precision, error)) {
+      const char *impl = NULL;
+      dnnl_primitive_desc_query (pd, dnnl_query_impl_info_str, 0, &impl);
+      const dnnl_version_t *v = dnnl_version ();
+      g_snprintf (described[precision], sizeof described[precision],
+          "oneDNN %d.%d.%d %s", v->major, v->minor, v->patch, impl ? impl : "?");
+      dnnl_primitive_desc_destroy (pd);
+    }
+  }
+  if (why)
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_BACKEND, "%s", why);
+  one_thread_end (threads);
+  g_mutex_unlock (&lock);
+  return described[precision][0] ? described[precision] : NULL;
+}
