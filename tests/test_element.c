@@ -2413,6 +2413,7 @@ vulkan_suite (void)
   tcase_add_test (tc, test_rejected_setting_keeps_last);
   tcase_add_test (tc, test_top_k_without_new_session);
   tcase_add_test (tc, test_non_finite_logits_warn);
+  tcase_add_test (tc, test_yuv_colorimetry_matches_videoconvert);
   tcase_add_test (tc, test_vulkan_device_and_fp16);
   tcase_add_test (tc, test_vulkan_device_lost);
   suite_add_tcase (s, tc);
