@@ -516,8 +516,8 @@ map_image (const GstVideoFrame *frame, VmoeImage *img)
  * know is converted with the closest it knows, with a warning once, rather
  * than refused in caps: a decoder cannot change the colorimetry it outputs,
  * so refusing would fail the pipeline, while the closest matrix only shifts
- * colours slightly (FCC is within 0.001 of BT.601 and SMPTE 240M within
- * 0.016 of BT.709 in Kr and Kb). */
+ * colours slightly (FCC is within 0.004 of BT.601 and SMPTE 240M within
+ * 0.015 of BT.709 in Kr and Kb). */
 static void
 set_yuv_encoding (GstVmoeClassify *self, const GstVideoInfo *info, VmoeImage *img)
 {

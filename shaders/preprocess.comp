@@ -4,9 +4,9 @@
 // crop samples the virtual resized frame bilinearly (half-pixel centres),
 // converting its four source pixels to the model's channels (YUV to 8-bit
 // RGB first, with the frame's coefficients from src/yuv-encoding.c), then
-// normalises.  The raw frame planes
-// sit in the byte buffer; per-image geometry and pixel layout (the table in
-// src/pixel-format.c) in the integer buffer.  A region is sampled in place:
+// normalises.  The raw frame planes sit in the byte buffer; per-image
+// geometry, pixel layout (the table in src/pixel-format.c) and YUV
+// coefficients in the integer buffer.  A region is sampled in place:
 // source indices are clamped to the crop (P_WIDTH x P_HEIGHT), and pixels
 // read at their frame coordinates (crop + P_ORIGIN), so YUV chroma is the
 // frame's own.
