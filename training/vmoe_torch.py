@@ -415,9 +415,12 @@ def yuv420_to_rgb(y, u, v, yuv_matrix="bt601", yuv_range="limited"):
     [N, ceil(H/2), ceil(W/2)] -> uint8 RGB [N, H, W, 3].  Pixel (x, y) takes
     the chroma of its 2x2 block; the float32 result is rounded half up and
     clamped to 8 bits, as the engine does."""
+    if yuv_matrix not in YUV_MATRICES or yuv_range not in ("limited", "full"):
+        raise ValueError("YUV matrix %r or range %r is not one of %s, limited, full"
+                         % (yuv_matrix, yuv_range, ", ".join(YUV_MATRICES)))
     kr, kb = YUV_MATRICES[yuv_matrix]
     kg = 1 - kr - kb
-    full = {"limited": False, "full": True}[yuv_range]
+    full = yuv_range == "full"
     y_scale, c_scale, y_offset = (1.0, 1.0, 0.0) if full else (255 / 219, 255 / 224, 16.0)
     h, w = np.shape(y)[1:]
 

@@ -77,7 +77,7 @@ CASES = [
 ]
 
 # YUV frames per case: (pixel format, matrix, range, frame width, height,
-# with regions).  The other encodings than BT.601 limited range, odd sizes
+# with regions): encodings other than BT.601 limited range, odd sizes
 # (chroma rounded up) and regions; each on CPU and Vulkan via test_parity.
 YUV_INPUTS = {
     "dense": [("I420", "bt709", "limited", 41, 31, False),
@@ -193,8 +193,8 @@ def run_case(outdir, index, name, overrides, dtype, u8_shape):
         entry.update(extra)
         entry.update(routing_summary(routing, c))
         inputs.append(entry)
-    # Apart from "inputs", which the tool-based checks run as well: `vmoe
-    # run` reads packed frames only.
+    # Kept apart from "inputs", which check_backend.py and test_tool.py also
+    # run through `vmoe run`: it reads packed frames only.
     yuv_inputs = []
     for k, (pixel_format, matrix, yuv_range, w, h, with_regions) in enumerate(
             YUV_INPUTS.get(name, [])):
