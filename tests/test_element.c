@@ -1409,7 +1409,8 @@ make_colourful_i420 (int w, int h, GstVideoInfo *info)
       guint8 c[3];
       test_rgb (x / 4, y / 4, 5, c);
       int luma = (c[1] + x) % 60;
-      *component_byte (&frame, GST_VIDEO_COMP_Y, x, y) = (guint8) (luma < 30 ? 16 + luma : 175 + luma);
+      *component_byte (&frame, GST_VIDEO_COMP_Y, x, y) =
+          (guint8) (luma < 30 ? 16 + luma : 175 + luma);
       *component_byte (&frame, GST_VIDEO_COMP_U, x, y) = (guint8) (16 + c[0] % 225);
       *component_byte (&frame, GST_VIDEO_COMP_V, x, y) = (guint8) (16 + c[2] % 225);
     }
@@ -1621,7 +1622,8 @@ START_TEST (test_jpeg_frames_match_videoconvert)
     ck_assert_int_eq (pipeline_scores (direct, yuv, 2), 2);
     ck_assert_int_eq (pipeline_scores (converted, rgb, 2), 2);
     ck_assert_int_eq (pipeline_scores (as_bt601, bt601, 2), 2);
-    double error = MAX (max_score_difference (yuv[0], rgb[0]), max_score_difference (yuv[1], rgb[1]));
+    double error = MAX (max_score_difference (yuv[0], rgb[0]),
+        max_score_difference (yuv[1], rgb[1]));
     double bt601_error = MIN (max_score_difference (bt601[0], rgb[0]),
         max_score_difference (bt601[1], rgb[1]));
     printf ("JPEG %s: scores differ from videoconvert's RGB by %.2g (by %.2g read as "

@@ -434,7 +434,8 @@ def yuv420_to_rgb(y, u, v, yuv_matrix="bt601", yuv_range="limited"):
     luma = f32(y_scale) * (torch.from_numpy(np.asarray(y, dtype=np.float32)) - f32(y_offset))
     d, e = centred_chroma(u), centred_chroma(v)
     r = luma + f32(2 * (1 - kr) * c_scale) * e
-    g = luma - f32(2 * kb * (1 - kb) / kg * c_scale) * d - f32(2 * kr * (1 - kr) / kg * c_scale) * e
+    g = (luma - f32(2 * kb * (1 - kb) / kg * c_scale) * d
+         - f32(2 * kr * (1 - kr) / kg * c_scale) * e)
     b = luma + f32(2 * (1 - kb) * c_scale) * d
     rgb = torch.stack([r, g, b], -1)
     return torch.where(rgb <= 0, 0.0, torch.where(rgb >= 255, 255.0, torch.floor(rgb + 0.5))
