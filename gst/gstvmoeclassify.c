@@ -168,6 +168,7 @@ struct _GstVmoeClassify {
   /* Streaming thread only. */
   guint64 frames_in;
   gboolean submitted_infer;        /* a frame was sent to be classified */
+  gboolean warned_yuv_matrix;      /* of a matrix the engine does not know */
 
   /* Pusher thread only. */
   GstVmoeResult last;              /* what frames between classifications carry */
@@ -527,6 +528,40 @@ map_image (const GstVideoFrame *frame, VmoeImage *img)
     img->strides[i] = (size_t) GST_VIDEO_FRAME_PLANE_STRIDE (frame, i);
   }
   return TRUE;
+}
+
+/* The engine's encoding for the frame's colorimetry.  A matrix it does not
+ * know is converted with the closest it knows, with a warning once, rather
+ * than refused in caps: a decoder cannot change the colorimetry it outputs,
+ * so refusing would fail the pipeline, while the closest matrix only shifts
+ * colours slightly (FCC is within 0.004 of BT.601 and SMPTE 240M within
+ * 0.015 of BT.709 in Kr and Kb). */
+static void
+set_yuv_encoding (GstVmoeClassify *self, const GstVideoInfo *info, VmoeImage *img)
+{
+  const GstVideoColorimetry *colorimetry = &GST_VIDEO_INFO_COLORIMETRY (info);
+  if (!GST_VIDEO_INFO_IS_YUV (info))
+    return;
+  img->yuv_range = colorimetry->range == GST_VIDEO_COLOR_RANGE_0_255
+      ? VMOE_YUV_RANGE_FULL : VMOE_YUV_RANGE_LIMITED;
+  switch (colorimetry->matrix) {
+    case GST_VIDEO_COLOR_MATRIX_BT601: img->yuv_matrix = VMOE_YUV_MATRIX_BT601; return;
+    case GST_VIDEO_COLOR_MATRIX_BT709: img->yuv_matrix = VMOE_YUV_MATRIX_BT709; return;
+    case GST_VIDEO_COLOR_MATRIX_BT2020: img->yuv_matrix = VMOE_YUV_MATRIX_BT2020; return;
+    case GST_VIDEO_COLOR_MATRIX_SMPTE240M: img->yuv_matrix = VMOE_YUV_MATRIX_BT709; break;
+    default: img->yuv_matrix = VMOE_YUV_MATRIX_BT601; break;
+  }
+  if (self->warned_yuv_matrix)
+    return;
+  self->warned_yuv_matrix = TRUE;
+  gchar *name = gst_video_colorimetry_to_string (colorimetry);
+  GST_ELEMENT_WARNING (self, STREAM, FORMAT,
+      ("Frames of colorimetry %s are converted to RGB with the %s matrix.",
+          name ? name : "unknown",
+          img->yuv_matrix == VMOE_YUV_MATRIX_BT709 ? "BT.709" : "BT.601"),
+      ("vmoeclassify knows the BT.601, BT.709 and BT.2020 matrices; "
+          "this is the closest"));
+  g_free (name);
 }
 
 static gboolean
@@ -912,6 +947,7 @@ frame_map (GstVmoeClassify *self, Frame *frame)
         ("unsupported frame format"));
     return FALSE;
   }
+  set_yuv_encoding (self, &frame->video.info, &image);
   for (guint i = 0; i < frame->n_jobs; i++) {
     FrameJob *fj = &frame->jobs[i];
     fj->job.image = image;

@@ -3,9 +3,10 @@
 // 1), the same computation as src/preprocess.c: each output pixel of the
 // crop samples the virtual resized frame bilinearly (half-pixel centres),
 // converting its four source pixels to the model's channels (YUV to 8-bit
-// RGB first, BT.601 limited range), then normalises.  The raw frame planes
-// sit in the byte buffer; per-image geometry and pixel layout (the table in
-// src/pixel-format.c) in the integer buffer.  A region is sampled in place:
+// RGB first, with the frame's coefficients from src/yuv-encoding.c), then
+// normalises.  The raw frame planes sit in the byte buffer; per-image
+// geometry, pixel layout (the table in src/pixel-format.c) and YUV
+// coefficients in the integer buffer.  A region is sampled in place:
 // source indices are clamped to the crop (P_WIDTH x P_HEIGHT), and pixels
 // read at their frame coordinates (crop + P_ORIGIN), so YUV chroma is the
 // frame's own.
@@ -22,7 +23,9 @@ const uint P_KIND = 0u, P_WIDTH = 1u, P_HEIGHT = 2u, P_PLANE = 3u,
            P_RED = 15u, P_GREEN = 16u, P_BLUE = 17u, P_CHROMA_BYTES = 18u,
            P_U_PLANE = 19u, P_U_OFFSET = 20u, P_V_PLANE = 21u,
            P_V_OFFSET = 22u, P_ORIGIN_X = 23u, P_ORIGIN_Y = 24u,
-           FRAME_PARAMS = 25u;
+           P_YUV_Y_OFFSET = 25u, P_YUV_Y_SCALE = 26u, P_YUV_R_V = 27u,
+           P_YUV_G_U = 28u, P_YUV_G_V = 29u, P_YUV_B_U = 30u,
+           FRAME_PARAMS = 31u;
 
 layout(push_constant) uniform Params {
   uint params_off, out_off, height, width, channels;
@@ -39,12 +42,18 @@ float clamp_round(float v)
   return v <= 0.0 ? 0.0 : v >= 255.0 ? 255.0 : floor(v + 0.5);
 }
 
-vec3 yuv_to_rgb(float y, float u, float v)
+float param_float(uint prm, uint index)
 {
-  float c = 1.164383 * (y - 16.0), d = u - 128.0, e = v - 128.0;
-  return vec3(clamp_round(c + 1.596027 * e),
-              clamp_round(c - 0.391762 * d - 0.812968 * e),
-              clamp_round(c + 2.017232 * d));
+  return intBitsToFloat(I[prm + index]);
+}
+
+vec3 yuv_to_rgb(uint prm, float y, float u, float v)
+{
+  float c = param_float(prm, P_YUV_Y_SCALE) * (y - param_float(prm, P_YUV_Y_OFFSET));
+  float d = u - 128.0, e = v - 128.0;
+  return vec3(clamp_round(c + param_float(prm, P_YUV_R_V) * e),
+              clamp_round(c - param_float(prm, P_YUV_G_U) * d - param_float(prm, P_YUV_G_V) * e),
+              clamp_round(c + param_float(prm, P_YUV_B_U) * d));
 }
 
 // The model-channel values of pixel (x, y) of the crop in [0, 1].
@@ -69,7 +78,7 @@ vec3 pixel_values(uint prm, uint cx, uint cy)
         + chroma + uint(I[prm + P_U_OFFSET]);
     uint v = uint(I[prm + P_PLANE + v_plane]) + (y / 2u) * uint(I[prm + P_STRIDE + v_plane])
         + chroma + uint(I[prm + P_V_OFFSET]);
-    rgb = yuv_to_rgb(float(frame_byte(row + x)), float(frame_byte(u)), float(frame_byte(v)));
+    rgb = yuv_to_rgb(prm, float(frame_byte(row + x)), float(frame_byte(u)), float(frame_byte(v)));
   }
   if (p.channels == 1u)
     return vec3((0.299 * rgb.r + 0.587 * rgb.g + 0.114 * rgb.b) / 255.0);

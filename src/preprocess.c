@@ -11,8 +11,8 @@
  * to the model's channels on the fly.  Channel conversion is linear, so
  * converting before interpolating equals converting the source frame first,
  * which is what the PyTorch reference does; no intermediate buffer exists.
- * YUV pixels become 8-bit RGB first, exactly as if the frame had been
- * converted to RGB beforehand. */
+ * YUV pixels become 8-bit RGB first, with the frame's matrix and range,
+ * exactly as if the frame had been converted to RGB beforehand. */
 #include "vmoe-private.h"
 
 #include <math.h>
@@ -36,22 +36,21 @@ clamp_round (float v)
   return v <= 0 ? 0 : v >= 255 ? 255 : (uint8_t) (v + 0.5f);
 }
 
-/* BT.601 limited range ("studio swing") to 8-bit RGB. */
 static inline void
-yuv_to_rgb (int y, int u, int v, uint8_t rgb[3])
+yuv_to_rgb (const VmoeYuvCoefficients *k, int y, int u, int v, uint8_t rgb[3])
 {
-  float c = 1.164383f * (float) (y - 16);
+  float c = k->y_scale * ((float) y - k->y_offset);
   float d = (float) (u - 128), e = (float) (v - 128);
-  rgb[0] = clamp_round (c + 1.596027f * e);
-  rgb[1] = clamp_round (c - 0.391762f * d - 0.812968f * e);
-  rgb[2] = clamp_round (c + 2.017232f * d);
+  rgb[0] = clamp_round (c + k->r_v * e);
+  rgb[1] = clamp_round (c - k->g_u * d - k->g_v * e);
+  rgb[2] = clamp_round (c + k->b_u * d);
 }
 
 /* The model-channel values of pixel (x, y) in [0, 1]: luma for a 1-channel
  * model, RGB for a 3-channel one (gray repeated). */
 static inline void
-pixel_values (const VmoeImage *img, const VmoePixelLayout *layout, int x, int y,
-    int model_channels, float *out)
+pixel_values (const VmoeImage *img, const VmoePixelLayout *layout,
+    const VmoeYuvCoefficients *yuv, int x, int y, int model_channels, float *out)
 {
   const uint8_t *row = img->planes[0] + (size_t) y * img->strides[0];
   uint8_t rgb[3];
@@ -69,7 +68,7 @@ pixel_values (const VmoeImage *img, const VmoePixelLayout *layout, int x, int y,
         + (size_t) (y / 2) * img->strides[layout->u_plane] + chroma + layout->u_offset;
     const uint8_t *v = img->planes[layout->v_plane]
         + (size_t) (y / 2) * img->strides[layout->v_plane] + chroma + layout->v_offset;
-    yuv_to_rgb (row[x], *u, *v, rgb);
+    yuv_to_rgb (yuv, row[x], *u, *v, rgb);
   }
   if (model_channels == 1) {
     out[0] = (0.299f * rgb[0] + 0.587f * rgb[1] + 0.114f * rgb[2]) / 255.0f;
@@ -103,6 +102,13 @@ image_is_valid (const VmoeImage *img)
 gboolean
 vmoe_image_check (const VmoeImage *image, GError **error)
 {
+  VmoeYuvCoefficients unused;
+  if (!vmoe_yuv_coefficients (image->yuv_matrix, image->yuv_range, &unused)) {
+    g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
+        "YUV matrix %d or range %d is not a VmoeYuvMatrix or VmoeYuvRange",
+        (int) image->yuv_matrix, (int) image->yuv_range);
+    return FALSE;
+  }
   if (image_is_valid (image))
     return TRUE;
   g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,
@@ -245,6 +251,8 @@ vmoe_preprocess_image (const VmoeConfig *c, const VmoeImage *image, int index,
   float scale_y = g.scale_y, scale_x = g.scale_x;
   gboolean identity = g.identity;
   const VmoePixelLayout *layout = vmoe_pixel_layout (image->format);
+  VmoeYuvCoefficients yuv;
+  vmoe_yuv_coefficients (image->yuv_matrix, image->yuv_range, &yuv);
   size_t plane = (size_t) ht * wt;
 
   for (int y = 0; y < ht; y++) {
@@ -254,15 +262,15 @@ vmoe_preprocess_image (const VmoeConfig *c, const VmoeImage *image, int index,
     for (int x = 0; x < wt; x++) {
       float v[3];
       if (identity) {
-        pixel_values (image, layout, ox + x + left, oy + y + top, ch_out, v);
+        pixel_values (image, layout, &yuv, ox + x + left, oy + y + top, ch_out, v);
       } else {
         int x0, x1;
         float lx, a[3], b[3], cc[3], d[3];
         source_index (x + left, scale_x, w0, &x0, &x1, &lx);
-        pixel_values (image, layout, ox + x0, oy + y0, ch_out, a);
-        pixel_values (image, layout, ox + x1, oy + y0, ch_out, b);
-        pixel_values (image, layout, ox + x0, oy + y1, ch_out, cc);
-        pixel_values (image, layout, ox + x1, oy + y1, ch_out, d);
+        pixel_values (image, layout, &yuv, ox + x0, oy + y0, ch_out, a);
+        pixel_values (image, layout, &yuv, ox + x1, oy + y0, ch_out, b);
+        pixel_values (image, layout, &yuv, ox + x0, oy + y1, ch_out, cc);
+        pixel_values (image, layout, &yuv, ox + x1, oy + y1, ch_out, d);
         for (int ch = 0; ch < ch_out; ch++)
           v[ch] = (1 - ly) * ((1 - lx) * a[ch] + lx * b[ch])
               + ly * ((1 - lx) * cc[ch] + lx * d[ch]);

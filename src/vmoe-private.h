@@ -131,6 +131,18 @@ typedef struct {
 /* NULL for a value outside VmoePixelFormat. */
 const VmoePixelLayout *vmoe_pixel_layout (VmoePixelFormat format);
 
+/* YUV to RGB on 0..255 (yuv-encoding.c): with Y' = y_scale * (Y - y_offset),
+ * U' = U - 128 and V' = V - 128, R = Y' + r_v V', G = Y' - g_u U' - g_v V'
+ * and B = Y' + b_u U' (each then rounded and clamped to 8 bits). */
+typedef struct {
+  float y_offset, y_scale;
+  float r_v, g_u, g_v, b_u;
+} VmoeYuvCoefficients;
+
+/* FALSE, `out` untouched, for a matrix or range outside the enums. */
+gboolean vmoe_yuv_coefficients (VmoeYuvMatrix matrix, VmoeYuvRange range,
+    VmoeYuvCoefficients *out);
+
 gboolean vmoe_image_check (const VmoeImage *image, GError **error);
 
 /* The pixels one image classifies: its region clamped to the frame, or the

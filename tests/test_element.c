@@ -203,8 +203,7 @@ engine_expect (const char *model_name, const guint8 *pixels, gboolean gray, int 
 }
 
 static GstHarness *
-harness_for (const char *model_name, const char *props, GstVideoFormat format,
-    int w, int h)
+harness_for_caps (const char *model_name, const char *props, const char *caps)
 {
   char *path = model_path (model_name);
   GstElement *element = gst_element_factory_make ("vmoeclassify", NULL);
@@ -221,11 +220,19 @@ harness_for (const char *model_name, const char *props, GstVideoFormat format,
   g_strfreev (assignments);
   GstHarness *hs = gst_harness_new_with_element (element, "sink", "src");
   gst_object_unref (element);
+  gst_harness_set_src_caps_str (hs, caps);
+  g_free (path);
+  return hs;
+}
+
+static GstHarness *
+harness_for (const char *model_name, const char *props, GstVideoFormat format,
+    int w, int h)
+{
   char *caps = g_strdup_printf ("video/x-raw,format=%s,width=%d,height=%d,framerate=30/1",
       gst_video_format_to_string (format), w, h);
-  gst_harness_set_src_caps_str (hs, caps);
+  GstHarness *hs = harness_for_caps (model_name, props, caps);
   g_free (caps);
-  g_free (path);
   return hs;
 }
 
@@ -1390,6 +1397,252 @@ START_TEST (test_non_finite_logits_warn)
 }
 END_TEST
 
+/* An I420 frame of strong colours, where the YUV matrices and ranges
+ * differ most: chroma spans 16..240, luma is near 16 or 235. */
+static GstBuffer *
+make_colourful_i420 (int w, int h, GstVideoInfo *info)
+{
+  gst_video_info_set_format (info, GST_VIDEO_FORMAT_I420, w, h);
+  GstBuffer *buf = gst_buffer_new_allocate (NULL, GST_VIDEO_INFO_SIZE (info), NULL);
+  GstVideoFrame frame;
+  ck_assert (gst_video_frame_map (&frame, info, buf, GST_MAP_WRITE));
+  for (int y = 0; y < h; y++) {
+    for (int x = 0; x < w; x++) {
+      guint8 c[3];
+      test_rgb (x / 4, y / 4, 5, c);
+      int luma = (c[1] + x) % 60;
+      *component_byte (&frame, GST_VIDEO_COMP_Y, x, y) =
+          (guint8) (luma < 30 ? 16 + luma : 175 + luma);
+      *component_byte (&frame, GST_VIDEO_COMP_U, x, y) = (guint8) (16 + c[0] % 225);
+      *component_byte (&frame, GST_VIDEO_COMP_V, x, y) = (guint8) (16 + c[2] % 225);
+    }
+  }
+  gst_video_frame_unmap (&frame);
+  return buf;
+}
+
+/* GStreamer's own conversion of an I420 buffer of `colorimetry` to RGB
+ * (GstVideoConverter, videoconvert's code), the independent reference.
+ * Chroma mode none gives each pixel the chroma sample of its 2x2 block, as
+ * the engine does; without dithering only GStreamer's rounding remains.
+ * Through 16-bit RGB, whose fixed-point matrix is finer than the 8-bit
+ * paths' (those are off by a level or two), rounded here to 8 bits. */
+static GstBuffer *
+gstreamer_to_rgb (GstBuffer *i420, int w, int h, const char *colorimetry)
+{
+  GstVideoInfo in_info, out_info;
+  gst_video_info_set_format (&in_info, GST_VIDEO_FORMAT_I420, w, h);
+  ck_assert (gst_video_colorimetry_from_string (&in_info.colorimetry, colorimetry));
+  gst_video_info_set_format (&out_info, GST_VIDEO_FORMAT_ARGB64, w, h);
+  GstVideoConverter *convert = gst_video_converter_new (&in_info, &out_info,
+      gst_structure_new ("options",
+          GST_VIDEO_CONVERTER_OPT_CHROMA_MODE, GST_TYPE_VIDEO_CHROMA_MODE,
+          GST_VIDEO_CHROMA_MODE_NONE,
+          GST_VIDEO_CONVERTER_OPT_DITHER_METHOD, GST_TYPE_VIDEO_DITHER_METHOD,
+          GST_VIDEO_DITHER_NONE, NULL));
+  ck_assert (convert != NULL);
+  GstBuffer *rgb = gst_buffer_new_allocate (NULL, GST_VIDEO_INFO_SIZE (&out_info), NULL);
+  GstVideoFrame src, dst;
+  ck_assert (gst_video_frame_map (&src, &in_info, i420, GST_MAP_READ));
+  ck_assert (gst_video_frame_map (&dst, &out_info, rgb, GST_MAP_WRITE));
+  gst_video_converter_frame (convert, &src, &dst);
+  gst_video_frame_unmap (&src);
+  GstBuffer *rgb8 = gst_buffer_new_allocate (NULL, (gsize) w * h * 3, NULL);
+  GstMapInfo map;
+  ck_assert (gst_buffer_map (rgb8, &map, GST_MAP_WRITE));
+  for (int y = 0; y < h; y++) {
+    const guint16 *row = (const guint16 *) ((const guint8 *) GST_VIDEO_FRAME_PLANE_DATA (&dst, 0)
+        + y * GST_VIDEO_FRAME_PLANE_STRIDE (&dst, 0));
+    for (int x = 0; x < w; x++)
+      for (int c = 0; c < 3; c++)
+        map.data[(y * w + x) * 3 + c] = clamp_u8 (row[4 * x + 1 + c] / 257.0);
+  }
+  gst_buffer_unmap (rgb8, &map);
+  gst_video_frame_unmap (&dst);
+  gst_buffer_unref (rgb);
+  gst_video_converter_free (convert);
+  return rgb8;
+}
+
+/* Of the test models, the one whose scores the colour conversion moves
+ * most. */
+static const char *const colour_model = "dense";
+
+/* The top-3 class scores the element gives a frame under `caps`. */
+static void
+element_scores (const char *caps, GstBuffer *buf, int *class_id, float scores[3])
+{
+  GstHarness *hs = harness_for_caps (colour_model, "top-k=3", caps);
+  GstBuffer *out = push_frame (hs, buf, 0);
+  GstVmoeMeta *meta = gst_buffer_get_vmoe_meta (out);
+  ck_assert_msg (meta != NULL && meta->n_top == 3, "%s: no meta", caps);
+  *class_id = meta->class_id;
+  memcpy (scores, meta->top_scores, 3 * sizeof (float));
+  gst_buffer_unref (out);
+  gst_harness_teardown (hs);
+}
+
+static double
+max_score_difference (const float *a, const float *b)
+{
+  double worst = 0;
+  for (int i = 0; i < 3; i++)
+    worst = MAX (worst, fabs ((double) a[i] - b[i]));
+  return worst;
+}
+
+/* An I420 frame is classified with the colorimetry of its caps: BT.709,
+ * full-range BT.601 (jpegdec's) and full-range BT.709 give the scores of
+ * the element fed GStreamer's own RGB conversion of the frame, within
+ * GStreamer's rounding (its 8-bit fixed-point matrices), while reading the
+ * same frame as BT.601 limited range, the engine's default, misses them by
+ * more: the comparison can tell the encodings apart. */
+START_TEST (test_yuv_colorimetry_matches_videoconvert)
+{
+  const char *colorimetries[] = { "bt709", "1:4:0:0", "1:3:5:1" };
+  const double rounding = 1.5e-3;
+  const int w = 64, h = 48;
+  GstVideoInfo info;
+  GstBuffer *i420 = make_colourful_i420 (w, h, &info);
+  char *rgb_caps = g_strdup_printf ("video/x-raw,format=RGB,width=%d,height=%d,"
+      "framerate=30/1", w, h);
+  for (guint i = 0; i < G_N_ELEMENTS (colorimetries); i++) {
+    int rgb_class, yuv_class, bt601_class;
+    float rgb_scores[3], yuv_scores[3], bt601_scores[3];
+    element_scores (rgb_caps, gstreamer_to_rgb (i420, w, h, colorimetries[i]), &rgb_class,
+        rgb_scores);
+    char *caps = g_strdup_printf ("video/x-raw,format=I420,width=%d,height=%d,"
+        "framerate=30/1,colorimetry=%s", w, h, colorimetries[i]);
+    element_scores (caps, gst_buffer_copy_deep (i420), &yuv_class, yuv_scores);
+    char *bt601 = g_strdup_printf ("video/x-raw,format=I420,width=%d,height=%d,"
+        "framerate=30/1,colorimetry=bt601", w, h);
+    element_scores (bt601, gst_buffer_copy_deep (i420), &bt601_class, bt601_scores);
+    double error = max_score_difference (yuv_scores, rgb_scores);
+    double bt601_error = max_score_difference (bt601_scores, rgb_scores);
+    printf ("colorimetry %s: scores differ from videoconvert's RGB by %.2g "
+        "(by %.2g read as BT.601 limited range)\n", colorimetries[i], error, bt601_error);
+    ck_assert_int_eq (yuv_class, rgb_class);
+    ck_assert_msg (error <= rounding, "%s: scores differ by %g from GStreamer's RGB",
+        colorimetries[i], error);
+    ck_assert_msg (bt601_error > 2 * rounding, "%s: BT.601 limited range is within %g",
+        colorimetries[i], bt601_error);
+    g_free (caps);
+    g_free (bt601);
+  }
+  g_free (rgb_caps);
+  gst_buffer_unref (i420);
+}
+END_TEST
+
+/* A matrix the engine does not know converts with the closest it knows
+ * (SMPTE 240M: BT.709) and warns once, not per frame. */
+START_TEST (test_unknown_yuv_matrix_warns_once)
+{
+  const int w = 64, h = 48;
+  GstVideoInfo info;
+  GstBuffer *i420 = make_colourful_i420 (w, h, &info);
+  int bt709_class, class_id;
+  float bt709_scores[3], scores[3];
+  char *bt709 = g_strdup_printf ("video/x-raw,format=I420,width=%d,height=%d,"
+      "framerate=30/1,colorimetry=2:3:0:0", w, h);
+  element_scores (bt709, gst_buffer_copy_deep (i420), &bt709_class, bt709_scores);
+  char *caps = g_strdup_printf ("video/x-raw,format=I420,width=%d,height=%d,"
+      "framerate=30/1,colorimetry=2:5:0:0", w, h);
+  GstHarness *hs = harness_for_caps (colour_model, "top-k=3", caps);
+  GstBus *bus = harness_bus (hs);
+  for (int i = 0; i < 3; i++) {
+    GstBuffer *out = push_frame (hs, gst_buffer_copy_deep (i420), i);
+    GstVmoeMeta *meta = gst_buffer_get_vmoe_meta (out);
+    ck_assert (meta != NULL);
+    class_id = meta->class_id;
+    memcpy (scores, meta->top_scores, sizeof scores);
+    gst_buffer_unref (out);
+    ck_assert_int_eq (class_id, bt709_class);
+    ck_assert (max_score_difference (scores, bt709_scores) <= score_tolerance);
+  }
+  expect_bus_warning (bus, 0, "BT.709 matrix");
+  ck_assert (gst_bus_pop_filtered (bus, GST_MESSAGE_WARNING) == NULL);
+  harness_bus_free (hs, bus);
+  gst_harness_teardown (hs);
+  g_free (caps);
+  g_free (bt709);
+  gst_buffer_unref (i420);
+}
+END_TEST
+
+/* The top-3 scores of each frame reaching the appsink "sink" of a
+ * pipeline; returns the frame count. */
+static int
+pipeline_scores (const char *desc, float (*scores)[3], int max_frames)
+{
+  GError *error = NULL;
+  GstElement *pipeline = gst_parse_launch (desc, &error);
+  ck_assert_msg (pipeline && !error, "%s: %s", desc, error ? error->message : "");
+  GstElement *sink = gst_bin_get_by_name (GST_BIN (pipeline), "sink");
+  gst_element_set_state (pipeline, GST_STATE_PLAYING);
+  int frames = 0;
+  GstSample *sample;
+  while ((sample = gst_app_sink_try_pull_sample (GST_APP_SINK (sink), 60 * GST_SECOND))) {
+    GstVmoeMeta *meta = gst_buffer_get_vmoe_meta (gst_sample_get_buffer (sample));
+    ck_assert_msg (meta != NULL && meta->n_top == 3, "%s: frame %d has no meta", desc, frames);
+    ck_assert_int_lt (frames, max_frames);
+    memcpy (scores[frames++], meta->top_scores, 3 * sizeof (float));
+    gst_sample_unref (sample);
+  }
+  ck_assert (gst_app_sink_is_eos (GST_APP_SINK (sink)));
+  gst_element_set_state (pipeline, GST_STATE_NULL);
+  gst_object_unref (sink);
+  gst_object_unref (pipeline);
+  return frames;
+}
+
+/* JPEG decoded to full-range BT.601 I420 (colorimetry 1:4:0:0) straight
+ * into the element scores as the same frames converted to RGB by
+ * videoconvert (chroma mode none: each pixel its 2x2 block's chroma, as
+ * the engine; no dithering); read as BT.601 limited range (capssetter)
+ * they miss by 3e-3 or more.  Gray patterns, whose full-range Y is the
+ * RGB value itself: videoconvert's 8-bit fixed-point matrix moves coloured
+ * frames' scores by up to 3e-3, as much as the range does
+ * (test_yuv_colorimetry_matches_videoconvert checks colours). */
+START_TEST (test_jpeg_frames_match_videoconvert)
+{
+  char *path = model_path (colour_model);
+  const char *patterns[] = { "pinwheel", "spokes" };
+  const double rounding = 1e-4;
+  for (guint p = 0; p < G_N_ELEMENTS (patterns); p++) {
+    char *decoded = g_strdup_printf ("videotestsrc num-buffers=2 pattern=%s ! "
+        "video/x-raw,format=I420,width=64,height=48 ! jpegenc quality=95 ! jpegdec",
+        patterns[p]);
+    char *classify = g_strdup_printf ("vmoeclassify model=%s top-k=3 backend=%s ! "
+        "appsink name=sink sync=false", path, backend);
+    char *direct = g_strdup_printf ("%s ! %s", decoded, classify);
+    char *converted = g_strdup_printf ("%s ! videoconvert chroma-mode=none dither=none ! "
+        "video/x-raw,format=RGB ! %s", decoded, classify);
+    char *as_bt601 = g_strdup_printf ("%s ! capssetter join=true "
+        "caps=\"video/x-raw,colorimetry=(string)bt601\" ! %s", decoded, classify);
+    float yuv[2][3], rgb[2][3], bt601[2][3];
+    ck_assert_int_eq (pipeline_scores (direct, yuv, 2), 2);
+    ck_assert_int_eq (pipeline_scores (converted, rgb, 2), 2);
+    ck_assert_int_eq (pipeline_scores (as_bt601, bt601, 2), 2);
+    double error = MAX (max_score_difference (yuv[0], rgb[0]),
+        max_score_difference (yuv[1], rgb[1]));
+    double bt601_error = MIN (max_score_difference (bt601[0], rgb[0]),
+        max_score_difference (bt601[1], rgb[1]));
+    printf ("JPEG %s: scores differ from videoconvert's RGB by %.2g (by %.2g read as "
+        "BT.601 limited range)\n", patterns[p], error, bt601_error);
+    ck_assert_msg (error <= rounding, "%s: scores differ by %g", patterns[p], error);
+    ck_assert_msg (bt601_error > 2e-3, "%s: BT.601 limited range is within %g",
+        patterns[p], bt601_error);
+    g_free (decoded);
+    g_free (classify);
+    g_free (direct);
+    g_free (converted);
+    g_free (as_bt601);
+  }
+  g_free (path);
+}
+END_TEST
+
 /* The meta survives converters, scalers and tee downstream. */
 START_TEST (test_meta_survives_downstream)
 {
@@ -2062,6 +2315,9 @@ element_suite (void)
   tcase_add_test (tc, test_top_k_without_new_session);
   tcase_add_test (tc, test_set_model_never_blocks);
   tcase_add_test (tc, test_non_finite_logits_warn);
+  tcase_add_test (tc, test_yuv_colorimetry_matches_videoconvert);
+  tcase_add_test (tc, test_unknown_yuv_matrix_warns_once);
+  tcase_add_test (tc, test_jpeg_frames_match_videoconvert);
   tcase_add_test (tc, test_meta_survives_downstream);
   tcase_add_test (tc, test_state_cycles);
   tcase_add_test (tc, test_shared_instance_matches_unshared);
@@ -2165,6 +2421,7 @@ vulkan_suite (void)
   tcase_add_test (tc, test_rejected_setting_keeps_last);
   tcase_add_test (tc, test_top_k_without_new_session);
   tcase_add_test (tc, test_non_finite_logits_warn);
+  tcase_add_test (tc, test_yuv_colorimetry_matches_videoconvert);
   tcase_add_test (tc, test_vulkan_device_and_fp16);
   tcase_add_test (tc, test_vulkan_device_lost);
   suite_add_tcase (s, tc);

@@ -422,6 +422,128 @@ START_TEST (test_preprocess_pixel_formats)
 }
 END_TEST
 
+/* Each YUV matrix and range, worked by hand from the standards' Kr and Kb
+ * (Kg = 1 - Kr - Kb): R = Y' + 2 (1 - Kr) V', G = Y' - 2 Kb (1 - Kb) / Kg U'
+ * - 2 Kr (1 - Kr) / Kg V', B = Y' + 2 (1 - Kb) U'.  Full range: Y' = Y,
+ * U' = U - 128; limited: Y' = 255/219 (Y - 16), U' = 255/224 (U - 128).
+ * Full Y 128 with a chroma code of 128 + 50 and limited Y 126 with 128 + 44
+ * (Y' 128.08, chroma' 50.09) give the same 8-bit RGB:
+ *   V' 50:  BT.601  R 198.1 G 92.29   BT.709 R 206.74 G 104.59
+ *           BT.2020 R 201.73 G 99.43  (limited: 198.31 92.31, 206.96 104.63,
+ *           201.94 99.46), B = Y' -> 128;
+ *   U' 50:  BT.601  B 216.6 G 110.79  BT.709 B 220.78 G 118.63
+ *           BT.2020 B 222.07 G 119.77 (limited: 216.84 110.85, 221.03 118.70,
+ *           222.32 119.84), R = Y' -> 128. */
+START_TEST (test_preprocess_yuv_encodings)
+{
+  const struct { VmoeYuvMatrix matrix; int v_rgb[3], u_rgb[3]; } matrices[] = {
+    { VMOE_YUV_MATRIX_BT601, { 198, 92, 128 }, { 128, 111, 217 } },
+    { VMOE_YUV_MATRIX_BT709, { 207, 105, 128 }, { 128, 119, 221 } },
+    { VMOE_YUV_MATRIX_BT2020, { 202, 99, 128 }, { 128, 120, 222 } },
+  };
+  const struct { VmoeYuvRange range; guint8 y, chroma; } ranges[] = {
+    { VMOE_YUV_RANGE_FULL, 128, 128 + 50 }, { VMOE_YUV_RANGE_LIMITED, 126, 128 + 44 },
+  };
+  for (guint m = 0; m < G_N_ELEMENTS (matrices); m++) {
+    for (guint r = 0; r < G_N_ELEMENTS (ranges); r++) {
+      const guint8 y[4] = { ranges[r].y, ranges[r].y, ranges[r].y, ranges[r].y };
+      const guint8 neutral[1] = { 128 }, shifted[1] = { ranges[r].chroma };
+      const guint8 uv_v[2] = { 128, ranges[r].chroma }, uv_u[2] = { ranges[r].chroma, 128 };
+      VmoeImage i420 = { .format = VMOE_PIXEL_I420, .width = 2, .height = 2,
+        .planes = { y, neutral, shifted }, .strides = { 2, 1, 1 },
+        .yuv_matrix = matrices[m].matrix, .yuv_range = ranges[r].range };
+      const int *rgb = matrices[m].v_rgb;
+      expect_rgb (&i420, rgb[0], rgb[1], rgb[2]);
+      VmoeImage nv12 = { .format = VMOE_PIXEL_NV12, .width = 2, .height = 2,
+        .planes = { y, uv_v }, .strides = { 2, 2 },
+        .yuv_matrix = matrices[m].matrix, .yuv_range = ranges[r].range };
+      expect_rgb (&nv12, rgb[0], rgb[1], rgb[2]);
+      i420.planes[1] = shifted, i420.planes[2] = neutral;
+      nv12.planes[1] = uv_u;
+      rgb = matrices[m].u_rgb;
+      expect_rgb (&i420, rgb[0], rgb[1], rgb[2]);
+      expect_rgb (&nv12, rgb[0], rgb[1], rgb[2]);
+    }
+  }
+  /* Neutral chroma is gray under every matrix: limited range stretches Y
+   * 16..235 to 0..255, full range keeps Y. */
+  const struct { VmoeYuvRange range; guint8 y; int gray; } grays[] = {
+    { VMOE_YUV_RANGE_LIMITED, 16, 0 }, { VMOE_YUV_RANGE_LIMITED, 235, 255 },
+    { VMOE_YUV_RANGE_FULL, 16, 16 }, { VMOE_YUV_RANGE_FULL, 235, 235 },
+    { VMOE_YUV_RANGE_FULL, 255, 255 }, { VMOE_YUV_RANGE_FULL, 0, 0 },
+  };
+  for (guint m = 0; m < G_N_ELEMENTS (matrices); m++) {
+    for (guint g = 0; g < G_N_ELEMENTS (grays); g++) {
+      const guint8 y[1] = { grays[g].y }, neutral[2] = { 128, 128 };
+      VmoeImage img = { .format = VMOE_PIXEL_NV12, .width = 1, .height = 1,
+        .planes = { y, neutral }, .strides = { 1, 2 },
+        .yuv_matrix = matrices[m].matrix, .yuv_range = grays[g].range };
+      expect_rgb (&img, grays[g].gray, grays[g].gray, grays[g].gray);
+    }
+  }
+  /* Packed frames ignore the encoding. */
+  const guint8 pixel[3] = { 10, 20, 30 };
+  VmoeImage rgb = { .format = VMOE_PIXEL_RGB, .width = 1, .height = 1,
+    .planes = { pixel }, .strides = { 3 }, .yuv_matrix = VMOE_YUV_MATRIX_BT709,
+    .yuv_range = VMOE_YUV_RANGE_FULL };
+  expect_rgb (&rgb, 10, 20, 30);
+}
+END_TEST
+
+/* A matrix or range outside the enums is an invalid argument, in a single
+ * pre-processing and in a session's batch, whatever the pixel format. */
+START_TEST (test_preprocess_rejects_bad_yuv_encoding)
+{
+  const guint8 y[4] = { 81, 81, 81, 81 }, u[1] = { 90 }, v[1] = { 240 };
+  VmoeConfig c = preprocess_config (2, 2, 3, 1.0);
+  float out[12];
+  const struct { int matrix, range; } bad[] = { { 3, 0 }, { -1, 0 }, { 0, 2 }, { 0, -1 } };
+  for (guint i = 0; i < G_N_ELEMENTS (bad); i++) {
+    VmoeImage img = { .format = VMOE_PIXEL_I420, .width = 2, .height = 2,
+      .planes = { y, u, v }, .strides = { 2, 1, 1 },
+      .yuv_matrix = (VmoeYuvMatrix) bad[i].matrix, .yuv_range = (VmoeYuvRange) bad[i].range };
+    GError *error = NULL;
+    ck_assert (!vmoe_preprocess (&c, &img, out, &error));
+    ck_assert_int_eq (error->code, VMOE_ERROR_INVALID_ARGUMENT);
+    ck_assert_msg (strstr (error->message, "YUV matrix"), "%s", error->message);
+    g_clear_error (&error);
+    VmoeImage rgb = img;
+    rgb.format = VMOE_PIXEL_RGB;
+    ck_assert (!vmoe_preprocess (&c, &rgb, out, &error));
+    ck_assert_int_eq (error->code, VMOE_ERROR_INVALID_ARGUMENT);
+    g_clear_error (&error);
+  }
+  char *config = test_config_json (NULL);
+  char *path = test_write_random_model (config);
+  GError *error = NULL;
+  VmoeModel *model = vmoe_model_load (path, &error);
+  ck_assert_msg (model != NULL, "%s", error ? error->message : "");
+  VmoeSessionOptions options;
+  vmoe_session_options_init (&options);
+  options.backend = VMOE_BACKEND_CPU;
+  VmoeSession *session = vmoe_session_new (model, &options, &error);
+  ck_assert_msg (session != NULL, "%s", error ? error->message : "");
+  VmoeImage images[2] = {
+    { .format = VMOE_PIXEL_I420, .width = 2, .height = 2, .planes = { y, u, v },
+      .strides = { 2, 1, 1 }, .yuv_range = VMOE_YUV_RANGE_FULL },
+    { .format = VMOE_PIXEL_I420, .width = 2, .height = 2, .planes = { y, u, v },
+      .strides = { 2, 1, 1 }, .yuv_matrix = (VmoeYuvMatrix) 7 } };
+  ck_assert (!vmoe_session_run_u8 (session, images, 2, &error));
+  ck_assert_int_eq (error->code, VMOE_ERROR_INVALID_ARGUMENT);
+  ck_assert_msg (strstr (error->message, "image 1: YUV matrix 7") != NULL, "%s",
+      error->message);
+  g_clear_error (&error);
+  images[1].yuv_matrix = VMOE_YUV_MATRIX_BT2020;
+  ck_assert_msg (vmoe_session_run_u8 (session, images, 2, &error), "%s",
+      error ? error->message : "");
+  vmoe_session_free (session);
+  vmoe_model_unref (model);
+  g_unlink (path);
+  g_free (path);
+  g_free (config);
+}
+END_TEST
+
 /* The public accessors give the layouts GStreamer names (RGB, BGR, ...,
  * ABGR; x/A bytes ignored), and a pixel laid out by them pre-processes to
  * the colour written. */
@@ -1190,6 +1312,8 @@ ops_suite (void)
   tcase_add_test (tc, test_preprocess_center_crop_and_normalise);
   tcase_add_test (tc, test_preprocess_channels);
   tcase_add_test (tc, test_preprocess_pixel_formats);
+  tcase_add_test (tc, test_preprocess_yuv_encodings);
+  tcase_add_test (tc, test_preprocess_rejects_bad_yuv_encoding);
   tcase_add_test (tc, test_pixel_format_accessors);
   tcase_add_test (tc, test_preprocess_crop_pct_resize);
   tcase_add_test (tc, test_preprocess_rejects_bad_frames);

@@ -3,9 +3,10 @@
  * relative error of 1e-4 on the CPU backend, 1e-3 on Vulkan and 1e-2 with
  * Vulkan's fp16 weights (max |c - ref| / max |ref| per image), and every
  * routing decision exactly: experts, token counts per expert, drops.  An
- * input with "regions" runs its frames with those regions of interest.
- * The CPU's bf16 precision gets 2e-2 and 1e-2 on gates, and must route
- * exactly too (its routers run in fp32; docs/cpu.md).
+ * input with "regions" runs its frames with those regions of interest; a
+ * case's "yuv_inputs" are I420 or NV12 frames of the encoding they name.
+ * The CPU's bf16 precision gets 2e-2 and 1e-2 on gates; an image may route
+ * otherwise than PyTorch once per case (docs/cpu.md, and below).
  *
  *   test_parity DIR [cpu|cpu-bf16|vulkan|vulkan-fp16]
  *
@@ -39,10 +40,40 @@ relative_error (const float *got, JsonArray *want, int n)
   return max_diff / MAX (max_ref, 1e-12);
 }
 
-/* regions: NULL, or the input's "regions", one [x, y, w, h] per image. */
+/* Frame i of a "yuv_inputs" entry: make_references.py's yuv_frames
+ * layout, [n, height + ceil(height/2), 2 ceil(width/2)] bytes. */
+static void
+yuv_image (const NpyArray *input, JsonObject *yuv, int i, VmoeImage *img)
+{
+  static const char *const matrices[] = { "bt601", "bt709", "bt2020" };
+  int w = (int) json_object_get_int_member (yuv, "width");
+  int h = (int) json_object_get_int_member (yuv, "height");
+  size_t stride = (size_t) input->shape[2];
+  ck_assert_uint_eq (stride, (size_t) (w + 1) / 2 * 2);
+  ck_assert_uint_eq ((size_t) input->shape[1], (size_t) h + (h + 1) / 2);
+  const guint8 *frame = (const guint8 *) input->data + (size_t) i * input->shape[1] * stride;
+  const guint8 *chroma = frame + (size_t) h * stride;
+  gboolean i420 = strcmp (json_object_get_string_member (yuv, "format"), "I420") == 0;
+  *img = (VmoeImage) { .format = i420 ? VMOE_PIXEL_I420 : VMOE_PIXEL_NV12,
+    .width = w, .height = h, .planes = { frame, chroma, chroma + stride / 2 },
+    .strides = { stride, stride, stride },
+    .yuv_range = strcmp (json_object_get_string_member (yuv, "yuv_range"), "full") == 0
+        ? VMOE_YUV_RANGE_FULL : VMOE_YUV_RANGE_LIMITED };
+  if (!i420)
+    img->planes[2] = NULL, img->strides[2] = 0;
+  const char *matrix = json_object_get_string_member (yuv, "yuv_matrix");
+  guint m = 0;
+  while (m < G_N_ELEMENTS (matrices) && strcmp (matrix, matrices[m]) != 0)
+    m++;
+  ck_assert_msg (m < G_N_ELEMENTS (matrices), "unknown matrix %s", matrix);
+  img->yuv_matrix = (VmoeYuvMatrix) m;
+}
+
+/* regions: NULL, or the input's "regions", one [x, y, w, h] per image;
+ * yuv: NULL, or the "yuv_inputs" entry the input is. */
 static gboolean
-run_input (VmoeSession *session, const NpyArray *input, JsonArray *regions, int first,
-    int count)
+run_input (VmoeSession *session, const NpyArray *input, JsonArray *regions,
+    JsonObject *yuv, int first, int count)
 {
   const VmoeConfig *c = vmoe_model_get_config (vmoe_session_get_model (session));
   GError *error = NULL;
@@ -52,13 +83,18 @@ run_input (VmoeSession *session, const NpyArray *input, JsonArray *regions, int 
     ok = vmoe_session_run_f32 (session, (const float *) input->data + first * per_image,
         count, &error);
   } else {
-    int h = (int) input->shape[1], w = (int) input->shape[2], ch = (int) input->shape[3];
     VmoeImage images[16];
     ck_assert_int_le (count, 16);
-    for (int i = 0; i < count; i++)
-      vmoe_image_init_packed (&images[i],
-          (const guint8 *) input->data + (size_t) (first + i) * h * w * ch, w, h, ch,
-          (size_t) w * ch);
+    for (int i = 0; i < count; i++) {
+      if (yuv) {
+        yuv_image (input, yuv, first + i, &images[i]);
+      } else {
+        int h = (int) input->shape[1], w = (int) input->shape[2], ch = (int) input->shape[3];
+        vmoe_image_init_packed (&images[i],
+            (const guint8 *) input->data + (size_t) (first + i) * h * w * ch, w, h, ch,
+            (size_t) w * ch);
+      }
+    }
     for (int i = 0; regions && i < count; i++) {
       JsonArray *r = json_array_get_array_element (regions, first + i);
       images[i].region.x = (int) json_array_get_int_element (r, 0);
@@ -225,8 +261,12 @@ START_TEST (test_case)
   worst_error = 0;
   int flips = 0;
   JsonArray *inputs = json_object_get_array_member (test, "inputs");
-  for (guint k = 0; k < json_array_get_length (inputs); k++) {
-    JsonObject *expected = json_array_get_object_element (inputs, k);
+  JsonArray *yuv_inputs = json_object_get_array_member (test, "yuv_inputs");
+  guint n_packed = json_array_get_length (inputs);
+  for (guint k = 0; k < n_packed + json_array_get_length (yuv_inputs); k++) {
+    JsonObject *yuv = k < n_packed ? NULL
+        : json_array_get_object_element (yuv_inputs, k - n_packed);
+    JsonObject *expected = yuv ? yuv : json_array_get_object_element (inputs, k);
     char *input_path = g_build_filename (parity_dir,
         json_object_get_string_member (expected, "file"), NULL);
     NpyArray input;
@@ -239,16 +279,16 @@ START_TEST (test_case)
     ck_assert_int_le (n, 64);
     flipped_images = 0;
     /* The whole batch at once... */
-    run_input (batched, &input, regions, 0, n);
+    run_input (batched, &input, regions, yuv, 0, n);
     for (int i = 0; i < n; i++)
       check_image (what, c, vmoe_session_get_result (batched, i), expected, i);
     /* ...and each image alone: a frame's result never depends on the batch. */
     for (int i = 0; i < n; i++) {
-      run_input (single, &input, regions, i, 1);
+      run_input (single, &input, regions, yuv, i, 1);
       const VmoeImageResult *r = vmoe_session_get_result (single, 0);
       check_image (what, c, r, expected, i);
     }
-    if (regions)
+    if (regions && !yuv)
       check_regions_of_one_frame (batched, single, &input, regions, what);
     flips += __builtin_popcountll (flipped_images);
     g_free (what);
@@ -265,11 +305,13 @@ START_TEST (test_case)
 }
 END_TEST
 
-/* YUV frames with regions, which the PyTorch cases do not have: the
- * session's backend against a CPU session (whose YUV regions test_ops
- * checks by hand), all regions of each frame in one batch.  The frames are
- * 33 x 27, so chroma rows and columns are rounded up, and the regions sit
- * at odd and even offsets, reach past edges and are 1 pixel wide. */
+/* YUV frames with many regions in one batch: the session's backend
+ * against a CPU session (whose YUV regions and encodings test_ops checks
+ * by hand), all regions of each frame in one batch, each region with an
+ * encoding of its own (the Vulkan backend uploads the frame once but takes
+ * the encoding per image).  The frames are 33 x 27, so chroma rows and
+ * columns are rounded up, and the regions sit at odd and even offsets,
+ * reach past edges and are 1 pixel wide. */
 START_TEST (test_yuv_regions_match_cpu)
 {
   char *path = g_build_filename (parity_dir, "image_k1.safetensors", NULL);
@@ -301,11 +343,19 @@ START_TEST (test_yuv_regions_match_cpu)
       .strides = { W, 2 * CW } } };
   const int regions[][4] = { { 1, 3, 20, 15 }, { 2, 2, 31, 25 }, { -4, 11, 9, 40 },
     { 32, 0, 1, 27 }, { 5, 7, 1, 1 }, { 0, 0, 0, 0 } };
+  const struct { VmoeYuvMatrix matrix; VmoeYuvRange range; } encodings[] = {
+    { VMOE_YUV_MATRIX_BT709, VMOE_YUV_RANGE_LIMITED },
+    { VMOE_YUV_MATRIX_BT601, VMOE_YUV_RANGE_FULL },
+    { VMOE_YUV_MATRIX_BT2020, VMOE_YUV_RANGE_FULL },
+    { VMOE_YUV_MATRIX_BT601, VMOE_YUV_RANGE_LIMITED },
+  };
   enum { R = G_N_ELEMENTS (regions) };
   for (int f = 0; f < 2; f++) {
     VmoeImage images[R];
     for (int i = 0; i < R; i++) {
       images[i] = frames[f];
+      images[i].yuv_matrix = encodings[(i + f) % G_N_ELEMENTS (encodings)].matrix;
+      images[i].yuv_range = encodings[(i + f) % G_N_ELEMENTS (encodings)].range;
       images[i].region.x = regions[i][0], images[i].region.y = regions[i][1];
       images[i].region.width = regions[i][2], images[i].region.height = regions[i][3];
     }

@@ -405,11 +405,51 @@ def resize_to_model(x, config):
     return x[:, :, top:top + ht, left:left + wt]
 
 
-def preprocess_uint8(frames, config, regions=None):
-    """docs/design.md, Step 1 for uint8 frames [N, H, W, C] -> float32 [N, C, Ht, Wt].
-    regions: None, or one (x, y, w, h) per frame; each clamped crop is then
-    pre-processed as a frame of its own."""
+# docs/design.md step 1: the luma weights (Kr, Kb) of each YUV matrix.
+YUV_MATRICES = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722),
+                "bt2020": (0.2627, 0.0593)}
+
+
+def yuv420_to_rgb(y, u, v, yuv_matrix="bt601", yuv_range="limited"):
+    """docs/design.md step 1: 8-bit planes Y [N, H, W] and U, V
+    [N, ceil(H/2), ceil(W/2)] -> uint8 RGB [N, H, W, 3].  Pixel (x, y) takes
+    the chroma of its 2x2 block; the float32 result is rounded half up and
+    clamped to 8 bits, as the engine does."""
+    if yuv_matrix not in YUV_MATRICES or yuv_range not in ("limited", "full"):
+        raise ValueError("YUV matrix %r or range %r is not one of %s, limited, full"
+                         % (yuv_matrix, yuv_range, ", ".join(YUV_MATRICES)))
+    kr, kb = YUV_MATRICES[yuv_matrix]
+    kg = 1 - kr - kb
+    full = yuv_range == "full"
+    y_scale, c_scale, y_offset = (1.0, 1.0, 0.0) if full else (255 / 219, 255 / 224, 16.0)
+    h, w = np.shape(y)[1:]
+
+    def f32(value):
+        return torch.tensor(value, dtype=torch.float32)
+
+    def centred_chroma(plane):
+        subsampled = torch.from_numpy(np.asarray(plane, dtype=np.float32))
+        return subsampled.repeat_interleave(2, 1).repeat_interleave(2, 2)[:, :h, :w] - 128
+
+    luma = f32(y_scale) * (torch.from_numpy(np.asarray(y, dtype=np.float32)) - f32(y_offset))
+    d, e = centred_chroma(u), centred_chroma(v)
+    r = luma + f32(2 * (1 - kr) * c_scale) * e
+    g = (luma - f32(2 * kb * (1 - kb) / kg * c_scale) * d
+         - f32(2 * kr * (1 - kr) / kg * c_scale) * e)
+    b = luma + f32(2 * (1 - kb) * c_scale) * d
+    rgb = torch.stack([r, g, b], -1)
+    return torch.where(rgb <= 0, 0.0, torch.where(rgb >= 255, 255.0, torch.floor(rgb + 0.5))
+                       ).to(torch.uint8).numpy()
+
+
+def preprocess_uint8(frames, config, regions=None, yuv_matrix="bt601", yuv_range="limited"):
+    """docs/design.md, Step 1 for uint8 frames [N, H, W, C], or I420/NV12
+    frames as planes (Y, U, V) for yuv420_to_rgb with the given encoding,
+    -> float32 [N, C, Ht, Wt].  regions: None, or one (x, y, w, h) per
+    frame; each clamped crop is then pre-processed as a frame of its own."""
     c = complete_config(config)
+    if isinstance(frames, tuple):
+        frames = yuv420_to_rgb(*frames, yuv_matrix=yuv_matrix, yuv_range=yuv_range)
     x = torch.from_numpy(np.array(frames, dtype=np.float32)) / 255.0
     x = x.permute(0, 3, 1, 2)                          # N, C, H, W
     if x.shape[1] == 4:

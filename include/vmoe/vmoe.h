@@ -340,13 +340,28 @@ typedef struct {
 
 /* Pixel layouts of 8-bit frames, named as GStreamer names them.  Padding
  * and alpha bytes (x, A) are ignored.  I420 and NV12 are converted to RGB
- * with BT.601 limited range, rounded to 8 bits, before anything else. */
+ * with the frame's VmoeYuvMatrix and VmoeYuvRange (BT.601 limited range
+ * unless set), rounded to 8 bits, before anything else. */
 typedef enum {
   VMOE_PIXEL_GRAY8,
   VMOE_PIXEL_RGB, VMOE_PIXEL_BGR,
   VMOE_PIXEL_RGBA, VMOE_PIXEL_BGRA, VMOE_PIXEL_ARGB, VMOE_PIXEL_ABGR,
   VMOE_PIXEL_I420, VMOE_PIXEL_NV12,
 } VmoePixelFormat;
+
+/* The YUV encoding of an I420 or NV12 frame (ignored for other formats):
+ * the matrix, named by its standard and defined by its luma weights Kr and
+ * Kb (docs/design.md step 1), and the range of the 8-bit codes. */
+typedef enum {
+  VMOE_YUV_MATRIX_BT601,        /* Kr 0.299, Kb 0.114: SD video, JPEG */
+  VMOE_YUV_MATRIX_BT709,        /* Kr 0.2126, Kb 0.0722: HD video */
+  VMOE_YUV_MATRIX_BT2020,       /* Kr 0.2627, Kb 0.0593: UHD (non-constant luminance) */
+} VmoeYuvMatrix;
+
+typedef enum {
+  VMOE_YUV_RANGE_LIMITED,       /* Y 16-235, U and V 16-240 ("studio swing") */
+  VMOE_YUV_RANGE_FULL,          /* Y, U and V 0-255 (JPEG) */
+} VmoeYuvRange;
 
 /**
  * vmoe_pixel_format_bytes_per_pixel:
@@ -389,8 +404,12 @@ typedef struct {
    * treated exactly as a frame of its own size (docs/design.md, Regions of
    * interest); a region empty after clamping is an error. */
   struct { int x, y, width, height; } region;
+  /* Appended after 0.1's fields, in the reserved tail: the encoding of an
+   * I420 or NV12 frame; zero is BT.601 limited range. */
+  VmoeYuvMatrix yuv_matrix;
+  VmoeYuvRange yuv_range;
   /*< private >*/
-  gpointer _vmoe_reserved[6];
+  gpointer _vmoe_reserved[6 - 8 / GLIB_SIZEOF_VOID_P];
 } VmoeImage;
 
 /**

@@ -118,7 +118,8 @@ VMOE_VK_PUSH_LAYOUT (VmoeExpertsPush, 11, x_off, 10);
  * frame's pixel layout (VmoePixelLayout) travels with each image, since a
  * batch may mix formats.  WIDTH and HEIGHT are the crop's (the region
  * clamped to the frame, or the frame), ORIGIN_X/Y its top-left pixel in
- * the frame, which the planes and strides describe. */
+ * the frame, which the planes and strides describe.  YUV_* are the
+ * frame's VmoeYuvCoefficients, as float bits. */
 enum { VMOE_FRAME_KIND = 0, VMOE_FRAME_WIDTH = 1, VMOE_FRAME_HEIGHT = 2,
   VMOE_FRAME_PLANE = 3, VMOE_FRAME_STRIDE = 6, VMOE_FRAME_TOP = 9,
   VMOE_FRAME_LEFT = 10, VMOE_FRAME_SCALE_Y = 11, VMOE_FRAME_SCALE_X = 12,
@@ -126,7 +127,9 @@ enum { VMOE_FRAME_KIND = 0, VMOE_FRAME_WIDTH = 1, VMOE_FRAME_HEIGHT = 2,
   VMOE_FRAME_GREEN = 16, VMOE_FRAME_BLUE = 17, VMOE_FRAME_CHROMA_BYTES = 18,
   VMOE_FRAME_U_PLANE = 19, VMOE_FRAME_U_OFFSET = 20, VMOE_FRAME_V_PLANE = 21,
   VMOE_FRAME_V_OFFSET = 22, VMOE_FRAME_ORIGIN_X = 23, VMOE_FRAME_ORIGIN_Y = 24,
-  VMOE_FRAME_PARAMS = 25 };
+  VMOE_FRAME_YUV_Y_OFFSET = 25, VMOE_FRAME_YUV_Y_SCALE = 26, VMOE_FRAME_YUV_R_V = 27,
+  VMOE_FRAME_YUV_G_U = 28, VMOE_FRAME_YUV_G_V = 29, VMOE_FRAME_YUV_B_U = 30,
+  VMOE_FRAME_PARAMS = 31 };
 typedef struct {
   uint32_t params_off, out_off, height, width, channels;
   float mean[3], std[3];          /* the shader's mean0..2, std0..2 */

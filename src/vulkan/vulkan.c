@@ -129,6 +129,11 @@ write_frame (const VmoeConfig *c, const VmoeImage *img, const VmoeCrop *crop,
   memcpy (&p[VMOE_FRAME_SCALE_Y], &g.scale_y, 4);
   memcpy (&p[VMOE_FRAME_SCALE_X], &g.scale_x, 4);
   p[VMOE_FRAME_IDENTITY] = g.identity;
+  VmoeYuvCoefficients yuv;
+  vmoe_yuv_coefficients (img->yuv_matrix, img->yuv_range, &yuv);
+  const float yuv_params[] = { yuv.y_offset, yuv.y_scale, yuv.r_v, yuv.g_u, yuv.g_v, yuv.b_u };
+  G_STATIC_ASSERT (VMOE_FRAME_YUV_B_U - VMOE_FRAME_YUV_Y_OFFSET + 1 == G_N_ELEMENTS (yuv_params));
+  memcpy (&p[VMOE_FRAME_YUV_Y_OFFSET], yuv_params, sizeof yuv_params);
   for (int q = 0; q < 3; q++) {
     size_t bytes = vmoe_image_plane_bytes (img, q);
     if (!bytes)

@@ -65,7 +65,8 @@ round_clamp (double v)
   return v <= 0 ? 0 : v >= 255 ? 255 : (uint8_t) floor (v + 0.5);
 }
 
-/* The 8-bit RGB of pixel (x, y); BT.601 limited range for YUV. */
+/* The 8-bit RGB of pixel (x, y); YUV with the frame's matrix and range,
+ * from the standards' luma weights (docs/design.md step 1). */
 static void
 reference_rgb (const Frame *f, int x, int y, double rgb[3])
 {
@@ -86,10 +87,18 @@ reference_rgb (const Frame *f, int x, int y, double rgb[3])
       u = fetch (f, 1, x / 2 * 2, y / 2);
       v = fetch (f, 1, x / 2 * 2 + 1, y / 2);
     }
-    double c = 1.164383 * (luma - 16), d = u - 128, e = v - 128;
-    rgb[0] = round_clamp (c + 1.596027 * e);
-    rgb[1] = round_clamp (c - 0.391762 * d - 0.812968 * e);
-    rgb[2] = round_clamp (c + 2.017232 * d);
+    static const double kr_kb[][2] = { [VMOE_YUV_MATRIX_BT601] = { 0.299, 0.114 },
+      [VMOE_YUV_MATRIX_BT709] = { 0.2126, 0.0722 },
+      [VMOE_YUV_MATRIX_BT2020] = { 0.2627, 0.0593 } };
+    double kr = kr_kb[f->image.yuv_matrix][0], kb = kr_kb[f->image.yuv_matrix][1];
+    double kg = 1 - kr - kb;
+    gboolean full = f->image.yuv_range == VMOE_YUV_RANGE_FULL;
+    /* Y', Pb and Pr scaled to 0..255 and -127.5..127.5 */
+    double c = full ? luma : (luma - 16) * 255 / 219;
+    double pb = (u - 128) * (full ? 1 : 255.0 / 224), pr = (v - 128) * (full ? 1 : 255.0 / 224);
+    rgb[0] = round_clamp (c + 2 * (1 - kr) * pr);
+    rgb[1] = round_clamp (c - 2 * kb * (1 - kb) / kg * pb - 2 * kr * (1 - kr) / kg * pr);
+    rgb[2] = round_clamp (c + 2 * (1 - kb) * pb);
   } else {
     const int *o = order[format];
     for (int ch = 0; ch < 3; ch++)
@@ -397,6 +406,11 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
    * and one or two more. */
   int batch_flags = (int) fuzz_take (&in, 1);
   int n_batch = batch_flags & 1 ? 2 + (batch_flags >> 1) % (MAX_BATCH - 1) : 0;
+  /* The YUV encoding from the same byte's high bits, valid ones only
+   * (test_ops has the invalid), so that the committed inputs keep their
+   * meaning; zero is BT.601 limited range, as before. */
+  img->yuv_matrix = (VmoeYuvMatrix) ((batch_flags >> 4 & 3) % 3);
+  img->yuv_range = batch_flags >> 6 & 1 ? VMOE_YUV_RANGE_FULL : VMOE_YUV_RANGE_LIMITED;
   Frame batch[MAX_BATCH];
   for (int i = 0; i < n_batch; i++) {
     batch[i] = f;

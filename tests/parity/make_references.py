@@ -76,6 +76,37 @@ CASES = [
                                      "ensemble_members": 4}}, "F32", (4, 40, 40, 3)),
 ]
 
+# YUV frames per case: (pixel format, matrix, range, frame width, height,
+# with regions): encodings other than BT.601 limited range, odd sizes
+# (chroma rounded up) and regions; each on CPU and Vulkan via test_parity.
+YUV_INPUTS = {
+    "dense": [("I420", "bt709", "limited", 41, 31, False),
+              ("NV12", "bt601", "full", 30, 40, True)],
+    "gray_nonsquare_tanh": [("NV12", "bt709", "full", 70, 50, False),
+                            ("I420", "bt2020", "limited", 57, 43, True)],
+    "image_k1": [("I420", "bt601", "full", 48, 64, True),
+                 ("NV12", "bt2020", "full", 33, 35, False)],
+}
+
+
+def yuv_frames(rng, n, pixel_format, w, h):
+    """n random frames as one uint8 array [n, h + ceil(h/2), 2 ceil(w/2)]:
+    the Y plane in the top h rows (stride 2 ceil(w/2)), below it the
+    chroma rows, as I420 (U in the left half, V in the right) or NV12 (U, V
+    pairs); and the planes (Y, U, V) for vmoe_torch."""
+    cw, ch = (w + 1) // 2, (h + 1) // 2
+    y = (rng.integers(16, 96, size=(n, 1, 1)) + rng.random((n, h, w)) * rng.integers(
+        40, 140, size=(n, 1, 1))).astype(np.uint8)
+    u, v = ((128 + rng.integers(-60, 40, size=(n, 1, 1)) + rng.random((n, ch, cw)) * 60)
+            .astype(np.uint8) for _ in range(2))
+    packed = np.zeros((n, h + ch, 2 * cw), np.uint8)
+    packed[:, :h, :w] = y
+    if pixel_format == "I420":
+        packed[:, h:, :cw], packed[:, h:, cw:] = u, v
+    else:
+        packed[:, h:, 0::2], packed[:, h:, 1::2] = u, v
+    return packed, (y, u, v)
+
 
 def regions_for(n, h, w, ht, wt):
     """One region per frame (x, y, w, h), cycling through the shapes the
@@ -162,7 +193,27 @@ def run_case(outdir, index, name, overrides, dtype, u8_shape):
         entry.update(extra)
         entry.update(routing_summary(routing, c))
         inputs.append(entry)
-    return {"name": name, "model": name + ".safetensors", "inputs": inputs}
+    # Kept apart from "inputs", which check_backend.py and test_tool.py also
+    # run through `vmoe run`: it reads packed frames only.
+    yuv_inputs = []
+    for k, (pixel_format, matrix, yuv_range, w, h, with_regions) in enumerate(
+            YUV_INPUTS.get(name, [])):
+        packed, planes = yuv_frames(rng, 4, pixel_format, w, h)
+        frame_regions = regions_for(4, h, w, *c["image_size"]) if with_regions else None
+        tensor = vmoe_torch.preprocess_uint8(planes, config, frame_regions, matrix, yuv_range)
+        npy = "%s.yuv%d.npy" % (name, k)
+        np.save(os.path.join(outdir, npy), packed)
+        with torch.no_grad():
+            logits, routing = model(tensor)
+        entry = {"file": npy, "kind": "%s_%s_%s" % (pixel_format, matrix, yuv_range),
+                 "format": pixel_format, "yuv_matrix": matrix, "yuv_range": yuv_range,
+                 "width": w, "height": h, "logits": logits.tolist()}
+        if frame_regions:
+            entry["regions"] = frame_regions
+        entry.update(routing_summary(routing, c))
+        yuv_inputs.append(entry)
+    return {"name": name, "model": name + ".safetensors", "inputs": inputs,
+            "yuv_inputs": yuv_inputs}
 
 
 def main():
