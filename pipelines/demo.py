@@ -10,10 +10,11 @@ prints each frame's label, score, expert and super-class beside the true
 label, and ends with the accuracy over the clip.  scripts/demo.sh installs
 what is missing, builds, and runs this.
 
---uncertain NATS marks the frames whose predictive entropy (the message's
-`entropy` field) is above NATS and compares the accuracy of those frames
-with the others'; it defaults the model to the E3 ensemble
-(models/fashion-e3.safetensors), whose entropy is the calibrated one.
+--uncertain NATS sets vmoeclassify's entropy-threshold, prints each frame's
+predictive entropy and the element's `uncertain` mark, and compares the
+accuracy of the marked frames with the others'.  It defaults the model to
+the E3 ensemble (models/fashion-e3.safetensors), whose entropy is the
+calibrated one.
 
     /usr/bin/python3 pipelines/demo.py [--model models/fashion-vmoe.safetensors] [--frames 200]
         [--uncertain NATS]
@@ -52,10 +53,11 @@ def main():
     parser.add_argument("--build", default=os.path.join(ROOT, "build"))
     parser.add_argument("--quiet", action="store_true", help="only the summary")
     parser.add_argument("--uncertain", type=float, metavar="NATS",
-                        help="mark frames whose predictive entropy is above NATS")
+                        help="mark frames whose predictive entropy is above NATS "
+                             "(vmoeclassify's entropy-threshold)")
     args = parser.parse_args()
-    if args.uncertain is not None and not args.uncertain >= 0:
-        sys.exit("demo: --uncertain takes an entropy in nats, at least 0")
+    if args.uncertain is not None and not 0 < args.uncertain <= 1000:
+        sys.exit("demo: --uncertain takes an entropy in nats, above 0 (at most 1000)")
     if args.model is None:
         args.model = os.path.join(ROOT, "models", "fashion-e3.safetensors"
                                   if args.uncertain is not None else "fashion-vmoe.safetensors")
@@ -74,7 +76,13 @@ def main():
         "filesrc name=src ! rawvideoparse format=gray8 width=%d height=%d framerate=25/1 ! "
         "vmoeclassify name=classify post-messages=true ! fakesink" % (width, height))
     pipeline.get_by_name("src").set_property("location", clip)
-    pipeline.get_by_name("classify").set_property("model", args.model)
+    classify = pipeline.get_by_name("classify")
+    classify.set_property("model", args.model)
+    if args.uncertain is not None:
+        if classify.find_property("entropy-threshold") is None:
+            sys.exit("demo: --uncertain needs vmoeclassify's entropy-threshold property, "
+                     "which this build's element lacks")
+        classify.set_property("entropy-threshold", args.uncertain)
     labels = data.FASHION_LABELS
     print("classifying %d Fashion-MNIST test images with %s\n" % (len(truth),
                                                                    os.path.relpath(args.model)))
@@ -108,14 +116,9 @@ def main():
         per_expert[(expert, superclass)] += 1
         entropy_column, notes = "", [] if ok else ["<- wrong"]
         if args.uncertain is not None:
-            if not s.has_field("entropy"):
-                pipeline.set_state(Gst.State.NULL)
-                sys.exit("demo: --uncertain needs the entropy field in vmoeclassify's "
-                         "messages, which this build's element does not post")
-            entropy = s.get_value("entropy")
-            above = entropy > args.uncertain
+            above = s.get_value("uncertain")
             uncertain[(above, bool(ok))] += 1
-            entropy_column = "  %7.3f" % entropy
+            entropy_column = "  %7.3f" % s.get_value("entropy")
             notes += ["<- uncertain"] if above else []
         if not args.quiet:
             print(("%5d  %-12s  %5.3f  %6s  %-31s  %-12s%s  %s" % (
@@ -133,9 +136,9 @@ def main():
           "%.0f frames/s through the pipeline)" % (correct, seen, 100.0 * correct / seen,
                                                     latency / seen / 1e6, seen / elapsed))
     if args.uncertain is not None:
-        for above, what in ((True, "above"), (False, "at or below")):
+        for above, what in ((True, "uncertain (entropy above"), (False, "confident (at most")):
             frames = uncertain[(above, True)] + uncertain[(above, False)]
-            print("entropy %s %.3f nats: %d frames, %s" % (
+            print("%s %.3f nats): %d frames, %s" % (
                 what, args.uncertain, frames, "accuracy %.1f%%" % (
                     100.0 * uncertain[(above, True)] / frames) if frames else "none"))
 
