@@ -10,7 +10,14 @@ prints each frame's label, score, expert and super-class beside the true
 label, and ends with the accuracy over the clip.  scripts/demo.sh installs
 what is missing, builds, and runs this.
 
+--uncertain NATS sets vmoeclassify's entropy-threshold, prints each frame's
+predictive entropy and the element's `uncertain` mark, and compares the
+accuracy of the marked frames with the others'.  It defaults the model to
+the E3 ensemble (models/fashion-e3.safetensors), whose entropy is the
+calibrated one.
+
     /usr/bin/python3 pipelines/demo.py [--model models/fashion-vmoe.safetensors] [--frames 200]
+        [--uncertain NATS]
 """
 import argparse
 import collections
@@ -40,11 +47,20 @@ def make_clip(path, frames):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=os.path.join(ROOT, "models", "fashion-vmoe.safetensors"))
+    parser.add_argument("--model", help="model file (default: models/fashion-vmoe.safetensors, "
+                        "with --uncertain models/fashion-e3.safetensors)")
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--build", default=os.path.join(ROOT, "build"))
     parser.add_argument("--quiet", action="store_true", help="only the summary")
+    parser.add_argument("--uncertain", type=float, metavar="NATS",
+                        help="mark frames whose predictive entropy is above NATS "
+                             "(vmoeclassify's entropy-threshold)")
     args = parser.parse_args()
+    if args.uncertain is not None and not 0 < args.uncertain <= 1000:
+        sys.exit("demo: --uncertain takes an entropy in nats, above 0 (at most 1000)")
+    if args.model is None:
+        args.model = os.path.join(ROOT, "models", "fashion-e3.safetensors"
+                                  if args.uncertain is not None else "fashion-vmoe.safetensors")
     if not os.path.exists(args.model):
         sys.exit("demo: no model at %s" % args.model)
 
@@ -60,16 +76,24 @@ def main():
         "filesrc name=src ! rawvideoparse format=gray8 width=%d height=%d framerate=25/1 ! "
         "vmoeclassify name=classify post-messages=true ! fakesink" % (width, height))
     pipeline.get_by_name("src").set_property("location", clip)
-    pipeline.get_by_name("classify").set_property("model", args.model)
+    classify = pipeline.get_by_name("classify")
+    classify.set_property("model", args.model)
+    if args.uncertain is not None:
+        if classify.find_property("entropy-threshold") is None:
+            sys.exit("demo: --uncertain needs vmoeclassify's entropy-threshold property, "
+                     "which this build's element lacks")
+        classify.set_property("entropy-threshold", args.uncertain)
     labels = data.FASHION_LABELS
     print("classifying %d Fashion-MNIST test images with %s\n" % (len(truth),
                                                                    os.path.relpath(args.model)))
-    print("frame  predicted     score  expert  super-class                      truth")
+    print("frame  predicted     score  expert  super-class                      truth" +
+          ("  entropy" if args.uncertain is not None else ""))
     bus = pipeline.get_bus()
     start = time.monotonic()
     pipeline.set_state(Gst.State.PLAYING)
     correct, seen, latency = 0, 0, 0
     per_expert = collections.Counter()
+    uncertain = collections.Counter()   # (above the threshold, right) -> frames
     while True:
         msg = bus.timed_pop_filtered(Gst.CLOCK_TIME_NONE, Gst.MessageType.ELEMENT
                                      | Gst.MessageType.EOS | Gst.MessageType.ERROR)
@@ -90,11 +114,17 @@ def main():
         expert = list(s.get_value("experts"))[0] if s.has_field("experts") else -1
         superclass = s.get_value("superclass") if s.has_field("superclass") else "-"
         per_expert[(expert, superclass)] += 1
+        entropy_column, notes = "", [] if ok else ["<- wrong"]
+        if args.uncertain is not None:
+            above = s.get_value("uncertain")
+            uncertain[(above, bool(ok))] += 1
+            entropy_column = "  %7.3f" % s.get_value("entropy")
+            notes += ["<- uncertain"] if above else []
         if not args.quiet:
-            print("%5d  %-12s  %5.3f  %6s  %-31s  %-12s %s" % (
+            print(("%5d  %-12s  %5.3f  %6s  %-31s  %-12s%s  %s" % (
                 i, s.get_value("label"), s.get_value("score"),
                 expert if expert >= 0 else "-", superclass[:31], labels[truth[i]],
-                "" if ok else "  <- wrong"))
+                entropy_column, " ".join(notes))).rstrip())
     elapsed = time.monotonic() - start
     pipeline.set_state(Gst.State.NULL)
     if seen == 0:
@@ -105,6 +135,12 @@ def main():
     print("\naccuracy over the clip: %d/%d = %.1f%%  (mean inference %.2f ms/frame, "
           "%.0f frames/s through the pipeline)" % (correct, seen, 100.0 * correct / seen,
                                                     latency / seen / 1e6, seen / elapsed))
+    if args.uncertain is not None:
+        for above, what in ((True, "uncertain (entropy above"), (False, "confident (at most")):
+            frames = uncertain[(above, True)] + uncertain[(above, False)]
+            print("%s %.3f nats): %d frames, %s" % (
+                what, args.uncertain, frames, "accuracy %.1f%%" % (
+                    100.0 * uncertain[(above, True)] / frames) if frames else "none"))
 
 
 if __name__ == "__main__":

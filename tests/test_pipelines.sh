@@ -44,4 +44,25 @@ sh -n "$src/pipelines/camera.sh" || fail "camera.sh does not parse"
 port=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 n=$("$src/pipelines/mqtt.sh" "$model" 4 "$port" 2>/dev/null | grep -c '^{"objects":\[{"x":0,"y":0,"w":320,"h":240,"vmoe":{"label"')
 [ "$n" -eq 4 ] || fail "mqtt: $n messages for 4 frames"
+# The demo's --uncertain: the frames it marks are those whose entropy under
+# PyTorch's E3 ensemble is above the threshold (none lies within 1e-3 of it).
+out=$(/usr/bin/python3 "$src/pipelines/demo.py" --build "$build" --frames 40 --uncertain 0.5)
+marked=$(echo "$out" | grep '<- uncertain$' | awk '{print $1}' | tr '\n' ' ')
+want=$(/usr/bin/python3 - "$src" <<'PY'
+import sys, torch
+sys.path.insert(0, sys.argv[1] + "/training")
+import data, vmoe_torch
+model = vmoe_torch.load_model(sys.argv[1] + "/models/fashion-e3.safetensors").eval()
+images = data.fashion_mnist()[2][:40]
+with torch.inference_mode():
+    entropy = model(vmoe_torch.preprocess_uint8(images, model.config))[1]["entropy"]
+assert ((entropy - 0.5).abs() > 1e-3).all(), entropy
+print(" ".join(str(i) for i in range(40) if entropy[i] > 0.5), end=" ")
+PY
+)
+[ -n "$marked" ] && [ "$marked" = "$want" ] || fail "demo --uncertain marked [$marked], want [$want]"
+echo "$out" | grep -q "^uncertain (entropy above 0.500 nats): $(echo $want | wc -w) frames" \
+  || fail "demo --uncertain summary: $out"
+/usr/bin/python3 "$src/pipelines/demo.py" --build "$build" --uncertain 0 2>&1 \
+  | grep -q "above 0" || fail "demo accepted --uncertain 0"
 echo "pipelines: all examples ran"

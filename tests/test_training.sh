@@ -33,20 +33,30 @@ for f in confusion.png experts_block0.png experts_block1.png analysis.json; do
   [ -s "$out/analysis/$f" ] || fail "analyze wrote no $f"
 done
 
-# The like-for-like baseline (dense continued from a checkpoint) and the
-# seed table: seeds.sh runs dense -> superclasses -> moe and dense-cont.
-DENSE_EPOCHS=1 MOE_EPOCHS=1 THREADS=1 EXTRA="--arch $out/arch.json --steps 15" \
+# The like-for-like baseline (dense continued from a checkpoint), E3, and
+# the seed table: seeds.sh runs dense -> superclasses -> moe, dense-cont, e3.
+RUNS="moe dense-cont e3" DENSE_EPOCHS=1 MOE_EPOCHS=1 THREADS=1 \
+  EXTRA="--arch $out/arch.json --steps 15" \
   sh "$src/training/seeds.sh" "$out/seeds" 0 > "$out/seeds.txt"
-for run in dense-s0 dense-cont-s0 moe-s0; do
+for run in dense-s0 dense-cont-s0 moe-s0 e3-s0; do
   [ -s "$out/seeds/$run/summary.json" ] || fail "seeds.sh wrote no $run"
 done
 grep -q "^| moe | " "$out/seeds.txt" || fail "table lacks the moe row"
+grep -q "^test ECE, 15 bins" "$out/seeds.txt" || fail "table lacks the ECE table"
 /usr/bin/python3 - "$out/seeds/table.json" <<'PY' || fail "table.json"
 import json, sys
 t = json.load(open(sys.argv[1]))
-assert set(t) == {"dense", "dense-cont", "moe"}, t
+assert set(t) == {"dense", "dense-cont", "moe", "e3"}, t
 assert all(0 <= r["mean"] <= 1 for r in t.values()), t
+assert all(r["nll"]["mean"] > 0 and 0 <= r["ece"]["mean"] <= 1 for r in t.values()), t
 PY
+"$vmoe" info "$out/seeds/e3-s0/model.safetensors" | grep -q "E3, 2 members of 4 experts" \
+  || fail "the engine reads no E3 ensemble from train.py moe --ensemble 2"
+RUNS=e3x sh "$src/training/seeds.sh" "$out/bad-runs" 0 2>/dev/null \
+  && fail "seeds.sh accepted an unknown run"
+$T moe --experts 4 --ensemble 3 --arch "$out/arch.json" --out "$out/bad" --steps 1 \
+  2>"$out/err.txt" && fail "moe accepted 3 ensemble members of 4 experts"
+grep -q "ensemble 3 must .* divide the 4 experts" "$out/err.txt" || fail "ensemble message"
 $T dense --init "$out/moe/checkpoint.pt" --out "$out/bad" --steps 1 2>/dev/null \
   && fail "dense --init accepted a MoE checkpoint"
 

@@ -33,6 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import calibration  # noqa: E402
 import data  # noqa: E402
 import vmoe_torch  # noqa: E402
 
@@ -102,20 +103,23 @@ def model_device(model):
 
 
 def evaluate(model, images, labels, config, batch=500):
-    """Accuracy, predictions, and the image-routing experts (or None)."""
+    """Accuracy, predictions, the image-routing experts (member 0's with
+    E3; or None) and the log-probabilities [N, K]."""
     model.eval()
     device = model_device(model)
-    preds, experts = [], []
+    preds, experts, log_probs = [], [], []
     inputs = images.model_input(config)
     with torch.inference_mode():
         for i in range(0, len(images), batch):
             logits, routing = model(inputs[i:i + batch].to(device))
             preds.append(logits.argmax(-1).cpu())
+            log_probs.append(logits.log_softmax(-1).cpu())
             if "experts" in routing:
                 experts.append(routing["experts"][:, 0].cpu())
     preds = torch.cat(preds).numpy()
     acc = float((preds == labels).mean())
-    return acc, preds, (torch.cat(experts).numpy() if experts else None)
+    return (acc, preds, (torch.cat(experts).numpy() if experts else None),
+            torch.cat(log_probs).double().numpy())
 
 
 def lr_at(step, total, warmup, peak):
@@ -131,6 +135,28 @@ def router_aux_loss(routing):
     layers that recorded them."""
     losses = routing.get("aux_losses", [])
     return sum(losses) if losses else torch.zeros(())
+
+
+def classification_loss(logits, routing, labels, label_smoothing):
+    """Cross-entropy of the logits; with E3, the mean of each member's own
+    cross-entropy on its logits, as Allingham et al. train them (a loss on
+    the ensemble's averaged prediction would let the members co-adapt)."""
+    if "member_logits" not in routing:
+        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    member_logits = routing["member_logits"]                      # [N, M, K]
+    members = member_logits.shape[1]
+    return F.cross_entropy(member_logits.reshape(-1, member_logits.shape[-1]),
+                           labels.repeat_interleave(members), label_smoothing=label_smoothing)
+
+
+def superclass_router_loss(routing, superclasses, members):
+    """Mobile V-MoE's router cross-entropy against each image's super-class
+    [N].  With E3 member m's router probabilities are over its own
+    partition, whose local expert s (global m*S + s) serves super-class s,
+    so every member has the same target; the loss is their mean."""
+    probs = routing["router_probs"][0].reshape(len(superclasses) * members, -1)
+    return F.nll_loss(torch.log(probs.clamp_min(1e-9)),
+                      superclasses.repeat_interleave(members))
 
 
 def train(model, args, dataset, superclass_of=None):
@@ -177,11 +203,10 @@ def train(model, args, dataset, superclass_of=None):
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, warmup, args.lr)
             logits, routing = net(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+            loss = classification_loss(logits, routing, y, args.label_smoothing)
             if target_map is not None and routing["router_probs"]:
-                probs = routing["router_probs"][0]
-                loss = loss + args.router_weight * F.nll_loss(
-                    torch.log(probs.clamp_min(1e-9)), target_map[y])
+                loss = loss + args.router_weight * superclass_router_loss(
+                    routing, target_map[y], model.members)
             loss = loss + args.aux_weight * router_aux_loss(routing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -190,7 +215,7 @@ def train(model, args, dataset, superclass_of=None):
             step += 1
             seen += len(idx)
             running += float(loss) * len(idx)
-        acc, _, _ = evaluate(model, hold_x, hold_y, config)
+        acc, *_ = evaluate(model, hold_x, hold_y, config)
         history.append({"epoch": epoch + 1, "step": step, "loss": running / max(seen, 1),
                         "holdout_acc": acc, "minutes": (time.time() - start) / 60})
         log("epoch %d step %d/%d loss %.4f holdout %.4f (%.1f min)" % (
@@ -218,13 +243,16 @@ def load_checkpoint(path):
 
 
 def finish(args, model, dataset, history, extra=None):
-    """Test accuracy, checkpoint and exported model file of a training run."""
+    """Test accuracy, NLL and ECE, checkpoint and exported model file of a
+    training run."""
     test_x, test_y = dataset[4], dataset[5]
-    acc, _, _ = evaluate(model, test_x, test_y, model.config)
-    log("test accuracy %.4f" % acc)
+    acc, _, _, log_probs = evaluate(model, test_x, test_y, model.config)
+    nll = calibration.negative_log_likelihood(log_probs, test_y)
+    ece = calibration.expected_calibration_error(np.exp(log_probs), test_y)
+    log("test accuracy %.4f, NLL %.4f, ECE %.4f" % (acc, nll, ece))
     if world()[0] == 0:
         os.makedirs(args.out, exist_ok=True)
-        summary = {"test_acc": acc, "history": history,
+        summary = {"test_acc": acc, "test_nll": nll, "test_ece": ece, "history": history,
                    "args": {k: v for k, v in vars(args).items() if k != "func"}}
         summary.update(extra or {})
         with open(os.path.join(args.out, "summary.json"), "w") as f:
@@ -328,7 +356,7 @@ def cmd_superclasses(args):
     model, _ = load_checkpoint(args.checkpoint)
     labels = model.config["labels"]
     k = len(labels)
-    acc, preds, _ = evaluate(model, dataset[2], dataset[3], model.config)
+    acc, preds, *_ = evaluate(model, dataset[2], dataset[3], model.config)
     confusion = np.zeros((k, k), dtype=np.int64)
     np.add.at(confusion, (dataset[3], preds), 1)
     rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
@@ -350,9 +378,16 @@ def cmd_superclasses(args):
         log("super-class: %s" % s["name"])
 
 
+# The figures of `table`: summary.json key, caption, scale and format for printing.
+TABLE_METRICS = (("test_acc", "test accuracy (%)", 100, "%.2f"),
+                 ("test_nll", "test NLL (nats)", 1, "%.4f"),
+                 ("test_ece", "test ECE, 15 bins (%)", 100, "%.2f"))
+
+
 def cmd_table(args):
-    """Mean and spread of test accuracy per kind of run (dense, dense-cont,
-    moe, ...) over the seeds found in args.runs, as a Markdown table."""
+    """Mean and spread of test accuracy, NLL and ECE per kind of run (dense,
+    dense-cont, moe, e3, ...) over the seeds found in args.runs, as Markdown
+    tables (NLL and ECE for the runs whose summaries have them)."""
     found = {}
     for name in sorted(os.listdir(args.runs)):
         path = os.path.join(args.runs, name, "summary.json")
@@ -361,40 +396,63 @@ def cmd_table(args):
             continue
         with open(path) as f:
             summary = json.load(f)
-        minutes = summary["history"][-1]["minutes"] if summary["history"] else 0.0
-        found.setdefault(kind, {})[int(seed)] = (summary["test_acc"], minutes)
+        summary["minutes"] = summary["history"][-1]["minutes"] if summary["history"] else 0.0
+        found.setdefault(kind, {})[int(seed)] = summary
     if not found:
         raise SystemExit("no <kind>-s<seed>/summary.json under %s" % args.runs)
     seeds = sorted({s for runs in found.values() for s in runs})
-    print("| run | " + " | ".join("seed %d" % s for s in seeds) + " | mean | std |")
-    print("| --- |" + " ---: |" * (len(seeds) + 2))
-    table = {}
-    for kind, runs in found.items():
-        accs = np.array([runs[s][0] for s in seeds if s in runs]) * 100
-        cells = ["%.2f" % (runs[s][0] * 100) if s in runs else "-" for s in seeds]
-        std = accs.std(ddof=1) if len(accs) > 1 else 0.0
-        print("| %s | %s | %.2f | %.2f |" % (kind, " | ".join(cells), accs.mean(), std))
-        table[kind] = {"seeds": {str(s): runs[s][0] for s in runs},
-                       "minutes": {str(s): runs[s][1] for s in runs},
-                       "mean": accs.mean() / 100, "std": std / 100}
+    table = {kind: {"minutes": {str(s): runs[s]["minutes"] for s in runs}}
+             for kind, runs in found.items()}
+    for key, caption, scale, fmt in TABLE_METRICS:
+        rows = {kind: {s: r[key] for s, r in runs.items() if key in r}
+                for kind, runs in found.items()}
+        rows = {kind: values for kind, values in rows.items() if values}
+        if not rows:
+            continue
+        if key != "test_acc":
+            print("\n%s:\n" % caption)
+        print("| run | " + " | ".join("seed %d" % s for s in seeds) + " | mean | std |")
+        print("| --- |" + " ---: |" * (len(seeds) + 2))
+        for kind, values in rows.items():
+            shown = np.array([values[s] for s in seeds if s in values]) * scale
+            cells = [fmt % (values[s] * scale) if s in values else "-" for s in seeds]
+            std = shown.std(ddof=1) if len(shown) > 1 else 0.0
+            print("| %s | %s | %s | %s |" % (kind, " | ".join(cells), fmt % shown.mean(),
+                                              fmt % std))
+            figures = {"seeds": {str(s): v for s, v in values.items()},
+                       "mean": shown.mean() / scale, "std": std / scale}
+            if key == "test_acc":
+                table[kind].update(figures)
+            else:
+                table[kind][key[len("test_"):]] = figures
     if args.out:
         with open(args.out, "w") as f:
             json.dump(table, f, indent=1)
 
 
 def moe_config(dense_config, args, superclasses):
+    """The MoE configuration.  With super-classes there are as many experts
+    per ensemble member as super-classes: expert m*S + s serves super-class
+    s in member m (docs/design.md, Ensembles of expert paths)."""
     config = copy.deepcopy(dense_config)
     depth = config["depth"]
     layers = [int(v) for v in args.layers.split(",")] if args.layers else [depth - 2, depth - 1]
-    experts = len(superclasses) if superclasses else args.experts
+    members = args.ensemble
+    experts = len(superclasses) * members if superclasses else args.experts
+    if members < 1 or experts % members:
+        raise SystemExit("--ensemble %d must be at least 1 and divide the %d experts"
+                         % (members, experts))
+    if not 1 <= args.top_k <= experts // members:
+        raise SystemExit("--top-k %d must be within 1..%d, the experts of one member"
+                         % (args.top_k, experts // members))
     if args.aspect:
         config["aspect"] = args.aspect
     moe = {"layers": layers, "num_experts": experts, "top_k": args.top_k,
            "routing": args.routing, "router_input": "cls", "normalize_gates": False,
            "expert_mlp_dim": config["mlp_dim"], "shared_expert": args.shared,
-           "capacity_ratio": args.capacity_ratio, "bpr": True}
+           "capacity_ratio": args.capacity_ratio, "bpr": True, "ensemble_members": members}
     if superclasses:
-        moe["superclasses"] = superclasses
+        moe["superclasses"] = superclasses * members
     config["moe"] = moe
     return config
 
@@ -436,15 +494,17 @@ def cmd_moe(args):
         init_from_dense(model, dense.state_dict(), 0.01,
                         torch.Generator().manual_seed(args.seed))
     if args.routing == "token":
-        model.router_noise = 1.0 / config["moe"]["num_experts"]
+        # V-MoE's 1/E, E being the experts one softmax is over (a member's).
+        model.router_noise = args.ensemble / config["moe"]["num_experts"]
     superclass_of = None
     if superclasses and args.routing == "image" and args.router_weight > 0:
         superclass_of = [0] * config["num_classes"]
         for e, s in enumerate(superclasses):
             for c in s["classes"]:
                 superclass_of[c] = e
-    log("moe (%s routing, %d experts): %d parameters" % (
-        args.routing, config["moe"]["num_experts"], sum(p.numel() for p in model.parameters())))
+    log("moe (%s routing, %d experts, %d ensemble members): %d parameters" % (
+        args.routing, config["moe"]["num_experts"], args.ensemble,
+        sum(p.numel() for p in model.parameters())))
     history = train(model, args, dataset, superclass_of)
     finish(args, model, dataset, history)
 
@@ -521,12 +581,16 @@ def cmd_analyze(args):
             fig.savefig(os.path.join(args.out, "experts_block%d.png" % block), dpi=100)
             plt.close(fig)
         if moe["routing"] == "image" and moe.get("superclasses"):
-            own = {cl: e for e, s in enumerate(moe["superclasses"]) for cl in s["classes"]}
+            # With E3 every member has an expert of the class's super-class.
+            own = {}
+            for e, s in enumerate(moe["superclasses"]):
+                for cl in s["classes"]:
+                    own.setdefault(cl, []).append(e)
             routed = heat[0]
-            hits = sum(routed[own[cl], cl] for cl in range(k))
+            hits = sum(routed[own[cl], cl].sum() for cl in range(k))
             report["routed_to_own_superclass"] = float(hits / routed.sum())
             report["per_class_own_superclass"] = {
-                labels[cl]: float(routed[own[cl], cl] / max(routed[:, cl].sum(), 1))
+                labels[cl]: float(routed[own[cl], cl].sum() / max(routed[:, cl].sum(), 1))
                 for cl in range(k)}
             report["images_per_expert"] = routed.sum(1).tolist()
     with open(os.path.join(args.out, "analysis.json"), "w") as f:
@@ -606,6 +670,10 @@ def main(argv=None):
                    help="weight of the router's super-class cross-entropy (lambda)")
     p.add_argument("--aux-weight", type=float, default=0.01,
                    help="weight of V-MoE's importance and load losses (token routing)")
+    p.add_argument("--ensemble", type=int, default=1, metavar="M",
+                   help="E3 ensemble members, each with its own experts (with "
+                        "--superclasses: M x super-classes experts; else --experts "
+                        "counts all members' experts)")
     p.set_defaults(func=cmd_moe)
 
     p = sub.add_parser("export", help="write a checkpoint as a vmoe model file")
