@@ -86,7 +86,7 @@ def test_member_loss():
 
 def moe_args(**kw):
     a = dict(layers=None, ensemble=2, experts=4, top_k=1, routing="image", shared=False,
-             capacity_ratio=1.0)
+             capacity_ratio=1.0, aspect=None)
     a.update(kw)
     return argparse.Namespace(**a)
 
