@@ -166,6 +166,18 @@ same_settings (const GstVmoeInstanceSettings *a, const GstVmoeInstanceSettings *
   return what == NULL;
 }
 
+/* Frees what instance_new made, once no worker runs. */
+static void
+instance_destroy (GstVmoeInstance *inst)
+{
+  vmoe_session_free (inst->session);
+  gst_vmoe_instance_settings_clear (&inst->settings);
+  g_mutex_clear (&inst->lock);
+  g_cond_clear (&inst->cond);
+  g_free (inst->id);
+  g_free (inst);
+}
+
 static GstVmoeInstance *
 instance_new (const gchar *id, const GstVmoeInstanceSettings *settings,
     GstVmoeSessionMaker maker, gpointer maker_data, GError **error)
@@ -199,12 +211,7 @@ instance_new (const gchar *id, const GstVmoeInstanceSettings *settings,
   inst->worker = g_thread_try_new ("vmoe-infer", worker_main, inst, error);
   if (!inst->worker) {
     g_prefix_error (error, "Could not start the inference thread: ");
-    vmoe_session_free (inst->session);
-    gst_vmoe_instance_settings_clear (&inst->settings);
-    g_mutex_clear (&inst->lock);
-    g_cond_clear (&inst->cond);
-    g_free (inst->id);
-    g_free (inst);
+    instance_destroy (inst);
     return NULL;
   }
   return inst;
@@ -219,12 +226,7 @@ instance_free (GstVmoeInstance *inst)
   g_mutex_unlock (&inst->lock);
   g_thread_join (inst->worker);
   g_warn_if_fail (g_queue_is_empty (&inst->jobs));
-  vmoe_session_free (inst->session);
-  gst_vmoe_instance_settings_clear (&inst->settings);
-  g_mutex_clear (&inst->lock);
-  g_cond_clear (&inst->cond);
-  g_free (inst->id);
-  g_free (inst);
+  instance_destroy (inst);
 }
 
 static void
