@@ -135,8 +135,9 @@ START_TEST (test_attention)
     0, 1, 0, 3, 20, 200,
   };
   float out[4];
-  float *scratch = g_new (float, vmoe_attention_scratch_len (1, 2, 2, 2, 1));
-  vmoe_attention_forward (out, qkv, scratch, NULL, 1, 2, 2, 2);
+  float *scratch = g_new (float, vmoe_attention_scratch_len (1, 2, 2, 2, 1,
+          VMOE_PRECISION_FP32));
+  vmoe_attention_forward (out, qkv, scratch, NULL, 1, 2, 2, 2, VMOE_PRECISION_FP32);
   g_free (scratch);
   double a = exp (1) / (exp (1) + 1);
   ck_assert_double_eq_tol (out[0], a * 10 + (1 - a) * 20, 1e-4);
@@ -196,10 +197,13 @@ START_TEST (test_attention_tiles_against_double)
       qkv[i] = (float) g_rand_double_range (rand, -2, 2);
     float *one = g_new (float, (size_t) n * t * dim);
     float *three = g_new (float, (size_t) n * t * dim);
-    float *scratch = g_new (float, vmoe_attention_scratch_len (n, t, dim, heads, 3));
-    vmoe_attention_forward (one, qkv, scratch, NULL, n, t, dim, heads);
+    float *scratch = g_new (float, vmoe_attention_scratch_len (n, t, dim, heads, 3,
+            VMOE_PRECISION_FP32));
+    vmoe_attention_forward (one, qkv, scratch, NULL, n, t, dim, heads,
+        VMOE_PRECISION_FP32);
     VmoeWorkers *workers = vmoe_workers_new (3);
-    vmoe_attention_forward (three, qkv, scratch, workers, n, t, dim, heads);
+    vmoe_attention_forward (three, qkv, scratch, workers, n, t, dim, heads,
+        VMOE_PRECISION_FP32);
     vmoe_workers_free (workers);
     ck_assert_mem_eq (one, three, (size_t) n * t * dim * sizeof (float));
 
@@ -219,6 +223,123 @@ START_TEST (test_attention_tiles_against_double)
     g_free (want), g_free (scratch), g_free (three), g_free (one), g_free (qkv);
     g_rand_free (rand);
   }
+}
+END_TEST
+
+/* x rounded to bfloat16 by hand: to nearest, ties to the even mantissa
+ * (the test values are normal and finite). */
+static double
+bf16_by_hand (double x)
+{
+  float f = (float) x;
+  guint32 bits;
+  memcpy (&bits, &f, sizeof bits);
+  bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
+  memcpy (&f, &bits, sizeof f);
+  return f;
+}
+
+/* The bf16 attention's definition for one head of one image: q, k, v
+ * rounded to bf16, the scores and their softmax in double, each weight p
+ * rounded to bf16, p v summed in double.  The kernel's softmax is fp32, a
+ * few 1e-7 off the double one, so a p within 1e-5 of a bf16 rounding tie
+ * may round the other way there: either is right, and `slack` gets the
+ * difference that makes to each output.  `scale` gets sum |p v|, the
+ * size the fp32 sums' rounding is relative to. */
+static void
+attention_head_bf16_in_double (double *out, double *slack, double *scale,
+    const float *q, const float *k, const float *v, int qkv_stride, int tokens, int hd)
+{
+  double *w = g_new (double, tokens), *wiggle = g_new (double, tokens);
+  for (int i = 0; i < tokens; i++) {
+    double max = -INFINITY, sum = 0;
+    for (int j = 0; j < tokens; j++) {
+      double dot = 0;
+      for (int d = 0; d < hd; d++)
+        dot += bf16_by_hand (q[i * qkv_stride + d]) * bf16_by_hand (k[j * qkv_stride + d]);
+      w[j] = dot / sqrt (hd);
+      max = MAX (max, w[j]);
+    }
+    for (int j = 0; j < tokens; j++)
+      sum += w[j] = exp (w[j] - max);
+    for (int j = 0; j < tokens; j++) {
+      double p = w[j] / sum;
+      w[j] = bf16_by_hand (p);
+      wiggle[j] = fabs (bf16_by_hand (p * (1 + 1e-5)) - bf16_by_hand (p * (1 - 1e-5)));
+    }
+    for (int d = 0; d < hd; d++) {
+      double o = 0, s = 0, size = 0;
+      for (int j = 0; j < tokens; j++) {
+        double vj = bf16_by_hand (v[j * qkv_stride + d]);
+        o += w[j] * vj;
+        s += wiggle[j] * fabs (vj);
+        size += fabs (w[j] * vj);
+      }
+      out[i * hd + d] = o, slack[i * hd + d] = s, scale[i * hd + d] = size;
+    }
+  }
+  g_free (wiggle), g_free (w);
+}
+
+/* bf16 attention (vdpbf16ps) against its definition in double, on the
+ * tiles' edges: tokens not a whole tile (37, 197, 21, 5), head widths of
+ * 64, 32, 20 (a part chunk) and 3 (an odd width, a half pair), several
+ * heads; the same bits on one thread and three. */
+START_TEST (test_attention_bf16_against_double)
+{
+  if (!vmoe_attention_bf16_available ()) {
+    printf ("SKIP test_attention_bf16_against_double: no avx512_bf16 here\n");
+    return;
+  }
+  const struct { int tokens, dim, heads; } shapes[] = {
+    { 37, 192, 3 }, { 197, 64, 2 }, { 21, 96, 3 }, { 23, 40, 2 }, { 5, 6, 2 },
+  };
+  const int n = 2;
+  double worst = 0;
+  for (guint s = 0; s < G_N_ELEMENTS (shapes); s++) {
+    int t = shapes[s].tokens, dim = shapes[s].dim, heads = shapes[s].heads;
+    int hd = dim / heads, stride = 3 * dim;
+    GRand *rand = g_rand_new_with_seed (s + 11);
+    float *qkv = g_new (float, (size_t) n * t * stride);
+    for (int i = 0; i < n * t * stride; i++)
+      qkv[i] = (float) g_rand_double_range (rand, -2, 2);
+    float *one = g_new (float, (size_t) n * t * dim);
+    float *three = g_new (float, (size_t) n * t * dim);
+    float *scratch = g_new (float, vmoe_attention_scratch_len (n, t, dim, heads, 3,
+            VMOE_PRECISION_BF16));
+    vmoe_attention_forward (one, qkv, scratch, NULL, n, t, dim, heads,
+        VMOE_PRECISION_BF16);
+    VmoeWorkers *workers = vmoe_workers_new (3);
+    vmoe_attention_forward (three, qkv, scratch, workers, n, t, dim, heads,
+        VMOE_PRECISION_BF16);
+    vmoe_workers_free (workers);
+    ck_assert_mem_eq (one, three, (size_t) n * t * dim * sizeof (float));
+
+    size_t len = (size_t) t * hd;
+    double *want = g_new (double, len), *slack = g_new (double, len);
+    double *size = g_new (double, len);
+    for (int i = 0; i < n; i++)
+      for (int h = 0; h < heads; h++) {
+        /* seek to image i, head h */
+        const float *q = qkv + (size_t) i * t * stride + h * hd;
+        attention_head_bf16_in_double (want, slack, size, q, q + dim, q + 2 * dim,
+            stride, t, hd);
+        for (int r = 0; r < t; r++)
+          for (int d = 0; d < hd; d++) {
+            double got = one[((size_t) i * t + r) * dim + h * hd + d];
+            double off = fabs (got - want[r * hd + d]);
+            ck_assert_msg (off <= 1e-6 * size[r * hd + d] + slack[r * hd + d],
+                "shape %u image %d head %d row %d column %d: %.9g, want %.9g",
+                s, i, h, r, d, got, want[r * hd + d]);
+            if (slack[r * hd + d] == 0)
+              worst = MAX (worst, off / size[r * hd + d]);
+          }
+      }
+    g_free (size), g_free (slack), g_free (want);
+    g_free (scratch), g_free (three), g_free (one), g_free (qkv);
+    g_rand_free (rand);
+  }
+  printf ("bf16 attention: worst error %.3g of sum |p v|\n", worst);
 }
 END_TEST
 
@@ -1339,6 +1460,7 @@ ops_suite (void)
    * helgrind (CK_RUN_CASE=threads). */
   TCase *threads = tcase_create ("threads");
   tcase_add_test (threads, test_attention_tiles_against_double);
+  tcase_add_test (threads, test_attention_bf16_against_double);
   tcase_add_test (threads, test_workers_run_each_item_once);
   tcase_add_test (threads, test_workers_in_forked_child);
   tcase_add_test (threads, test_threads_agree);

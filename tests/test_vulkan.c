@@ -206,9 +206,11 @@ check_attention (VmoeShader shader, int n, int t, double scale, uint32_t groups_
     .out_off = 100000 };
   run_shader (shader, &p, sizeof p, groups_x, HEADS, n);
   float *got = g_new (float, out_len), *want = g_new (float, out_len);
-  float *scratch = g_new (float, vmoe_attention_scratch_len (n, t, DIM, HEADS, 1));
+  float *scratch = g_new (float, vmoe_attention_scratch_len (n, t, DIM, HEADS, 1,
+          VMOE_PRECISION_FP32));
   read_back (VMOE_VK_ACTIVATIONS, 100000, got, out_len);
-  vmoe_attention_forward (want, qkv, scratch, NULL, n, t, DIM, HEADS);
+  vmoe_attention_forward (want, qkv, scratch, NULL, n, t, DIM, HEADS,
+      VMOE_PRECISION_FP32);
   assert_close (got, want, out_len, 1e-5, what);
   g_free (qkv), g_free (got), g_free (want), g_free (scratch);
 }

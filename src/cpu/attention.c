@@ -11,6 +11,14 @@
 
 #include <math.h>
 
+/* bf16 attention needs the compiler's AVX512_BF16 intrinsics (GCC 10,
+ * clang 9); the CPU is checked at run time. */
+#if defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 9) \
+    || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 10))
+#define VMOE_HAVE_BF16_ATTENTION 1
+#include <immintrin.h>
+#endif
+
 #define ATTENTION_LANES 16
 #define ATTENTION_KEY_STEP (2 * ATTENTION_LANES)   /* score columns per tile */
 #define ATTENTION_QUERY_BLOCK 16                   /* query rows per item */
@@ -27,20 +35,68 @@ attention_padded_tokens (int tokens)
   return (tokens + ATTENTION_KEY_STEP - 1) / ATTENTION_KEY_STEP * ATTENTION_KEY_STEP;
 }
 
+/* bf16 mode multiplies pairs of bf16 (vdpbf16ps): a guint32 holds two,
+ * the even-indexed element in its low half.  A head's keys are pairs of
+ * adjacent head columns, [ceil(hd/2), padded], and its values pairs of
+ * adjacent tokens, [ceil(T/2), hd rounded up to 16], zero where the head or
+ * the tokens end. */
+static int
+pairs_of (int n)
+{
+  return (n + 1) / 2;
+}
+
+static int
+value_columns (int head_dim)
+{
+  return (head_dim + 15) / 16 * 16;
+}
+
+gboolean
+vmoe_attention_bf16_available (void)
+{
+#ifdef VMOE_HAVE_BF16_ATTENTION
+  __builtin_cpu_init ();
+  return __builtin_cpu_supports ("avx512bf16");
+#else
+  return FALSE;
+#endif
+}
+
+/* bf16 where it is asked for and can run; otherwise (a build without the
+ * intrinsics) fp32, as before bf16 attention existed. */
+static gboolean
+attention_in_bf16 (VmoePrecision precision)
+{
+  return precision == VMOE_PRECISION_BF16 && vmoe_attention_bf16_available ();
+}
+
 size_t
 vmoe_attention_scratch_len (int n_images, int tokens, int dim, int heads,
-    int threads)
+    int threads, VmoePrecision precision)
 {
   size_t padded = attention_padded_tokens (tokens);
-  return (size_t) n_images * dim * padded
-      + (size_t) MAX (threads, 1) * ATTENTION_QUERY_BLOCK * padded;
+  int hd = dim / heads;
+  size_t per_head = (size_t) hd * padded;   /* keys transposed */
+  size_t per_thread = ATTENTION_QUERY_BLOCK * padded;   /* scores */
+  if (attention_in_bf16 (precision)) {
+    per_head = (size_t) pairs_of (hd) * padded
+        + (size_t) pairs_of (tokens) * value_columns (hd);
+    per_thread += ATTENTION_QUERY_BLOCK * (size_t) (pairs_of (hd) + pairs_of (tokens));
+  }
+  return (size_t) n_images * heads * per_head + (size_t) MAX (threads, 1) * per_thread;
 }
 
 typedef struct {
   float *out;
   const float *qkv;
-  float *keys_t;       /* [N, H, D/H, padded]: each head's keys transposed */
+  float *keys_t;       /* fp32: [N, H, D/H, padded] each head's keys transposed */
   float *scores;       /* [threads, QUERY_BLOCK, padded] */
+  /* bf16 pairs: */
+  guint32 *key_pairs;    /* [N, H, ceil(hd/2), padded] */
+  guint32 *value_pairs;  /* [N, H, ceil(T/2), value_columns] */
+  guint32 *query_pairs;  /* [threads, QUERY_BLOCK, ceil(hd/2)] */
+  guint32 *prob_pairs;   /* [threads, QUERY_BLOCK, ceil(T/2)] */
   int tokens, dim, heads, head_dim, padded, query_blocks;
   float scale;
 } AttentionJob;
@@ -168,14 +224,221 @@ attend_query_block (void *data, int index, int thread)
     mix_values (o + (size_t) r * job->dim, job->dim, s + (size_t) r * padded,
         padded, v, qkv_stride, job->tokens, hd, 1);
 }
+
+#ifdef VMOE_HAVE_BF16_ATTENTION
+#define BF16_TARGET __attribute__ ((target ("avx512f,avx512bf16")))
+
+static inline __attribute__ ((always_inline)) BF16_TARGET __mmask16
+first_lanes (int n)
+{
+  return n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16) ((1u << n) - 1);
+}
+
+/* pairs[0, ceil(n/2)) = in[0, n) rounded to bf16 (to nearest even, as the
+ * linear layers' inputs; vcvtne2ps2bf16 flushes subnormals to zero), an odd
+ * n's last pair completed with zero. */
+static inline __attribute__ ((always_inline)) BF16_TARGET void
+round_to_pairs (guint32 *pairs, const float *in, int n)
+{
+  for (int i = 0; i < n; i += 2 * ATTENTION_LANES) {
+    __m512 low = _mm512_maskz_loadu_ps (first_lanes (n - i), in + i);
+    __m512 high = _mm512_maskz_loadu_ps (first_lanes (n - i - ATTENTION_LANES),
+        in + i + ATTENTION_LANES);
+    __m512i both = (__m512i) _mm512_cvtne2ps_pbh (high, low);
+    _mm512_mask_storeu_epi32 (pairs + i / 2, first_lanes (pairs_of (n - i)), both);
+  }
+}
+
+/* Item (image, head): the head's keys and values as bf16 pairs. */
+static BF16_TARGET void
+pair_keys_and_values (void *data, int index, int thread)
+{
+  const AttentionJob *job = data;
+  int i = index / job->heads, h = index % job->heads;
+  int hd = job->head_dim, stride = 3 * job->dim, padded = job->padded;
+  int key_pairs = pairs_of (hd), token_pairs = pairs_of (job->tokens);
+  int columns = value_columns (hd);
+  /* seek to image i's keys and values of head h */
+  const float *k = job->qkv + (size_t) i * job->tokens * stride + job->dim + h * hd;
+  const float *v = k + job->dim;
+  guint32 *kp = job->key_pairs + (size_t) index * key_pairs * padded;
+  guint32 *vp = job->value_pairs + (size_t) index * token_pairs * columns;
+  /* Keys 16 at a time: each pair of columns gathered as one 64-bit word
+   * per key, so that rounding puts key j's pair in lane j.  A pair that
+   * would reach past the token rows is masked off, the column past an odd
+   * head's end cleared. */
+  __m256i rows = _mm256_mullo_epi32 (_mm256_setr_epi32 (0, 1, 2, 3, 4, 5, 6, 7),
+      _mm256_set1_epi32 (stride));
+  __m256i rows_after_8 = _mm256_add_epi32 (rows,
+      _mm256_set1_epi32 (ATTENTION_LANES / 2 * stride));
+  __m512i odd_end = _mm512_set1_epi64 (hd % 2 ? 0xffffffffLL : -1LL);
+  for (int j = 0; j < padded; j += ATTENTION_LANES) {
+    __mmask8 first = (__mmask8) first_lanes (job->tokens - j);
+    __mmask8 second = (__mmask8) first_lanes (job->tokens - j - ATTENTION_LANES / 2);
+    /* an all-masked block reads nothing; its base only stays in the array */
+    const float *kj = k + (size_t) MIN (j, job->tokens - 1) * stride;
+    for (int dp = 0; dp < key_pairs; dp++) {
+      __m512i low = _mm512_mask_i32gather_epi64 (_mm512_setzero_si512 (), first, rows,
+          kj + 2 * dp, 4);
+      __m512i high = _mm512_mask_i32gather_epi64 (_mm512_setzero_si512 (), second,
+          rows_after_8, kj + 2 * dp, 4);
+      if (dp == key_pairs - 1)
+        low = _mm512_and_si512 (low, odd_end), high = _mm512_and_si512 (high, odd_end);
+      _mm512_storeu_si512 (kp + (size_t) dp * padded + j,
+          (__m512i) _mm512_cvtne2ps_pbh ((__m512) high, (__m512) low));
+    }
+  }
+  for (int jp = 0; jp < token_pairs; jp++) {
+    const float *even = v + (size_t) 2 * jp * stride;
+    gboolean has_odd = 2 * jp + 1 < job->tokens;
+    for (int c = 0; c < columns; c += ATTENTION_LANES) {
+      __mmask16 in_head = first_lanes (hd - c);
+      __m512 e = _mm512_maskz_loadu_ps (in_head, even + c);
+      __m512 o = _mm512_maskz_loadu_ps (has_odd ? in_head : 0, even + stride + c);
+      __m512i low = _mm512_cvtepu16_epi32 ((__m256i) _mm512_cvtneps_pbh (e));
+      __m512i high = _mm512_cvtepu16_epi32 ((__m256i) _mm512_cvtneps_pbh (o));
+      _mm512_storeu_si512 (vp + (size_t) jp * columns + c,
+          _mm512_or_si512 (low, _mm512_slli_epi32 (high, 16)));
+    }
+  }
+}
+
+/* s (ROWS, padded) = scale * q (ROWS, hd) k^T, q and k as pairs: each pair
+ * step loads two key vectors and feeds ROWS x 2 accumulators. */
+static inline __attribute__ ((always_inline)) BF16_TARGET void
+score_rows_bf16 (float *s, const guint32 *q, const guint32 *kp, int key_pairs,
+    int padded, float scale, const int ROWS)
+{
+  __m512 scales = _mm512_set1_ps (scale);
+  for (int j = 0; j < padded; j += ATTENTION_KEY_STEP) {
+    __m512 acc[4][2];
+    for (int r = 0; r < ROWS; r++)
+      acc[r][0] = acc[r][1] = _mm512_setzero_ps ();
+    for (int dp = 0; dp < key_pairs; dp++) {
+      const guint32 *kd = kp + (size_t) dp * padded + j;
+      __m512bh k0 = (__m512bh) _mm512_loadu_si512 (kd);
+      __m512bh k1 = (__m512bh) _mm512_loadu_si512 (kd + ATTENTION_LANES);
+      for (int r = 0; r < ROWS; r++) {
+        __m512bh qd = (__m512bh) _mm512_set1_epi32 ((int) q[(size_t) r * key_pairs + dp]);
+        acc[r][0] = _mm512_dpbf16_ps (acc[r][0], qd, k0);
+        acc[r][1] = _mm512_dpbf16_ps (acc[r][1], qd, k1);
+      }
+    }
+    for (int r = 0; r < ROWS; r++) {
+      _mm512_storeu_ps (s + (size_t) r * padded + j, _mm512_mul_ps (acc[r][0], scales));
+      _mm512_storeu_ps (s + (size_t) r * padded + j + ATTENTION_LANES,
+          _mm512_mul_ps (acc[r][1], scales));
+    }
+  }
+}
+
+/* o (ROWS, up to CHUNKS x 16 columns, `columns` of them written) =
+ * p (ROWS, T) v (T, ...), p and v as pairs of tokens. */
+static inline __attribute__ ((always_inline)) BF16_TARGET void
+mix_value_chunks_bf16 (float *o, int o_stride, const guint32 *p, const guint32 *vp,
+    int v_stride, int token_pairs, int columns, const int ROWS, const int CHUNKS)
+{
+  __m512 acc[4][4];
+  for (int r = 0; r < ROWS; r++)
+    for (int c = 0; c < CHUNKS; c++)
+      acc[r][c] = _mm512_setzero_ps ();
+  for (int jp = 0; jp < token_pairs; jp++) {
+    __m512bh vj[4];
+    for (int c = 0; c < CHUNKS; c++)
+      vj[c] = (__m512bh) _mm512_loadu_si512 (vp + (size_t) jp * v_stride + c * ATTENTION_LANES);
+    for (int r = 0; r < ROWS; r++) {
+      __m512bh pj = (__m512bh) _mm512_set1_epi32 ((int) p[(size_t) r * token_pairs + jp]);
+      for (int c = 0; c < CHUNKS; c++)
+        acc[r][c] = _mm512_dpbf16_ps (acc[r][c], pj, vj[c]);
+    }
+  }
+  for (int r = 0; r < ROWS; r++)
+    for (int c = 0; c < CHUNKS; c++)
+      _mm512_mask_storeu_ps (o + (size_t) r * o_stride + c * ATTENTION_LANES,
+          first_lanes (columns - c * ATTENTION_LANES), acc[r][c]);
+}
+
+static inline __attribute__ ((always_inline)) BF16_TARGET void
+mix_values_bf16 (float *o, int o_stride, const guint32 *p, const guint32 *vp,
+    int token_pairs, int hd, const int ROWS)
+{
+  int v_stride = value_columns (hd);
+  for (int c0 = 0; c0 < hd; c0 += 4 * ATTENTION_LANES) {
+    int columns = hd - c0;
+    switch (MIN ((columns + ATTENTION_LANES - 1) / ATTENTION_LANES, 4)) {
+      case 4:
+        mix_value_chunks_bf16 (o + c0, o_stride, p, vp + c0, v_stride, token_pairs,
+            columns, ROWS, 4);
+        break;
+      case 3:
+        mix_value_chunks_bf16 (o + c0, o_stride, p, vp + c0, v_stride, token_pairs,
+            columns, ROWS, 3);
+        break;
+      case 2:
+        mix_value_chunks_bf16 (o + c0, o_stride, p, vp + c0, v_stride, token_pairs,
+            columns, ROWS, 2);
+        break;
+      default:
+        mix_value_chunks_bf16 (o + c0, o_stride, p, vp + c0, v_stride, token_pairs,
+            columns, ROWS, 1);
+    }
+  }
+}
+
+/* Item (image, head, query block), as attend_query_block with the
+ * queries, keys, probabilities and values rounded to bf16 and the products
+ * summed in fp32 (vdpbf16ps); the scale and the softmax in fp32. */
+static BF16_TARGET void
+attend_query_block_bf16 (void *data, int index, int thread)
+{
+  const AttentionJob *job = data;
+  int block = index % job->query_blocks, ih = index / job->query_blocks;
+  int i = ih / job->heads, h = ih % job->heads;
+  int first = block * ATTENTION_QUERY_BLOCK;
+  int rows = MIN (ATTENTION_QUERY_BLOCK, job->tokens - first);
+  int qkv_stride = 3 * job->dim, hd = job->head_dim, padded = job->padded;
+  int key_pairs = pairs_of (hd), token_pairs = pairs_of (job->tokens);
+  /* seek to image i, head h, the block's first query */
+  const float *q = job->qkv + ((size_t) i * job->tokens + first) * qkv_stride
+      + h * hd;
+  const guint32 *kp = job->key_pairs + (size_t) ih * key_pairs * padded;
+  const guint32 *vp = job->value_pairs + (size_t) ih * token_pairs * value_columns (hd);
+  float *o = job->out + ((size_t) i * job->tokens + first) * job->dim + h * hd;
+  float *s = job->scores + (size_t) thread * ATTENTION_QUERY_BLOCK * padded;
+  guint32 *qp = job->query_pairs + (size_t) thread * ATTENTION_QUERY_BLOCK * key_pairs;
+  guint32 *pp = job->prob_pairs + (size_t) thread * ATTENTION_QUERY_BLOCK * token_pairs;
+
+  for (int r = 0; r < rows; r++)
+    round_to_pairs (qp + (size_t) r * key_pairs, q + (size_t) r * qkv_stride, hd);
+  int r = 0;
+  for (; r + 4 <= rows; r += 4)
+    score_rows_bf16 (s + (size_t) r * padded, qp + (size_t) r * key_pairs, kp,
+        key_pairs, padded, job->scale, 4);
+  for (; r < rows; r++)
+    score_rows_bf16 (s + (size_t) r * padded, qp + (size_t) r * key_pairs, kp,
+        key_pairs, padded, job->scale, 1);
+  for (r = 0; r < rows; r++) {
+    vmoe_softmax_rows (s + (size_t) r * padded, 1, job->tokens);
+    round_to_pairs (pp + (size_t) r * token_pairs, s + (size_t) r * padded, job->tokens);
+  }
+  r = 0;
+  for (; r + 4 <= rows; r += 4)
+    mix_values_bf16 (o + (size_t) r * job->dim, job->dim, pp + (size_t) r * token_pairs,
+        vp, token_pairs, hd, 4);
+  for (; r < rows; r++)
+    mix_values_bf16 (o + (size_t) r * job->dim, job->dim, pp + (size_t) r * token_pairs,
+        vp, token_pairs, hd, 1);
+}
+#endif
 #pragma GCC pop_options
 
 /* qkv is (N, T, 3D) with q, k, v each split into heads of D/H columns;
  * out is (N, T, D); scratch holds vmoe_attention_scratch_len() floats for
- * the workers' thread count. */
+ * the workers' thread count and the precision. */
 void
 vmoe_attention_forward (float *out, const float *qkv, float *scratch,
-    VmoeWorkers *workers, int n_images, int tokens, int dim, int heads)
+    VmoeWorkers *workers, int n_images, int tokens, int dim, int heads,
+    VmoePrecision precision)
 {
   AttentionJob job = {
     .out = out, .qkv = qkv, .tokens = tokens, .dim = dim, .heads = heads,
@@ -183,12 +446,28 @@ vmoe_attention_forward (float *out, const float *qkv, float *scratch,
     .query_blocks = (tokens + ATTENTION_QUERY_BLOCK - 1) / ATTENTION_QUERY_BLOCK,
     .scale = 1.0f / sqrtf ((float) (dim / heads)),
   };
-  job.keys_t = scratch;
-  job.scores = scratch + (size_t) n_images * dim * job.padded;
   /* As for row slices: threads only for work worth waking them for. */
   if (2.0 * n_images * tokens * tokens * dim < 2 * VMOE_CPU_MIN_SLICE_FMAS)
     workers = NULL;
-  vmoe_workers_run (workers, n_images * heads, transpose_keys, &job);
-  vmoe_workers_run (workers, n_images * heads * job.query_blocks,
-      attend_query_block, &job);
+  int items = n_images * heads;
+#ifdef VMOE_HAVE_BF16_ATTENTION
+  if (attention_in_bf16 (precision)) {
+    int hd = job.head_dim, threads = vmoe_workers_threads (workers);
+    job.key_pairs = (guint32 *) scratch;
+    job.value_pairs = job.key_pairs + (size_t) items * pairs_of (hd) * job.padded;
+    job.scores = (float *) (job.value_pairs
+        + (size_t) items * pairs_of (tokens) * value_columns (hd));
+    job.query_pairs = (guint32 *) (job.scores
+        + (size_t) MAX (threads, 1) * ATTENTION_QUERY_BLOCK * job.padded);
+    job.prob_pairs = job.query_pairs
+        + (size_t) MAX (threads, 1) * ATTENTION_QUERY_BLOCK * pairs_of (hd);
+    vmoe_workers_run (workers, items, pair_keys_and_values, &job);
+    vmoe_workers_run (workers, items * job.query_blocks, attend_query_block_bf16, &job);
+    return;
+  }
+#endif
+  job.keys_t = scratch;
+  job.scores = scratch + (size_t) n_images * dim * job.padded;
+  vmoe_workers_run (workers, items, transpose_keys, &job);
+  vmoe_workers_run (workers, items * job.query_blocks, attend_query_block, &job);
 }

@@ -2,16 +2,21 @@
 #ifndef VMOE_CPU_ATTENTION_H
 #define VMOE_CPU_ATTENTION_H
 
+#include "vmoe-private.h"
 #include "workers.h"
 
 #include <stddef.h>
 
 /* Floats of scratch vmoe_attention_forward needs with `threads` workers. */
 size_t vmoe_attention_scratch_len (int n_images, int tokens, int dim, int heads,
-    int threads);
+    int threads, VmoePrecision precision);
 /* qkv is (N, T, 3D), out is (N, T, D); workers may be NULL (all in the
- * caller). */
+ * caller).  At bf16 (where vmoe_attention_bf16_available) q, k, v and the
+ * softmax are rounded to bf16 for the two products (docs/cpu.md). */
 void vmoe_attention_forward (float *out, const float *qkv, float *scratch,
-    VmoeWorkers *workers, int n_images, int tokens, int dim, int heads);
+    VmoeWorkers *workers, int n_images, int tokens, int dim, int heads,
+    VmoePrecision precision);
+/* Whether this build and CPU run attention in bf16 (AVX512_BF16). */
+gboolean vmoe_attention_bf16_available (void);
 
 #endif

@@ -174,7 +174,7 @@ vmoe_cpu_forward (VmoeCpu *cpu, const float *input, int n, VmoeRawOutput *out)
     vmoe_cpu_run_on_rows (cpu, rows, (double) d * block->qkv.out,
         attention_input_rows, block);
     vmoe_attention_forward (cpu->attn, cpu->qkv, cpu->attention_scratch,
-        cpu->workers, images, cpu->tokens, d, c->num_heads);
+        cpu->workers, images, cpu->tokens, d, c->num_heads, cpu->precision);
     /* x = x + FFN(LN2(x)); the image router reads x before the FFN. */
     vmoe_cpu_run_on_rows (cpu, rows, (double) d * d + (block->is_moe ? 0
             : vmoe_mlp_fmas_per_row (&block->mlp)), attention_output_rows, block);
@@ -239,7 +239,8 @@ vmoe_cpu_reserve (VmoeCpu *cpu, int n)
   cpu->hidden = g_new (float, MAX (expert_rows * cpu->hidden_dim, patches_len));
   cpu->patches = cpu->hidden;
   cpu->attention_scratch = g_aligned_alloc (vmoe_attention_scratch_len (
-          n * c->ensemble_members, cpu->tokens, cpu->dim, c->num_heads, vmoe_workers_threads (cpu->workers)),
+          n * c->ensemble_members, cpu->tokens, cpu->dim, c->num_heads, vmoe_workers_threads (cpu->workers),
+          cpu->precision),
       sizeof (float), 64);
   cpu->gather_in = g_new (float, expert_rows * d);
   cpu->gather_out = g_new (float, expert_rows * d);
@@ -266,6 +267,7 @@ vmoe_cpu_new (VmoeModel *model, VmoeRoutingParams routing, int threads,
   VmoeCpu *cpu = g_new0 (VmoeCpu, 1);
   cpu->model = vmoe_model_ref (model);
   cpu->routing = routing;
+  cpu->precision = precision;
   cpu->tokens = vmoe_config_tokens (c);
   cpu->dim = c->embed_dim;
   cpu->hidden_dim = MAX (c->mlp_dim, c->routing != VMOE_ROUTING_NONE ? c->expert_mlp_dim : 0);

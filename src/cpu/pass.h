@@ -22,6 +22,7 @@ typedef struct VmoeCpu VmoeCpu;
 struct VmoeCpu {
   VmoeModel *model;
   VmoeRoutingParams routing;
+  VmoePrecision precision;
   int reserved;               /* images the workspace holds */
   VmoeWorkers *workers;
   VmoeGemmScratch **gemm;     /* one per thread of `workers` */
