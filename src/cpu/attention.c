@@ -40,13 +40,13 @@ attention_padded_tokens (int tokens)
  * adjacent head columns, [ceil(hd/2), padded], and its values pairs of
  * adjacent tokens, [ceil(T/2), hd rounded up to 16], zero where the head or
  * the tokens end. */
-static int
+static inline __attribute__ ((always_inline)) int
 pairs_of (int n)
 {
   return (n + 1) / 2;
 }
 
-static int
+static inline __attribute__ ((always_inline)) int
 value_columns (int head_dim)
 {
   return (head_dim + 15) / 16 * 16;
@@ -226,7 +226,7 @@ attend_query_block (void *data, int index, int thread)
 }
 
 #ifdef VMOE_HAVE_BF16_ATTENTION
-#define BF16_TARGET __attribute__ ((target ("avx512f,avx512bf16")))
+#define BF16_TARGET __attribute__ ((target ("avx512f,avx512bw,avx512bf16")))
 
 static inline __attribute__ ((always_inline)) BF16_TARGET __mmask16
 first_lanes (int n)
@@ -234,18 +234,54 @@ first_lanes (int n)
   return n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16) ((1u << n) - 1);
 }
 
-/* pairs[0, ceil(n/2)) = in[0, n) rounded to bf16 (to nearest even, as the
- * linear layers' inputs; vcvtne2ps2bf16 flushes subnormals to zero), an odd
- * n's last pair completed with zero. */
+/* The first min(n, 32) of in rounded to bf16 (to nearest even, as the
+ * linear layers' inputs; vcvtne2ps2bf16 flushes subnormals to zero), as 16
+ * pairs, zero past n. */
+static inline __attribute__ ((always_inline)) BF16_TARGET __m512i
+round_to_pair_vector (const float *in, int n)
+{
+  __m512 low = _mm512_maskz_loadu_ps (first_lanes (n), in);
+  __m512 high = _mm512_maskz_loadu_ps (first_lanes (n - ATTENTION_LANES),
+      in + ATTENTION_LANES);
+  return (__m512i) _mm512_cvtne2ps_pbh (high, low);
+}
+
+/* pairs[0, ceil(n/2)) = in[0, n) rounded to bf16, an odd n's last pair
+ * completed with zero. */
 static inline __attribute__ ((always_inline)) BF16_TARGET void
 round_to_pairs (guint32 *pairs, const float *in, int n)
 {
-  for (int i = 0; i < n; i += 2 * ATTENTION_LANES) {
-    __m512 low = _mm512_maskz_loadu_ps (first_lanes (n - i), in + i);
-    __m512 high = _mm512_maskz_loadu_ps (first_lanes (n - i - ATTENTION_LANES),
-        in + i + ATTENTION_LANES);
-    __m512i both = (__m512i) _mm512_cvtne2ps_pbh (high, low);
-    _mm512_mask_storeu_epi32 (pairs + i / 2, first_lanes (pairs_of (n - i)), both);
+  for (int i = 0; i < n; i += 2 * ATTENTION_LANES)
+    _mm512_mask_storeu_epi32 (pairs + i / 2, first_lanes (pairs_of (n - i)),
+        round_to_pair_vector (in + i, n - i));
+}
+
+/* rows[i] lane l becomes rows[l] lane i: pairs of 32-bit, of 64-bit, then
+ * 128-bit lanes twice. */
+static inline __attribute__ ((always_inline)) BF16_TARGET void
+transpose_16x16 (__m512i rows[16])
+{
+  __m512i t[16], u[16];
+  for (int i = 0; i < 8; i++) {
+    t[2 * i] = _mm512_unpacklo_epi32 (rows[2 * i], rows[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32 (rows[2 * i], rows[2 * i + 1]);
+  }
+  /* u[4i + m] lane k: column 4k + m of rows 4i .. 4i + 3 */
+  for (int i = 0; i < 4; i++) {
+    u[4 * i] = _mm512_unpacklo_epi64 (t[4 * i], t[4 * i + 2]);
+    u[4 * i + 1] = _mm512_unpackhi_epi64 (t[4 * i], t[4 * i + 2]);
+    u[4 * i + 2] = _mm512_unpacklo_epi64 (t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = _mm512_unpackhi_epi64 (t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int m = 0; m < 4; m++) {
+    __m512i a_low = _mm512_shuffle_i32x4 (u[m], u[4 + m], 0x44);
+    __m512i a_high = _mm512_shuffle_i32x4 (u[m], u[4 + m], 0xee);
+    __m512i b_low = _mm512_shuffle_i32x4 (u[8 + m], u[12 + m], 0x44);
+    __m512i b_high = _mm512_shuffle_i32x4 (u[8 + m], u[12 + m], 0xee);
+    rows[m] = _mm512_shuffle_i32x4 (a_low, b_low, 0x88);
+    rows[4 + m] = _mm512_shuffle_i32x4 (a_low, b_low, 0xdd);
+    rows[8 + m] = _mm512_shuffle_i32x4 (a_high, b_high, 0x88);
+    rows[12 + m] = _mm512_shuffle_i32x4 (a_high, b_high, 0xdd);
   }
 }
 
@@ -263,42 +299,35 @@ pair_keys_and_values (void *data, int index, int thread)
   const float *v = k + job->dim;
   guint32 *kp = job->key_pairs + (size_t) index * key_pairs * padded;
   guint32 *vp = job->value_pairs + (size_t) index * token_pairs * columns;
-  /* Keys 16 at a time: each pair of columns gathered as one 64-bit word
-   * per key, so that rounding puts key j's pair in lane j.  A pair that
-   * would reach past the token rows is masked off, the column past an odd
-   * head's end cleared. */
-  __m256i rows = _mm256_mullo_epi32 (_mm256_setr_epi32 (0, 1, 2, 3, 4, 5, 6, 7),
-      _mm256_set1_epi32 (stride));
-  __m256i rows_after_8 = _mm256_add_epi32 (rows,
-      _mm256_set1_epi32 (ATTENTION_LANES / 2 * stride));
-  __m512i odd_end = _mm512_set1_epi64 (hd % 2 ? 0xffffffffLL : -1LL);
-  for (int j = 0; j < padded; j += ATTENTION_LANES) {
-    __mmask8 first = (__mmask8) first_lanes (job->tokens - j);
-    __mmask8 second = (__mmask8) first_lanes (job->tokens - j - ATTENTION_LANES / 2);
-    /* an all-masked block reads nothing; its base only stays in the array */
-    const float *kj = k + (size_t) MIN (j, job->tokens - 1) * stride;
-    for (int dp = 0; dp < key_pairs; dp++) {
-      __m512i low = _mm512_mask_i32gather_epi64 (_mm512_setzero_si512 (), first, rows,
-          kj + 2 * dp, 4);
-      __m512i high = _mm512_mask_i32gather_epi64 (_mm512_setzero_si512 (), second,
-          rows_after_8, kj + 2 * dp, 4);
-      if (dp == key_pairs - 1)
-        low = _mm512_and_si512 (low, odd_end), high = _mm512_and_si512 (high, odd_end);
-      _mm512_storeu_si512 (kp + (size_t) dp * padded + j,
-          (__m512i) _mm512_cvtne2ps_pbh ((__m512) high, (__m512) low));
+  /* Keys in tiles of 16 keys by 16 pairs: each key's pairs rounded in a
+   * row, the tile transposed so that key j's pair lands in lane j. */
+  for (int j = 0; j < padded; j += ATTENTION_LANES)
+    for (int d = 0; d < hd; d += 2 * ATTENTION_LANES) {
+      __m512i tile[ATTENTION_LANES];
+      for (int l = 0; l < ATTENTION_LANES; l++)
+        tile[l] = j + l < job->tokens
+            ? round_to_pair_vector (k + (size_t) (j + l) * stride + d, hd - d)
+            : _mm512_setzero_si512 ();
+      transpose_16x16 (tile);
+      for (int l = 0; l < MIN (ATTENTION_LANES, key_pairs - d / 2); l++)
+        _mm512_storeu_si512 (kp + (size_t) (d / 2 + l) * padded + j, tile[l]);
     }
-  }
+  /* Values: a row of even tokens and one of odd rounded together, their
+   * halves then interleaved. */
+  static const guint16 interleave_halves[32] = { 0, 16, 1, 17, 2, 18, 3, 19, 4,
+    20, 5, 21, 6, 22, 7, 23, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30,
+    15, 31 };
+  __m512i interleave = _mm512_loadu_si512 (interleave_halves);
   for (int jp = 0; jp < token_pairs; jp++) {
     const float *even = v + (size_t) 2 * jp * stride;
     gboolean has_odd = 2 * jp + 1 < job->tokens;
+    const float *odd = has_odd ? even + stride : even;
     for (int c = 0; c < columns; c += ATTENTION_LANES) {
       __mmask16 in_head = first_lanes (hd - c);
       __m512 e = _mm512_maskz_loadu_ps (in_head, even + c);
-      __m512 o = _mm512_maskz_loadu_ps (has_odd ? in_head : 0, even + stride + c);
-      __m512i low = _mm512_cvtepu16_epi32 ((__m256i) _mm512_cvtneps_pbh (e));
-      __m512i high = _mm512_cvtepu16_epi32 ((__m256i) _mm512_cvtneps_pbh (o));
+      __m512 o = _mm512_maskz_loadu_ps (has_odd ? in_head : 0, odd + c);
       _mm512_storeu_si512 (vp + (size_t) jp * columns + c,
-          _mm512_or_si512 (low, _mm512_slli_epi32 (high, 16)));
+          _mm512_permutexvar_epi16 (interleave, (__m512i) _mm512_cvtne2ps_pbh (o, e)));
     }
   }
 }
