@@ -4,7 +4,8 @@
  * the softmax between them ran on one core.  Work items are blocks of query
  * rows of one head of one image; each computes its scores, their softmax and
  * its rows of the output, all in the item's own scratch.  An item gives the
- * same bits on whichever thread runs it. */
+ * same bits on whichever thread runs it.  In bf16 mode the same items
+ * multiply bf16 pairs with vdpbf16ps (docs/cpu.md, "Precision"). */
 #include "attention.h"
 #include "ops.h"
 #include "pass.h"
@@ -49,7 +50,7 @@ pairs_of (int n)
 static inline __attribute__ ((always_inline)) int
 value_columns (int head_dim)
 {
-  return (head_dim + 15) / 16 * 16;
+  return (head_dim + ATTENTION_LANES - 1) / ATTENTION_LANES * ATTENTION_LANES;
 }
 
 gboolean
