@@ -282,7 +282,7 @@ attention_head_bf16_in_double (double *out, double *slack, double *scale,
 }
 
 /* bf16 attention (vdpbf16ps) against its definition in double, on the
- * tiles' edges: tokens not a whole tile (37, 197, 21, 5), head widths of
+ * tiles' edges: tokens not a whole tile (37, 197, 21, 23, 5), head widths of
  * 64, 32, 20 (a part chunk) and 3 (an odd width, a half pair), several
  * heads; the same bits on one thread and three. */
 START_TEST (test_attention_bf16_against_double)
