@@ -57,8 +57,11 @@ gboolean
 vmoe_attention_bf16_available (void)
 {
 #ifdef VMOE_HAVE_BF16_ATTENTION
+  /* All three, as the kernels use all three (and the OS must keep the
+   * registers: libgcc checks that for avx512f and avx512bw). */
   __builtin_cpu_init ();
-  return __builtin_cpu_supports ("avx512bf16");
+  return __builtin_cpu_supports ("avx512f") && __builtin_cpu_supports ("avx512bw")
+      && __builtin_cpu_supports ("avx512bf16");
 #else
   return FALSE;
 #endif
