@@ -34,6 +34,13 @@
  * its runs go serial instead of waiting forever for workers. */
 static volatile gint forks_seen;
 
+/* Threads in all pools of the process, callers included.  Spinning pays
+ * only while each pool thread has a core of its own: with more (several
+ * sessions run at once, each with a pool of all cores) a spinning thread
+ * keeps a thread of another pool off its core. */
+static atomic_int pooled_threads;
+static atomic_int cores;            /* set by the first pool */
+
 static void
 count_fork_in_child (void)
 {
@@ -81,6 +88,10 @@ static gboolean
 spin (const VmoeWorkers *w, atomic_int *counter, int value, gboolean until_equal)
 {
   gint64 start = 0;
+  if (atomic_load_explicit (&pooled_threads, memory_order_relaxed)
+      > atomic_load_explicit (&cores, memory_order_relaxed))
+    return (atomic_load_explicit (counter, memory_order_acquire) == value)
+        == until_equal;
   for (int i = 0;; i++) {
     gboolean equal = atomic_load_explicit (counter, memory_order_acquire) == value;
     if (equal == until_equal)
@@ -188,6 +199,9 @@ vmoe_workers_new (int threads)
       break;
     }
   }
+  if (atomic_load (&cores) == 0)
+    atomic_store (&cores, (int) g_get_num_processors ());
+  atomic_fetch_add (&pooled_threads, w->threads);
   /* A thread's start-up (GLib's and the C library's per-thread set-up,
    * allocations included) is over before the pool is handed out: nothing
    * of it lands in the first runs. */
@@ -204,6 +218,7 @@ vmoe_workers_free (VmoeWorkers *w)
   if (!w)
     return;
   if (w->born_after_forks == forks_seen) {
+    atomic_fetch_sub (&pooled_threads, w->threads);
     pthread_mutex_lock (&w->lock);
     w->quit = TRUE;
     pthread_cond_broadcast (&w->start);

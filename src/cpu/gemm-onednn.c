@@ -471,8 +471,21 @@ memory_destroy (gpointer memory)
   dnnl_memory_destroy (memory);
 }
 
+static void
+plain_memory_add (VmoeGemmScratch *scratch, MemoryRole role, int rows, int cols,
+    dnnl_data_type_t type)
+{
+  guint64 key = memory_key (role, rows, cols, type);
+  dnnl_memory_desc_t md;
+  dnnl_memory_t memory;
+  plain_md (&md, rows, cols, type);
+  dnnl_memory_create (&memory, &md, engine, DNNL_MEMORY_NONE);
+  g_hash_table_insert (scratch->memories, g_memdup2 (&key, sizeof key), memory);
+}
+
 /* scratch's memory object for a plain rows x cols `type` matrix in `role`,
- * pointed at data. */
+ * pointed at data.  The first call of a shape makes them for every chunk
+ * size at once, so that later calls allocate nothing whatever their rows. */
 static dnnl_memory_t
 plain_memory (VmoeGemmScratch *scratch, MemoryRole role, int rows, int cols,
     dnnl_data_type_t type, const void *data)
@@ -483,12 +496,16 @@ plain_memory (VmoeGemmScratch *scratch, MemoryRole role, int rows, int cols,
   guint64 key = memory_key (role, rows, cols, type);
   dnnl_memory_t memory = g_hash_table_lookup (scratch->memories, &key);
   if (!memory) {
-    dnnl_memory_desc_t md;
-    plain_md (&md, rows, cols, type);
-    dnnl_memory_create (&memory, &md, engine, DNNL_MEMORY_NONE);
-    g_hash_table_insert (scratch->memories, g_memdup2 (&key, sizeof key), memory);
+    if (role == ROLE_BIAS)
+      plain_memory_add (scratch, role, rows, cols, type);
+    else
+      for (int i = 0; i < CHUNK_SIZES; i++)
+        plain_memory_add (scratch, role, SMALLEST_CHUNK << i, cols, type);
+    memory = g_hash_table_lookup (scratch->memories, &key);
   }
-  dnnl_memory_set_data_handle (memory, (void *) data);
+  /* With the call's stream: without one, oneDNN makes a stream for its
+   * zero-padding check on every call. */
+  dnnl_memory_set_data_handle_v2 (memory, (void *) data, scratch->stream);
   return memory;
 }
 
