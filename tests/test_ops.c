@@ -1370,14 +1370,18 @@ START_TEST (test_no_allocation_per_call)
     VmoeImage frames[2];
     vmoe_image_init_packed (&frames[0], frame, 30, 20, 3, 90);
     frames[1] = frames[0];
-    ck_assert (vmoe_session_run_f32 (session, input, 4, NULL));
-    ck_assert (vmoe_session_run_u8 (session, frames, 2, NULL));
-    struct mallinfo2 before = mallinfo2 ();
-    for (int i = 0; i < 5; i++) {
-      ck_assert (vmoe_session_run_f32 (session, input, 4 - i % 3, NULL));
-      ck_assert (vmoe_session_run_u8 (session, frames, 2, NULL));
+    /* The first round may allocate once per shape it meets (oneDNN's
+     * per-thread state for a chunk size, seen as 32 bytes now and then);
+     * the second must allocate nothing. */
+    struct mallinfo2 before = { 0 }, after = { 0 };
+    for (int round = 0; round < 2; round++) {
+      before = mallinfo2 ();
+      for (int i = 0; i < 5; i++) {
+        ck_assert (vmoe_session_run_f32 (session, input, 4 - i % 3, NULL));
+        ck_assert (vmoe_session_run_u8 (session, frames, 2, NULL));
+      }
+      after = mallinfo2 ();
     }
-    struct mallinfo2 after = mallinfo2 ();
     ck_assert_uint_eq (after.uordblks, before.uordblks);
     vmoe_session_free (session);
     vmoe_model_unref (model);
