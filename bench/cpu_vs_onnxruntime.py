@@ -211,7 +211,7 @@ def main():
 
     vmoe = os.path.join(args.build, "tools", "vmoe")
     fma_peak = os.path.join(args.build, "bench", "vmoe-fma-peak")
-    for exe in (vmoe, fma_peak):
+    for exe in (vmoe,) if args.memory_only else (vmoe, fma_peak):
         if not os.access(exe, os.X_OK):
             fail("%s not found: build first (meson setup build && meson compile -C build;"
                  " vmoe-fma-peak is built for x86 only)" % exe)
