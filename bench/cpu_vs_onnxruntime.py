@@ -17,16 +17,20 @@ graph per batch size) and run by ONNX Runtime 1.30 from npm through node
    cores free ("free"), then with a second process spinning on one core
    ("busy").  Each round also measures the FMA peak on all cores
    (build/bench/vmoe-fma-peak, FLOPs over the threads' CPU time).
-3. Output: per case the median images/s and p50/p99 latency of each engine,
+3. Memory: the peak RSS of `vmoe bench --batch 8` (fp32 and bf16), each
+   run alone, against the model's stored weight bytes + 50 MB.
+4. Output: per case the median images/s and p50/p99 latency of each engine,
    the median of the per-round ratios to the faster ONNX Runtime setting
    of the round, GFLOP/s (FLOPs as routed, from `vmoe info`) and its share
-   of the FMA peak, and the issue's targets, met or not.
+   of the FMA peak, the peak RSS, and the issue's targets, met or not.
 
     /usr/bin/python3 bench/cpu_vs_onnxruntime.py [--build build] [--seconds 4]
-        [--rounds 3] [--batches 1,8] [--quick] [--check-only] [--no-busy] [--json]
+        [--rounds 3] [--batches 1,8] [--quick] [--check-only] [--memory-only]
+        [--no-busy] [--json]
 
 --check-only runs step 1 alone; it needs no network once ONNX Runtime is in
-the cache (bench/.cache by default).
+the cache (bench/.cache by default).  --memory-only runs step 3 alone, in
+seconds, without ONNX Runtime.
 """
 
 import argparse
@@ -48,7 +52,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import onnx_export  # noqa: E402
 import onnxruntime_node  # noqa: E402
-from vmoe_tool import gflop_per_image, info, random_model, run_json, run_logits  # noqa: E402
+from vmoe_tool import (gflop_per_image, info, random_model, run_json,  # noqa: E402
+                       run_json_peak_rss, run_logits, stored_weight_bytes)
 
 ROOT = os.path.dirname(HERE)
 ORT = "onnxruntime"
@@ -65,6 +70,10 @@ TARGETS = [
     ("bf16 >= 2.5x ONNX Runtime fp32", VMOE_BF16, 8, "free", "vs_onnxruntime", 2.5),
     ("busy core: fp32 >= 1.3x ONNX Runtime", VMOE, 1, "busy", "vs_onnxruntime", 1.3),
 ]
+# Issue #11's memory target: peak RSS at this batch <= the stored weight
+# bytes + this margin (MB: 10^6 bytes).
+MEMORY_BATCH = 8
+MEMORY_MARGIN = 50e6
 
 
 def fail(message):
@@ -185,6 +194,9 @@ def main():
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 s, 1 round")
     parser.add_argument("--check-only", action="store_true",
                         help="export and compare logits, no timing")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="peak RSS at batch %d against the memory target, nothing else"
+                        % MEMORY_BATCH)
     parser.add_argument("--no-busy", action="store_true", help="skip the busy-core runs")
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
     args = parser.parse_args()
@@ -199,10 +211,13 @@ def main():
 
     vmoe = os.path.join(args.build, "tools", "vmoe")
     fma_peak = os.path.join(args.build, "bench", "vmoe-fma-peak")
-    for exe in (vmoe, fma_peak):
+    for exe in (vmoe,) if args.memory_only else (vmoe, fma_peak):
         if not os.access(exe, os.X_OK):
             fail("%s not found: build first (meson setup build && meson compile -C build;"
                  " vmoe-fma-peak is built for x86 only)" % exe)
+    if args.memory_only:
+        memory_only(vmoe, args.config, args.json)
+        return
     try:
         modules = onnxruntime_node.node_modules(args.cache)
     except onnxruntime_node.Unavailable as e:
@@ -267,6 +282,7 @@ def main():
         loads = ["free"] + ([] if args.no_busy else ["busy"])
         runs, peaks = time_rounds(vmoe, fma_peak, modules, models, graphs, engines, loads,
                                   rounds, seconds)
+        results["memory"] = measure_memory(vmoe, models[:2], bf16)
     # The peak is the rate on the threads' own CPU time: the cores' peak even
     # where other processes take turns on them.
     peak = statistics.median(p["gflops_on_cpu"] for p in peaks)
@@ -278,6 +294,49 @@ def main():
     report(results)
     if args.json:
         print(json.dumps(results))
+
+
+def memory_only(vmoe, config_path, as_json):
+    """Step 3 alone, on the two ViT-Tiny models."""
+    with tempfile.TemporaryDirectory() as tmp:
+        models = make_models(vmoe, config_path, tmp, [MEMORY_BATCH])[:2]
+        bf16 = bf16_unavailable(vmoe, models[0]["path"]) is None
+        results = {"machine": machine(), "date": datetime.date.today().isoformat(),
+                   "memory": measure_memory(vmoe, models, bf16)}
+    print("machine: %s" % results["machine"])
+    report_memory(results["memory"])
+    if as_json:
+        print(json.dumps(results))
+
+
+def measure_memory(vmoe, models, bf16):
+    """Step 3: the peak RSS of one `vmoe bench` process per model and
+    precision, each run alone (ru_maxrss of that child)."""
+    rows = []
+    for m in models:
+        for engine in [VMOE] + ([VMOE_BF16] if bf16 else []):
+            precision = ["--precision", "bf16"] if engine == VMOE_BF16 else []
+            _, peak = run_json_peak_rss([vmoe, "bench", m["path"], "--backend", "cpu",
+                                         "--batch", str(MEMORY_BATCH), "--seconds", "1",
+                                         "--json", *precision])
+            rows.append({"model": m["name"], "engine": engine, "batch": MEMORY_BATCH,
+                         "peak_rss_bytes": peak,
+                         "stored_weight_bytes": stored_weight_bytes(m["path"])})
+    return rows
+
+
+def report_memory(rows):
+    for r in rows:
+        limit = r["stored_weight_bytes"] + MEMORY_MARGIN
+        print("peak RSS %-20s batch %d, %-9s: %6.1f MB (stored weights %.1f MB + %.0f MB "
+              "= %.1f MB)" % (r["model"], r["batch"], r["engine"], r["peak_rss_bytes"] / 1e6,
+                              r["stored_weight_bytes"] / 1e6, MEMORY_MARGIN / 1e6, limit / 1e6))
+    for r in rows:
+        limit = r["stored_weight_bytes"] + MEMORY_MARGIN
+        print("target %-38s batch %d, %-20s: %7s  %s" % (
+            "%s peak RSS <= weights + %.0f MB" % (r["engine"].split()[-1], MEMORY_MARGIN / 1e6),
+            r["batch"], r["model"], "%.1f MB" % (r["peak_rss_bytes"] / 1e6),
+            "met" if r["peak_rss_bytes"] <= limit else "NOT met"))
 
 
 def time_rounds(vmoe, fma_peak, modules, models, graphs, engines, loads, rounds, seconds):
@@ -360,6 +419,7 @@ def report(results):
                 got = "%.0f%%" % (100 * c[key]) if key == "peak_share" else "%.2fx" % c[key]
                 verdict = "met" if c[key] >= least else "NOT met"
             print("target %-38s batch %d, %-20s: %7s  %s" % (what, batch, model, got, verdict))
+    report_memory(results["memory"])
 
 if __name__ == "__main__":
     try:

@@ -1,9 +1,11 @@
-"""The `vmoe` tool as the bench scripts drive it: JSON out of a command, a
-random-weight model from a config, a model's FLOPs, logits of an input."""
+"""The `vmoe` tool as the bench scripts drive it: JSON out of a command (and
+its peak RSS), a random-weight model from a config, a model's FLOPs and
+stored weight bytes, logits of an input."""
 
 import json
 import os
 import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -14,6 +16,39 @@ def run_json(cmd, env=None):
     out = subprocess.run(cmd, check=True, capture_output=True, text=True,
                          env=dict(os.environ, **(env or {}))).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+# Linux carries a process's RSS high-water mark across exec, so a child
+# forked from this Python (torch loaded: 240 MB) would report at least that
+# as its ru_maxrss.  The command runs instead as the only child of a fresh,
+# small interpreter (about 10 MB) that reports the child's ru_maxrss.
+_PEAK_RSS_RUNNER = """import os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write("%d %d" % (os.waitstatus_to_exitcode(status), usage.ru_maxrss))
+"""
+
+
+def run_json_peak_rss(cmd):
+    """run_json, and the command's peak RSS in bytes (its own ru_maxrss)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        peak_path = os.path.join(tmp, "peak")
+        out = subprocess.run([sys.executable, "-I", "-S", "-c", _PEAK_RSS_RUNNER, peak_path,
+                              *cmd], check=True, capture_output=True, text=True)
+        with open(peak_path) as f:
+            returncode, max_rss_kb = (int(v) for v in f.read().split())
+    if returncode != 0:
+        raise subprocess.CalledProcessError(returncode, cmd, out.stdout, out.stderr)
+    return json.loads(out.stdout.strip().splitlines()[-1]), max_rss_kb * 1024
+
+
+def stored_weight_bytes(model_path):
+    """Bytes of a safetensors file's tensors as stored: its data section,
+    everything after the 8-byte header length and the header."""
+    with open(model_path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+    return os.path.getsize(model_path) - 8 - header_len
 
 
 def random_model(vmoe, config_path, out_path):

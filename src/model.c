@@ -7,6 +7,8 @@
 #include <json-glib/json-glib.h>
 #include <math.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 /* The reference safetensors implementation refuses larger headers too. */
 #define MAX_HEADER_BYTES (100u * 1024u * 1024u)
@@ -518,9 +520,28 @@ vmoe_model_load (const char *path, GError **error)
   g_mapped_file_unref (file);
   VmoeModel *model = model_new (bytes, path, error);
   g_bytes_unref (bytes);
-  if (model)
+  if (model) {
     model->name = model_name_from_path (path);
+    model->file_mapped = TRUE;
+  }
   return model;
+}
+
+void
+vmoe_model_release_stored (const VmoeModel *model, const void *data, size_t bytes)
+{
+  gsize size;
+  guintptr base = (guintptr) g_bytes_get_data (model->bytes, &size);
+  guintptr begin = (guintptr) data, end = begin + bytes;
+  if (!model->file_mapped || begin < base || end > base + size)
+    return;
+  /* The pages at the ends may hold neighbouring tensors, still read. */
+  guintptr page = (guintptr) sysconf (_SC_PAGESIZE);
+  begin = (begin + page - 1) & ~(page - 1);
+  end &= ~(page - 1);
+  /* Advice: where it fails the pages merely stay resident. */
+  if (end > begin)
+    madvise ((void *) begin, end - begin, MADV_DONTNEED);
 }
 
 VmoeModel *

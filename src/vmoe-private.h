@@ -36,6 +36,7 @@ struct VmoeModel {
   gint refcount;
   char *name;                /* the file's name without .safetensors */
   GBytes *bytes;              /* the file's mapping, or the caller's bytes */
+  gboolean file_mapped;      /* bytes map a file (vmoe_model_load) */
   VmoeConfig config;
   GPtrArray *owned;          /* float copies of F16/BF16/unaligned tensors */
 
@@ -48,6 +49,14 @@ struct VmoeModel {
   VmoeLinear head;
   guint64 n_params;
 };
+
+/* Gives back the resident pages of the page-aligned interior of `data`
+ * where it lies in the model's file mapping: a copy (the CPU's packed
+ * weights) replaces it, and any later reader faults the bytes in again from
+ * the file.  Does nothing for a model made from the caller's bytes or for
+ * the float copies the model owns: there the pages are the only copy. */
+void vmoe_model_release_stored (const VmoeModel *model, const void *data,
+    size_t bytes);
 
 /* Arrays and objects nest at most this deep in the safetensors header and in
  * "vmoe.config" (the root counts as 1). */

@@ -6,6 +6,7 @@
 #include <float.h>
 #include <math.h>
 #include <glib/gstdio.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -1148,17 +1149,25 @@ static const char *const threaded_moes[] = { NULL,
   "\"capacity_ratio\": 0.75, \"shared_expert\": true}",
 };
 
-static VmoeSession *
-threaded_session_at (const char *moe_json, int threads, VmoePrecision precision,
-    char **path_out)
+/* Writes a random model of that size; g_free the path. */
+static char *
+threaded_model_path (const char *moe_json)
 {
   char *config = g_strdup_printf ("{\"format\": \"vmoe\", \"version\": 1, "
       "\"image_size\": [%d, %d], \"patch_size\": 4, \"in_channels\": 3, "
       "\"embed_dim\": %d, \"depth\": 2, \"num_heads\": 4, \"mlp_dim\": %d, "
       "\"num_classes\": 5%s%s}", THREADED_SIDE, THREADED_SIDE, THREADED_DIM,
       THREADED_MLP, moe_json ? ", \"moe\": " : "", moe_json ? moe_json : "");
-  *path_out = test_write_random_model (config);
+  char *path = test_write_random_model (config);
   g_free (config);
+  return path;
+}
+
+static VmoeSession *
+threaded_session_at (const char *moe_json, int threads, VmoePrecision precision,
+    char **path_out)
+{
+  *path_out = threaded_model_path (moe_json);
   VmoeModel *model = vmoe_model_load (*path_out, NULL);
   VmoeSessionOptions options;
   vmoe_session_options_init (&options);
@@ -1304,6 +1313,143 @@ START_TEST (test_batch_does_not_change_bits)
     g_free (path);
   }
   g_free (input);
+}
+END_TEST
+
+/* Pages of [data, data + bytes) (its page-aligned interior) mapped in this
+ * process, from /proc/self/pagemap's "present" bit (bit 63).  Not
+ * mincore(2): for a file mapping it reports the page cache, which keeps
+ * the pages after MADV_DONTNEED. */
+static void
+count_present_pages (const void *data, size_t bytes, int *present, int *pages)
+{
+  guintptr page = (guintptr) sysconf (_SC_PAGESIZE);
+  guintptr begin = ((guintptr) data + page - 1) / page;
+  guintptr end = ((guintptr) data + bytes) / page;
+  int fd = open ("/proc/self/pagemap", O_RDONLY);
+  ck_assert_int_ge (fd, 0);
+  for (guintptr p = begin; p < end; p++) {
+    guint64 entry;
+    ck_assert_int_eq (pread (fd, &entry, sizeof entry, (off_t) (p * sizeof entry)),
+        sizeof entry);
+    *present += (int) (entry >> 63);
+    (*pages)++;
+  }
+  close (fd);
+}
+
+/* Every linear layer's stored weights, as count_present_pages counts them. */
+static void
+count_stored_linear_pages (const VmoeModel *model, int *present, int *pages)
+{
+  const VmoeConfig *c = vmoe_model_get_config (model);
+  GPtrArray *layers = g_ptr_array_new ();
+  g_ptr_array_add (layers, (gpointer) &model->patch_embed);
+  g_ptr_array_add (layers, (gpointer) &model->head);
+  for (int b = 0; b < c->depth; b++) {
+    const VmoeBlock *block = &model->blocks[b];
+    g_ptr_array_add (layers, (gpointer) &block->qkv);
+    g_ptr_array_add (layers, (gpointer) &block->proj);
+    const VmoeMlp *mlps = block->is_moe ? block->experts : &block->mlp;
+    for (int e = 0; e < (block->is_moe ? c->num_experts : 1); e++) {
+      g_ptr_array_add (layers, (gpointer) &mlps[e].fc1);
+      g_ptr_array_add (layers, (gpointer) &mlps[e].fc2);
+    }
+  }
+  *present = *pages = 0;
+  for (guint i = 0; i < layers->len; i++) {
+    const VmoeLinear *lin = layers->pdata[i];
+    count_present_pages (lin->weight, (size_t) lin->in * lin->out * sizeof (float),
+        present, pages);
+  }
+  g_ptr_array_unref (layers);
+}
+
+/* A session at `precision` on the model, run on `input` (n images); the
+ * logits, or FALSE where the CPU refuses the precision. */
+static gboolean
+cpu_logits (VmoeModel *model, VmoePrecision precision, const float *input, int n,
+    float *logits, int classes)
+{
+  VmoeSessionOptions options;
+  vmoe_session_options_init (&options);
+  options.backend = VMOE_BACKEND_CPU;
+  options.precision = precision;
+  GError *error = NULL;
+  VmoeSession *session = vmoe_session_new (model, &options, &error);
+  if (!session) {
+    ck_assert_msg (precision == VMOE_PRECISION_BF16
+        && g_error_matches (error, VMOE_ERROR, VMOE_ERROR_BACKEND), "%s", error->message);
+    g_error_free (error);
+    return FALSE;
+  }
+  ck_assert (vmoe_session_run_f32 (session, input, n, NULL));
+  for (int i = 0; i < n; i++)
+    memcpy (logits + (size_t) i * classes, vmoe_session_get_result (session, i)->logits,
+        classes * sizeof (float));
+  vmoe_session_free (session);
+  return TRUE;
+}
+
+/* On the oneDNN path the stored weights of a model file are released
+ * once packed (docs/cpu.md, Memory), and later readers still get the
+ * file's bytes: the stored data compare equal to the file's, and a bf16
+ * packing made after the release computes the bits of one made from a
+ * model in memory.  A model made from the caller's bytes is left alone
+ * (the pages are its only copy).  OpenBLAS reads the stored weights at
+ * every call: nothing is released there. */
+START_TEST (test_stored_weights_released_once_packed)
+{
+  char *path = threaded_model_path (threaded_moes[1]);
+  char *contents;
+  gsize size;
+  ck_assert (g_file_get_contents (path, &contents, &size, NULL));
+  const int n = 2, pixels = 3 * THREADED_SIDE * THREADED_SIDE, classes = 5;
+  float *input = g_new (float, n * pixels);
+  for (int i = 0; i < n * pixels; i++)
+    input[i] = sinf ((float) i * 0.37f) * 1.2f;
+
+  VmoeModel *from_file = vmoe_model_load (path, NULL);
+  ck_assert (from_file);
+  int present, pages;
+  count_stored_linear_pages (from_file, &present, &pages);
+  ck_assert_int_gt (pages, 100);
+  ck_assert_int_eq (present, pages);          /* the loader read every value */
+  float file_fp32[2 * 5], file_bf16[2 * 5], bytes_fp32[2 * 5], bytes_bf16[2 * 5];
+  ck_assert (cpu_logits (from_file, VMOE_PRECISION_FP32, input, n, file_fp32, classes));
+  count_stored_linear_pages (from_file, &present, &pages);
+#ifdef VMOE_HAVE_ONEDNN
+  ck_assert_msg (present == 0, "%d of %d pages of stored weights still resident",
+      present, pages);
+#else
+  ck_assert_int_eq (present, pages);
+#endif
+  gsize mapped_size;
+  const void *mapped = g_bytes_get_data (from_file->bytes, &mapped_size);
+  ck_assert_uint_eq (mapped_size, size);
+  ck_assert (memcmp (mapped, contents, size) == 0);
+  gboolean bf16 = cpu_logits (from_file, VMOE_PRECISION_BF16, input, n, file_bf16,
+      classes);
+
+  GBytes *bytes = g_bytes_new (contents, size);
+  VmoeModel *from_bytes = vmoe_model_new_from_bytes (bytes, NULL);
+  ck_assert (from_bytes);
+  ck_assert (cpu_logits (from_bytes, VMOE_PRECISION_FP32, input, n, bytes_fp32, classes));
+  ck_assert (memcmp (g_bytes_get_data (bytes, NULL), contents, size) == 0);
+  count_stored_linear_pages (from_bytes, &present, &pages);
+  ck_assert_int_eq (present, pages);
+  ck_assert (memcmp (bytes_fp32, file_fp32, sizeof file_fp32) == 0);
+  ck_assert (!bf16 || cpu_logits (from_bytes, VMOE_PRECISION_BF16, input, n,
+          bytes_bf16, classes));
+  ck_assert (!bf16 || memcmp (bytes_bf16, file_bf16, sizeof file_bf16) == 0);
+
+  vmoe_model_unref (from_bytes);
+  g_bytes_unref (bytes);
+  vmoe_model_unref (from_file);
+  g_free (input);
+  g_free (contents);
+  g_unlink (path);
+  g_free (path);
 }
 END_TEST
 
@@ -1487,6 +1633,9 @@ ops_suite (void)
   TCase *batch = tcase_create ("batch");
   tcase_add_test (batch, test_batch_does_not_change_bits);
   suite_add_tcase (s, batch);
+  TCase *memory = tcase_create ("memory");
+  tcase_add_test (memory, test_stored_weights_released_once_packed);
+  suite_add_tcase (s, memory);
   return s;
 }
 

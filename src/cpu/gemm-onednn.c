@@ -22,6 +22,7 @@
  * and each call rounds its input rows to bf16 (to nearest even) before the
  * matmul, which sums in fp32 and writes fp32 (avx512_core_bf16 only). */
 #include "linear.h"
+#include "moe.h"
 #include "ops.h"
 
 #include <oneapi/dnnl/dnnl.h>
@@ -316,8 +317,8 @@ packed_linear_free (VmoeLinear *lin)
   lin->packed = NULL;
 }
 
-typedef gboolean (*LinearFunc) (VmoeLinear *lin, VmoeEpilogue epilogue,
-    VmoePrecision precision, GError **error);
+typedef gboolean (*LinearFunc) (VmoeModel *model, VmoeLinear *lin,
+    VmoeEpilogue epilogue, VmoePrecision precision, GError **error);
 
 /* Calls func on every linear layer of the model, with the epilogue the
  * forward pass (forward.c, moe.c, linear.c) runs it with. */
@@ -327,11 +328,11 @@ each_linear (VmoeModel *model, LinearFunc func, VmoePrecision p, GError **error)
   const VmoeConfig *c = &model->config;
   VmoeEpilogue gelu = c->act == VMOE_ACT_GELU ? VMOE_EPILOGUE_GELU_ERF
       : VMOE_EPILOGUE_GELU_TANH;
-  if (!func (&model->patch_embed, VMOE_EPILOGUE_STORE, p, error)
-      || !func (&model->head, VMOE_EPILOGUE_STORE, p, error))
+  if (!func (model, &model->patch_embed, VMOE_EPILOGUE_STORE, p, error)
+      || !func (model, &model->head, VMOE_EPILOGUE_STORE, p, error))
     return FALSE;
   if (c->routing == VMOE_ROUTING_IMAGE
-      && !func (&model->router, VMOE_EPILOGUE_STORE, VMOE_PRECISION_FP32, error))
+      && !func (model, &model->router, VMOE_EPILOGUE_STORE, VMOE_PRECISION_FP32, error))
     return FALSE;
   for (int b = 0; b < c->depth; b++) {
     VmoeBlock *block = &model->blocks[b];
@@ -339,41 +340,51 @@ each_linear (VmoeModel *model, LinearFunc func, VmoePrecision p, GError **error)
    * in fp32 at any precision. */
     VmoeMlp *adding[] = { block->is_moe ? NULL : &block->mlp,
       block->has_shared ? &block->shared : NULL };
-    if (!func (&block->qkv, VMOE_EPILOGUE_STORE, p, error)
-        || !func (&block->proj, VMOE_EPILOGUE_ADD, p, error))
+    if (!func (model, &block->qkv, VMOE_EPILOGUE_STORE, p, error)
+        || !func (model, &block->proj, VMOE_EPILOGUE_ADD, p, error))
       return FALSE;
     for (guint i = 0; i < G_N_ELEMENTS (adding); i++)
-      if (adding[i] && (!func (&adding[i]->fc1, gelu, p, error)
-              || !func (&adding[i]->fc2, VMOE_EPILOGUE_ADD, p, error)))
+      if (adding[i] && (!func (model, &adding[i]->fc1, gelu, p, error)
+              || !func (model, &adding[i]->fc2, VMOE_EPILOGUE_ADD, p, error)))
         return FALSE;
     if (!block->is_moe)
       continue;
     if (c->routing == VMOE_ROUTING_TOKEN
-        && !func (&block->router, VMOE_EPILOGUE_STORE, VMOE_PRECISION_FP32, error))
+        && !func (model, &block->router, VMOE_EPILOGUE_STORE, VMOE_PRECISION_FP32,
+            error))
       return FALSE;
     for (int e = 0; e < c->num_experts; e++)
-      if (!func (&block->experts[e].fc1, gelu, p, error)
-          || !func (&block->experts[e].fc2, VMOE_EPILOGUE_STORE, p, error))
+      if (!func (model, &block->experts[e].fc1, gelu, p, error)
+          || !func (model, &block->experts[e].fc2, VMOE_EPILOGUE_STORE, p, error))
         return FALSE;
   }
   return TRUE;
 }
 
 static gboolean
-free_linear (VmoeLinear *lin, VmoeEpilogue epilogue, VmoePrecision precision,
-    GError **error)
+free_linear (VmoeModel *model, VmoeLinear *lin, VmoeEpilogue epilogue,
+    VmoePrecision precision, GError **error)
 {
   packed_linear_free (lin);
   return TRUE;
 }
 
+/* Packs lin at `precision` unless it is, and gives its stored weights' pages
+ * back right after, one layer at a time, so that the two copies of all
+ * layers are never resident together (docs/cpu.md, Memory).  The pass reads
+ * only the packed copy; a later reader (another precision's packing, the
+ * Vulkan backend) faults the stored bytes in again from the file. */
 static gboolean
-pack_if_needed (VmoeLinear *lin, VmoeEpilogue epilogue, VmoePrecision precision,
-    GError **error)
+pack_if_needed (VmoeModel *model, VmoeLinear *lin, VmoeEpilogue epilogue,
+    VmoePrecision precision, GError **error)
 {
-  if ((!lin->packed || !lin->packed->at[precision].weights)
-      && !pack_linear (lin, precision, error))
-    return FALSE;
+  if (!lin->packed || !lin->packed->at[precision].weights) {
+    if (!pack_linear (lin, precision, error))
+      return FALSE;
+    if (!vmoe_cpu_moe_reads_stored (model, lin))
+      vmoe_model_release_stored (model, lin->weight,
+          (size_t) lin->in * lin->out * sizeof (float));
+  }
   PackedAt *packed = &((VmoePackedLinear *) lin->packed)->at[precision];
   if (!packed->sets[epilogue])
     packed->sets[epilogue] = primitive_set_get (lin, epilogue, precision, error);

@@ -165,6 +165,18 @@ member_router_logits (VmoeCpu *cpu, const VmoeLinear *router, int n)
   }
 }
 
+gboolean
+vmoe_cpu_moe_reads_stored (const VmoeModel *model, const VmoeLinear *lin)
+{
+  const VmoeConfig *c = &model->config;
+  if (c->routing != VMOE_ROUTING_TOKEN || c->ensemble_members == 1)
+    return FALSE;
+  for (int b = 0; b < c->depth; b++)
+    if (lin == &model->blocks[b].router)
+      return TRUE;
+  return FALSE;
+}
+
 /* V-MoE: a router per token in each MoE block, with per-image capacity.
  * With E3, n counts member copies (copy i*M + m) and copy m routes among
  * its partition's E/M experts; choices are first local to the partition. */

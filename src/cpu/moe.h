@@ -13,6 +13,9 @@ void vmoe_cpu_route_images (VmoeCpu *cpu, int n, VmoeRawOutput *out);
  * its counts into out).  layer counts MoE blocks from 0. */
 void vmoe_cpu_moe_forward (VmoeCpu *cpu, const VmoeBlock *block, int layer, int n,
     VmoeRawOutput *out);
+/* Whether the pass reads lin's stored weights, not only its packed ones:
+ * an E3 model's token routers (per member, outside the GEMM path). */
+gboolean vmoe_cpu_moe_reads_stored (const VmoeModel *model, const VmoeLinear *lin);
 /* Token-routing assignment of one image (docs/design.md, token routing). */
 int vmoe_assign_tokens (const int *choice, const float *choice_p, int tokens,
     int top_k, int num_experts, int capacity, gboolean bpr, int *order,
