@@ -226,8 +226,11 @@ def main():
              % (vmoe, os.path.dirname(os.path.dirname(vmoe)) or "."))
     models = args.models or [os.path.join(ROOT, "models", name) for name in SHIPPED]
     for m in models:
-        if not os.path.isfile(m):
-            fail("no model file %s" % m)
+        # A model the engine cannot load is an error, not a reason to skip:
+        # the bf16 probe below would fail on it too.
+        loaded = subprocess.run([vmoe, "info", m], capture_output=True, text=True)
+        if loaded.returncode != 0:
+            fail((loaded.stderr.strip().splitlines() or ["vmoe info %s failed" % m])[-1])
     if args.batch < 1:
         fail("--batch must be at least 1")
     images, labels = test_set(args.dataset)
