@@ -46,6 +46,9 @@ SHIPPED = ["fashion-vmoe.safetensors", "fashion-dense.safetensors", "fashion-e3.
 LEAST_AGREEMENT = 0.995
 PRECISIONS = ("fp32", "bf16")
 SKIPPED = 77
+# Issue #11's relative logit error for bf16 on the random parity models
+# (meson test parity-bf16); here only counted, trained weights are not bound by it.
+PARITY_TOLERANCE = 2e-2
 # Differing images listed per model (all are counted).
 LISTED = 20
 
@@ -136,6 +139,7 @@ def compare(model_path, fp32, bf16, images, labels):
         "top1_agreement": 1 - len(top1_differ) / len(labels),
         "max_error": float(error.max()), "median_error": float(np.median(error)),
         "p99_error": float(np.percentile(error, 99)),
+        "over_parity_tolerance": int((error > PARITY_TOLERANCE).sum()),
         "top1_differ": [{"image": int(i), "fp32": int(top["fp32"][i]),
                          "bf16": int(top["bf16"][i]), "fp32_margin": float(margins[i]),
                          "error": float(error[i])} for i in top1_differ],
@@ -175,7 +179,7 @@ def report(f):
           % (f["max_error"], f["p99_error"], f["median_error"]), end="")
     if f.get("max_error_same_experts") is not None:
         print(", max %.2e where the experts agree" % f["max_error_same_experts"], end="")
-    print()
+    print("; %d images over %g" % (f["over_parity_tolerance"], PARITY_TOLERANCE))
     for d in f["top1_differ"][:LISTED]:
         print("    image %5d: class %d -> %d, fp32 top-2 probability gap %.2e, error %.2e"
               % (d["image"], d["fp32"], d["bf16"], d["fp32_margin"], d["error"]))
