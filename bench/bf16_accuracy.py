@@ -15,7 +15,7 @@ training/vmoe_torch.py, on those images: the engine reports only the chosen
 experts' gates).  Then issue #11's targets: the same top-1 class and the same
 experts on at least 99.5% of the images.
 
-    /usr/bin/python3 bench/bf16_accuracy.py [--build build] [--dataset DIR]
+    /usr/bin/python3 bench/bf16_accuracy.py [--build build | --vmoe PATH] [--dataset DIR]
         [--count N] [--batch 256] [--check] [MODEL ...]
 
 Exits 77 (skipped) where the dataset is absent or the engine refuses bf16
@@ -31,6 +31,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -84,18 +85,20 @@ def engine_runs(vmoe, models, images, batch):
     """{(model, precision): vmoe run's per-image JSON objects}, the runs
     side by side, one engine thread each (an image's bits do not depend on
     the thread count or the batch: docs/cpu.md)."""
-    def run(model, precision):
-        options = ["--backend", "cpu", "--threads", "1", "--top-k", "1",
-                   "--precision", precision]
-        try:
-            return run_logits(vmoe, model, images, options, batch=batch)
-        except subprocess.CalledProcessError as e:
-            fail("vmoe run %s --precision %s: %s" % (
-                model, precision, (e.stderr.strip().splitlines() or ["failed"])[-1]))
+    options = ["--backend", "cpu", "--threads", "1", "--top-k", "1", "--precision"]
     jobs = [(m, p) for m in models for p in PRECISIONS]
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        results = pool.map(lambda job: run(*job), jobs)
-        return dict(zip(jobs, results))
+        futures = [pool.submit(run_logits, vmoe, m, images, options + [p], batch)
+                   for m, p in jobs]
+        runs = {}
+        for (m, p), future in zip(jobs, futures):
+            try:
+                runs[(m, p)] = future.result()
+            except subprocess.CalledProcessError as e:
+                pool.shutdown(cancel_futures=True)
+                fail("vmoe run %s --precision %s: %s" % (
+                    m, p, (e.stderr.strip().splitlines() or ["failed"])[-1]))
+        return runs
 
 
 def class_margins(logits):
@@ -111,7 +114,6 @@ def router_margins(model_path, images):
     """Per image, PyTorch's fp32 router: the gap between the probabilities of
     the k-th and (k+1)-th expert (with E3 the smallest over the members, each
     choosing among its own), and its experts.  Image routing only."""
-    import torch
     model = vmoe_torch.load_model(model_path).eval()
     with torch.inference_mode():
         _, routing = model(vmoe_torch.preprocess_uint8(images, model.config))
