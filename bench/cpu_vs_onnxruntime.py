@@ -52,8 +52,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import onnx_export  # noqa: E402
 import onnxruntime_node  # noqa: E402
-from vmoe_tool import (gflop_per_image, info, random_model, run_json,  # noqa: E402
-                       run_json_peak_rss, run_logits, stored_weight_bytes)
+from vmoe_tool import (bf16_unavailable, gflop_per_image, info, random_model,  # noqa: E402
+                       relative_error, run_json, run_json_peak_rss, run_logits,
+                       stored_weight_bytes)
 
 ROOT = os.path.dirname(HERE)
 ORT = "onnxruntime"
@@ -79,12 +80,6 @@ MEMORY_MARGIN = 50e6
 def fail(message):
     print("cpu_vs_onnxruntime: %s" % message, file=sys.stderr)
     sys.exit(1)
-
-
-def relative_error(got, ref):
-    """Per image max |got - ref| / max |ref| (the parity suite's measure)."""
-    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    return np.abs(got - ref).max(axis=1) / np.maximum(np.abs(ref).max(axis=1), 1e-12)
 
 
 def machine():
@@ -117,20 +112,6 @@ def load(name):
     finally:
         spinner.kill()
         spinner.wait()
-
-
-def bf16_unavailable(vmoe, model_path):
-    """None where `vmoe run/bench --precision bf16` works here, else why not
-    (a vmoe without the option, or a CPU the engine refuses bf16 on)."""
-    helps = [subprocess.run([vmoe, cmd, "--help"], capture_output=True, text=True).stdout
-             for cmd in ("run", "bench")]
-    if not all("--precision" in h for h in helps):
-        return "this vmoe has no --precision"
-    trial = subprocess.run([vmoe, "bench", model_path, "--backend", "cpu", "--precision",
-                            "bf16", "--seconds", "0.01", "--json"], capture_output=True, text=True)
-    if trial.returncode != 0:
-        return (trial.stderr.strip().splitlines() or ["vmoe bench failed"])[-1]
-    return None
 
 
 def make_models(vmoe, config_path, tmp, batches):

@@ -70,13 +70,37 @@ def gflop_per_image(vmoe, model_path):
     return float(info(vmoe, model_path)["GFLOPs/image"].split()[0])
 
 
-def run_logits(vmoe, model_path, images, options=()):
-    """Runs float32 images [N, C, H, W] (already normalised) through `vmoe run
-    --logits` in one call; returns its per-image JSON objects."""
+def run_logits(vmoe, model_path, images, options=(), batch=None):
+    """Runs images through `vmoe run --logits` in one call, `batch` images
+    per engine call (default all); returns its per-image JSON objects.
+    images: float32 [N, C, H, W] already normalised, or uint8 frames
+    [N, H, W, C], which the engine pre-processes as the model says."""
+    if images.dtype != np.uint8:
+        images = np.asarray(images, dtype=np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "input.npy")
-        np.save(path, np.ascontiguousarray(images, dtype=np.float32))
+        np.save(path, np.ascontiguousarray(images))
         out = subprocess.run([vmoe, "run", model_path, path, "--logits", "--batch",
-                              str(len(images)), *options],
+                              str(batch or len(images)), *options],
                              check=True, capture_output=True, text=True).stdout
     return [json.loads(line) for line in out.splitlines()]
+
+
+def relative_error(got, ref):
+    """Per image max |got - ref| / max |ref| (the parity suite's measure)."""
+    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    return np.abs(got - ref).max(axis=1) / np.maximum(np.abs(ref).max(axis=1), 1e-12)
+
+
+def bf16_unavailable(vmoe, model_path):
+    """None where `vmoe run/bench --precision bf16` works here, else why not
+    (a vmoe without the option, or a CPU the engine refuses bf16 on)."""
+    helps = [subprocess.run([vmoe, cmd, "--help"], capture_output=True, text=True).stdout
+             for cmd in ("run", "bench")]
+    if not all("--precision" in h for h in helps):
+        return "this vmoe has no --precision"
+    trial = subprocess.run([vmoe, "bench", model_path, "--backend", "cpu", "--precision",
+                            "bf16", "--seconds", "0.01", "--json"], capture_output=True, text=True)
+    if trial.returncode != 0:
+        return (trial.stderr.strip().splitlines() or ["vmoe bench failed"])[-1]
+    return None
