@@ -31,17 +31,6 @@ rows_slice (void *data, int index, int thread)
     job->func (job->cpu, job->arg, first, end - first, job->cpu->gemm[thread]);
 }
 
-static int
-slices_per_thread (void)
-{
-  static int per_thread;
-  if (!g_atomic_int_get (&per_thread)) {
-    const char *env = g_getenv ("VMOE_CPU_SLICES_PER_THREAD");
-    g_atomic_int_set (&per_thread, env ? CLAMP (atoi (env), 1, 64) : 1);
-  }
-  return g_atomic_int_get (&per_thread);
-}
-
 void
 vmoe_cpu_run_on_rows (VmoeCpu *cpu, int rows, double fmas_per_row,
     VmoeRowsFunc func, const void *arg)
@@ -52,11 +41,10 @@ vmoe_cpu_run_on_rows (VmoeCpu *cpu, int rows, double fmas_per_row,
     func (cpu, arg, 0, rows, cpu->gemm[0]);
     return;
   }
-  /* More slices than threads, taken as each thread gets free, let a thread
-   * that lost its core to another process (a decoder) hold up the phase by
-   * less than its whole share. */
-  slices = MIN (slices * slices_per_thread (), (int) (rows * fmas_per_row
-          / VMOE_CPU_MIN_SLICE_FMAS));
+  /* One slice per thread: more, smaller ones taken as threads get free
+   * (meant to let a thread that lost its core to another process hold up a
+   * phase by less than its share) were slower with a core kept busy as
+   * well as on free cores, at batch 1 and 8 (2 and 4 per thread). */
   slices = MAX (MIN (slices, rows / SLICE_ROW_ALIGN), 2);
   RowsJob job = { cpu, arg, func, rows, slices };
   vmoe_workers_run (cpu->workers, slices, rows_slice, &job);
