@@ -12,10 +12,9 @@
 
 #include <math.h>
 
-/* bf16 attention needs the compiler's AVX512_BF16 intrinsics (GCC 10,
- * clang 9); the CPU is checked at run time. */
-#if defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 9) \
-    || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 10))
+/* bf16 attention needs the compiler's AVX512_BF16 intrinsics; the CPU is
+ * checked at run time. */
+#ifdef VMOE_HAVE_BF16_INTRINSICS
 #define VMOE_HAVE_BF16_ATTENTION 1
 #include <immintrin.h>
 #endif

@@ -454,9 +454,31 @@ vmoe_gemm_scratch_free (VmoeGemmScratch *scratch)
   g_free (scratch);
 }
 
+#ifdef VMOE_HAVE_BF16_INTRINSICS
+#include <immintrin.h>
+
+/* round_to_bf16 with vcvtneps2bf16, 16 floats an instruction (bf16 runs
+ * only on CPUs that have it: precision_unsupported).  It also rounds to
+ * nearest even, but flushes subnormals (below 1.2e-38) to zero, as the
+ * bf16 attention does.  The integer loop below took 4.8% of a batch-8
+ * bf16 profile. */
+static __attribute__ ((target ("avx512f,avx512bw,avx512vl,avx512bf16"))) void
+round_to_bf16_vcvt (guint16 *out, const float *in, size_t n)
+{
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256 ((__m256i *) (out + i),
+        (__m256i) _mm512_cvtneps_pbh (_mm512_loadu_ps (in + i)));
+  if (i < n) {
+    __mmask16 tail = (__mmask16) ((1u << (n - i)) - 1);
+    _mm256_mask_storeu_epi16 (out + i, tail,
+        (__m256i) _mm512_cvtneps_pbh (_mm512_maskz_loadu_ps (tail, in + i)));
+  }
+}
+#else
 /* bf16 of each float, rounded to nearest even; NaN stays NaN. */
 static VMOE_VECTOR_CLONES void
-round_to_bf16 (guint16 *out, const float *in, size_t n)
+round_to_bf16_loop (guint16 *out, const float *in, size_t n)
 {
   for (size_t i = 0; i < n; i++) {
     guint32 bits;
@@ -465,6 +487,17 @@ round_to_bf16 (guint16 *out, const float *in, size_t n)
     gboolean is_nan = (bits & 0x7fffffffu) > 0x7f800000u;
     out[i] = (guint16) (is_nan ? (bits >> 16) | 0x40u : rounded);
   }
+}
+#endif
+
+static void
+round_to_bf16 (guint16 *out, const float *in, size_t n)
+{
+#ifdef VMOE_HAVE_BF16_INTRINSICS
+  round_to_bf16_vcvt (out, in, n);
+#else
+  round_to_bf16_loop (out, in, n);
+#endif
 }
 
 typedef enum { ROLE_SRC, ROLE_DST, ROLE_BIAS } MemoryRole;

@@ -13,6 +13,13 @@
 #define VMOE_VECTOR_CLONES
 #endif
 
+/* Whether the compiler has the AVX512_BF16 intrinsics (GCC 10, clang 9);
+ * code built with them checks the CPU at run time. */
+#if defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 9) \
+    || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 10))
+#define VMOE_HAVE_BF16_INTRINSICS 1
+#endif
+
 /* out, inp are (rows, dim); weight, bias are (dim). */
 void vmoe_layernorm_forward (float *out, const float *inp, const float *weight,
     const float *bias, int rows, int dim, float eps);

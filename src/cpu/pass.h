@@ -26,6 +26,9 @@ struct VmoeCpu {
   int reserved;               /* images the workspace holds */
   VmoeWorkers *workers;
   VmoeGemmScratch **gemm;     /* one per thread of `workers` */
+  /* One single-threaded pass per thread of `workers`, for batches split by
+   * image (forward.c); made on first use, each with its own workspace. */
+  VmoeCpu **image_passes;
   int tokens, dim, hidden_dim;
 
   float *x;                   /* [N, T, D] residual stream */
