@@ -466,6 +466,12 @@ vmoe_config_tokens (const VmoeConfig *c)
   return vmoe_config_patches (c) + (c->class_token ? 1 : 0);
 }
 
+size_t
+vmoe_config_input_floats (const VmoeConfig *c)
+{
+  return (size_t) c->in_channels * c->image_h * c->image_w;
+}
+
 gboolean
 vmoe_config_block_is_moe (const VmoeConfig *c, int block)
 {

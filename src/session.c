@@ -363,7 +363,7 @@ vmoe_session_run_f32 (VmoeSession *s, const float *input, int n, GError **error)
   if (!check_batch (s, n, error))
     return FALSE;
   const VmoeConfig *c = &s->model->config;
-  size_t per_image = (size_t) c->in_channels * c->image_h * c->image_w;
+  size_t per_image = vmoe_config_input_floats (c);
   gssize bad = first_non_finite (input, per_image * n);
   if (bad >= 0) {
     g_set_error (error, VMOE_ERROR, VMOE_ERROR_INVALID_ARGUMENT,

@@ -81,6 +81,8 @@ void vmoe_config_clear (VmoeConfig *config);
 /* Patches per image (without the class token). */
 int vmoe_config_patches (const VmoeConfig *config);
 int vmoe_config_tokens (const VmoeConfig *config);
+/* Floats of one pre-processed input image (in_channels x image_h x image_w). */
+size_t vmoe_config_input_floats (const VmoeConfig *config);
 gboolean vmoe_config_block_is_moe (const VmoeConfig *config, int block);
 
 /* One tensor the configuration requires. */

@@ -178,6 +178,32 @@ attention_head_in_double (double *out, const float *q, const float *k,
   g_free (w);
 }
 
+/* Attention at `precision` of random qkv (n, t, 3 dim) drawn from seed,
+ * on one thread, checked to give the same bits on three.  Returns the
+ * output (n, t, dim) and the qkv in *qkv_out; g_free both. */
+static float *
+attention_on_one_and_three_threads (int n, int t, int dim, int heads,
+    VmoePrecision precision, guint32 seed, float **qkv_out)
+{
+  size_t qkv_len = (size_t) n * t * 3 * dim, out_len = (size_t) n * t * dim;
+  GRand *rand = g_rand_new_with_seed (seed);
+  float *qkv = g_new (float, qkv_len);
+  for (size_t i = 0; i < qkv_len; i++)
+    qkv[i] = (float) g_rand_double_range (rand, -2, 2);
+  g_rand_free (rand);
+  float *one = g_new (float, out_len), *three = g_new (float, out_len);
+  float *scratch = g_new (float, vmoe_attention_scratch_len (n, t, dim, heads, 3,
+          precision));
+  vmoe_attention_forward (one, qkv, scratch, NULL, n, t, dim, heads, precision);
+  VmoeWorkers *workers = vmoe_workers_new (3);
+  vmoe_attention_forward (three, qkv, scratch, workers, n, t, dim, heads, precision);
+  vmoe_workers_free (workers);
+  ck_assert_mem_eq (one, three, out_len * sizeof (float));
+  g_free (scratch), g_free (three);
+  *qkv_out = qkv;
+  return one;
+}
+
 /* The vector tiles have edges: tokens not a whole tile of keys (37, 197),
  * query blocks with a short last block, head widths of whole 64-column
  * chunks, 16-column chunks and a scalar tail (64, 48, 20, 3).  Every shape
@@ -192,21 +218,8 @@ START_TEST (test_attention_tiles_against_double)
   for (guint s = 0; s < G_N_ELEMENTS (shapes); s++) {
     int t = shapes[s].tokens, dim = shapes[s].dim, heads = shapes[s].heads;
     int hd = dim / heads, stride = 3 * dim;
-    GRand *rand = g_rand_new_with_seed (s + 1);
-    float *qkv = g_new (float, (size_t) n * t * stride);
-    for (int i = 0; i < n * t * stride; i++)
-      qkv[i] = (float) g_rand_double_range (rand, -2, 2);
-    float *one = g_new (float, (size_t) n * t * dim);
-    float *three = g_new (float, (size_t) n * t * dim);
-    float *scratch = g_new (float, vmoe_attention_scratch_len (n, t, dim, heads, 3,
-            VMOE_PRECISION_FP32));
-    vmoe_attention_forward (one, qkv, scratch, NULL, n, t, dim, heads,
-        VMOE_PRECISION_FP32);
-    VmoeWorkers *workers = vmoe_workers_new (3);
-    vmoe_attention_forward (three, qkv, scratch, workers, n, t, dim, heads,
-        VMOE_PRECISION_FP32);
-    vmoe_workers_free (workers);
-    ck_assert_mem_eq (one, three, (size_t) n * t * dim * sizeof (float));
+    float *qkv, *one = attention_on_one_and_three_threads (n, t, dim, heads,
+        VMOE_PRECISION_FP32, s + 1, &qkv);
 
     double *want = g_new (double, (size_t) t * hd);
     double worst = 0;
@@ -221,8 +234,7 @@ START_TEST (test_attention_tiles_against_double)
                     - want[r * hd + d]));
       }
     ck_assert_msg (worst < 1e-5, "shape %u: attention off by %g", s, worst);
-    g_free (want), g_free (scratch), g_free (three), g_free (one), g_free (qkv);
-    g_rand_free (rand);
+    g_free (want), g_free (one), g_free (qkv);
   }
 }
 END_TEST
@@ -300,21 +312,8 @@ START_TEST (test_attention_bf16_against_double)
   for (guint s = 0; s < G_N_ELEMENTS (shapes); s++) {
     int t = shapes[s].tokens, dim = shapes[s].dim, heads = shapes[s].heads;
     int hd = dim / heads, stride = 3 * dim;
-    GRand *rand = g_rand_new_with_seed (s + 11);
-    float *qkv = g_new (float, (size_t) n * t * stride);
-    for (int i = 0; i < n * t * stride; i++)
-      qkv[i] = (float) g_rand_double_range (rand, -2, 2);
-    float *one = g_new (float, (size_t) n * t * dim);
-    float *three = g_new (float, (size_t) n * t * dim);
-    float *scratch = g_new (float, vmoe_attention_scratch_len (n, t, dim, heads, 3,
-            VMOE_PRECISION_BF16));
-    vmoe_attention_forward (one, qkv, scratch, NULL, n, t, dim, heads,
-        VMOE_PRECISION_BF16);
-    VmoeWorkers *workers = vmoe_workers_new (3);
-    vmoe_attention_forward (three, qkv, scratch, workers, n, t, dim, heads,
-        VMOE_PRECISION_BF16);
-    vmoe_workers_free (workers);
-    ck_assert_mem_eq (one, three, (size_t) n * t * dim * sizeof (float));
+    float *qkv, *one = attention_on_one_and_three_threads (n, t, dim, heads,
+        VMOE_PRECISION_BF16, s + 11, &qkv);
 
     size_t len = (size_t) t * hd;
     double *want = g_new (double, len), *slack = g_new (double, len);
@@ -337,8 +336,7 @@ START_TEST (test_attention_bf16_against_double)
           }
       }
     g_free (size), g_free (slack), g_free (want);
-    g_free (scratch), g_free (three), g_free (one), g_free (qkv);
-    g_rand_free (rand);
+    g_free (one), g_free (qkv);
   }
   printf ("bf16 attention: worst error %.3g of sum |p v|\n", worst);
 }

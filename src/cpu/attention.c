@@ -191,24 +191,45 @@ mix_values (float *o, int o_stride, const float *p, int p_stride,
     }
 }
 
+/* Where item `index` of a job, (image, head, block of queries), reads and
+ * writes, for both precisions' kernels. */
+typedef struct {
+  int head_index;              /* image * heads + head: keys' and values' */
+  int rows;                    /* queries in the block */
+  const float *q;              /* the block's first query */
+  const float *v;              /* the head's first value */
+  float *o;                    /* the block's first output row */
+  float *s;                    /* the running thread's scores */
+} QueryBlock;
+
+static inline __attribute__ ((always_inline)) QueryBlock
+query_block (const AttentionJob *job, int index, int thread)
+{
+  int block = index % job->query_blocks, ih = index / job->query_blocks;
+  int i = ih / job->heads, h = ih % job->heads;
+  int first = block * ATTENTION_QUERY_BLOCK;
+  size_t qkv_stride = 3 * (size_t) job->dim, hd = job->head_dim;
+  /* seek to image i, head h, the block's first query */
+  return (QueryBlock) {
+    ih, MIN (ATTENTION_QUERY_BLOCK, job->tokens - first),
+    job->qkv + ((size_t) i * job->tokens + first) * qkv_stride + h * hd,
+    job->qkv + (size_t) i * job->tokens * qkv_stride + 2 * job->dim + h * hd,
+    job->out + ((size_t) i * job->tokens + first) * job->dim + h * hd,
+    job->scores + (size_t) thread * ATTENTION_QUERY_BLOCK * job->padded,
+  };
+}
+
 /* Item (image, head, query block). */
 static VMOE_VECTOR_CLONES void
 attend_query_block (void *data, int index, int thread)
 {
   const AttentionJob *job = data;
-  int block = index % job->query_blocks, ih = index / job->query_blocks;
-  int i = ih / job->heads, h = ih % job->heads;
-  int first = block * ATTENTION_QUERY_BLOCK;
-  int rows = MIN (ATTENTION_QUERY_BLOCK, job->tokens - first);
-  int qkv_stride = 3 * job->dim, hd = job->head_dim, padded = job->padded;
-  /* seek to image i, head h, the block's first query */
-  const float *q = job->qkv + ((size_t) i * job->tokens + first) * qkv_stride
-      + h * hd;
-  const float *v = job->qkv + (size_t) i * job->tokens * qkv_stride
-      + 2 * job->dim + h * hd;
-  const float *kt = job->keys_t + (size_t) ih * hd * padded;
-  float *o = job->out + ((size_t) i * job->tokens + first) * job->dim + h * hd;
-  float *s = job->scores + (size_t) thread * ATTENTION_QUERY_BLOCK * padded;
+  QueryBlock b = query_block (job, index, thread);
+  int rows = b.rows, qkv_stride = 3 * job->dim, hd = job->head_dim;
+  int padded = job->padded;
+  const float *q = b.q, *v = b.v;
+  const float *kt = job->keys_t + (size_t) b.head_index * hd * padded;
+  float *o = b.o, *s = b.s;
 
   int r = 0;
   for (; r + 4 <= rows; r += 4)
@@ -424,19 +445,14 @@ static BF16_TARGET void
 attend_query_block_bf16 (void *data, int index, int thread)
 {
   const AttentionJob *job = data;
-  int block = index % job->query_blocks, ih = index / job->query_blocks;
-  int i = ih / job->heads, h = ih % job->heads;
-  int first = block * ATTENTION_QUERY_BLOCK;
-  int rows = MIN (ATTENTION_QUERY_BLOCK, job->tokens - first);
-  int qkv_stride = 3 * job->dim, hd = job->head_dim, padded = job->padded;
+  QueryBlock b = query_block (job, index, thread);
+  int rows = b.rows, qkv_stride = 3 * job->dim, hd = job->head_dim;
+  int padded = job->padded, ih = b.head_index;
   int key_pairs = pairs_of (hd), token_pairs = pairs_of (job->tokens);
-  /* seek to image i, head h, the block's first query */
-  const float *q = job->qkv + ((size_t) i * job->tokens + first) * qkv_stride
-      + h * hd;
+  const float *q = b.q;
   const guint32 *kp = job->key_pairs + (size_t) ih * key_pairs * padded;
   const guint32 *vp = job->value_pairs + (size_t) ih * token_pairs * value_columns (hd);
-  float *o = job->out + ((size_t) i * job->tokens + first) * job->dim + h * hd;
-  float *s = job->scores + (size_t) thread * ATTENTION_QUERY_BLOCK * padded;
+  float *o = b.o, *s = b.s;
   guint32 *qp = job->query_pairs + (size_t) thread * ATTENTION_QUERY_BLOCK * key_pairs;
   guint32 *pp = job->prob_pairs + (size_t) thread * ATTENTION_QUERY_BLOCK * token_pairs;
 

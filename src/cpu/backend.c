@@ -51,7 +51,7 @@ cpu_backend_forward_u8 (void *impl, const VmoeImage *images, int n,
 {
   VmoeCpuBackend *backend = impl;
   const VmoeConfig *c = backend->config;
-  size_t per_image = (size_t) c->in_channels * c->image_h * c->image_w;
+  size_t per_image = vmoe_config_input_floats (c);
   if (backend->input_images < n) {
     g_free (backend->input);
     backend->input = g_new (float, per_image * n);

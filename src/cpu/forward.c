@@ -178,7 +178,7 @@ image_pass_new (const VmoeCpu *parent)
 static VmoeRawOutput
 raw_output_from (const VmoeConfig *c, int top_k, const VmoeRawOutput *out, int first)
 {
-  size_t members = c->ensemble_members, i = first, k = MAX (top_k, 0);
+  size_t members = c->ensemble_members, i = first, k = top_k;
   VmoeRawOutput view = {
     out->logits + i * members * c->num_classes,
     out->experts + i * members * k,
@@ -206,9 +206,9 @@ image_group (void *data, int index, int thread)
   const VmoeConfig *c = &job->cpu->model->config;
   int first = job->images * index / job->groups;
   int count = job->images * (index + 1) / job->groups - first;
-  size_t per_image = (size_t) c->in_channels * c->image_h * c->image_w;
   VmoeRawOutput view = raw_output_from (c, job->cpu->routing.top_k, job->out, first);
-  row_split_forward (pass, job->input + first * per_image, count, &view);
+  row_split_forward (pass, job->input + first * vmoe_config_input_floats (c), count,
+      &view);
 }
 
 /* A batch of at least one image per thread runs whole images on each
@@ -235,9 +235,9 @@ vmoe_cpu_forward (VmoeCpu *cpu, const float *input, int n, VmoeRawOutput *out)
   }
   if (n > whole) {
     const VmoeConfig *c = &cpu->model->config;
-    size_t per_image = (size_t) c->in_channels * c->image_h * c->image_w;
     VmoeRawOutput view = raw_output_from (c, cpu->routing.top_k, out, whole);
-    row_split_forward (cpu, input + whole * per_image, n - whole, &view);
+    row_split_forward (cpu, input + whole * vmoe_config_input_floats (c), n - whole,
+        &view);
   }
 }
 

@@ -61,7 +61,7 @@ vmoe_vulkan_forward_f32 (VmoeVulkan *vk, const float *input, int n,
   if (!vmoe_vk_reserve (vk, n, error))
     return FALSE;
   const VmoeConfig *c = &vk->model->config;
-  VkDeviceSize bytes = (VkDeviceSize) n * c->in_channels * c->image_h * c->image_w * 4;
+  VkDeviceSize bytes = (VkDeviceSize) n * vmoe_config_input_floats (c) * 4;
   memcpy (vk->upload.mapped, input, bytes);
   VkBufferCopy copy = { 0, (VkDeviceSize) vk->a.input * 4, bytes };
   const Pool *target = &vk->act;

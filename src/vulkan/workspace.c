@@ -115,7 +115,7 @@ plan_workspace (VmoeVulkan *vk, int n, GError **error)
       c->routing != VMOE_ROUTING_NONE ? entries * c->expert_mlp_dim : 0);
   guint64 at = 0;
 #define PLACE(field, count) (vk->a.field = (uint32_t) at, at += (count))
-  PLACE (input, (guint64) n * c->in_channels * c->image_h * c->image_w);
+  PLACE (input, (guint64) n * vmoe_config_input_floats (c));
   PLACE (x, rows * d);
   PLACE (z, MAX (rows, patches) * d);
   PLACE (qkv, rows * 3 * d);
@@ -162,7 +162,7 @@ vmoe_vk_reserve (VmoeVulkan *vk, int n, GError **error)
     return FALSE;
   const VmoeConfig *c = &vk->model->config;
   guint64 down = (guint64) (vk->a.end - vk->a.logits) * 4 + (guint64) (vk->i.end - vk->i.experts) * 4;
-  guint64 input = (guint64) n * c->in_channels * c->image_h * c->image_w * 4;
+  guint64 input = (guint64) n * vmoe_config_input_floats (c) * 4;
   guint64 up = MAX (input, vk->upload.size);
   if (!vmoe_vk_pool_new (vk, &vk->act, (guint64) vk->a.end * 4, FALSE, "activations", error)
       || !vmoe_vk_pool_new (vk, &vk->ints, (guint64) vk->i.end * 4, FALSE, "routing buffers", error)
