@@ -133,7 +133,7 @@ score_rows (float *s, const float *q, int q_stride, const float *kt, int hd,
     int padded, float scale, const int ROWS)
 {
   for (int j = 0; j < padded; j += ATTENTION_KEY_STEP) {
-    Lanes acc[4][2] = { { { 0 } } };
+    Lanes acc[8][2] = { { { 0 } } };
     for (int d = 0; d < hd; d++) {
       const float *kd = kt + (size_t) d * padded + j;
       Lanes k0 = *(const LanesAnywhere *) kd;
@@ -232,6 +232,9 @@ attend_query_block (void *data, int index, int thread)
   float *o = b.o, *s = b.s;
 
   int r = 0;
+  for (; r + 8 <= rows; r += 8)
+    score_rows (s + (size_t) r * padded, q + (size_t) r * qkv_stride, qkv_stride,
+        kt, hd, padded, job->scale, 8);
   for (; r + 4 <= rows; r += 4)
     score_rows (s + (size_t) r * padded, q + (size_t) r * qkv_stride, qkv_stride,
         kt, hd, padded, job->scale, 4);
@@ -309,6 +312,57 @@ transpose_16x16 (__m512i rows[16])
   }
 }
 
+/* e^x for x <= 0 in 16 lanes: ops.c's exp_nonpositive step for step (the
+ * clamp, the two-step reduction, the same polynomial), with vscalefps for
+ * its 2^n.  vmaxps returns its second operand where either is NaN, so a
+ * NaN stays NaN through the clamp. */
+static inline __attribute__ ((always_inline)) BF16_TARGET __m512
+exp_nonpositive_lanes (__m512 x)
+{
+  x = _mm512_max_ps (_mm512_set1_ps (-87.0f), x);
+  __m512 n = _mm512_roundscale_ps (_mm512_mul_ps (x, _mm512_set1_ps (1.44269504088896341f)),
+      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps (n, _mm512_set1_ps (0.693359375f), x);
+  r = _mm512_fnmadd_ps (n, _mm512_set1_ps (-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps (1.9875691500e-4f);
+  p = _mm512_fmadd_ps (p, r, _mm512_set1_ps (1.3981999507e-3f));
+  p = _mm512_fmadd_ps (p, r, _mm512_set1_ps (8.3334519073e-3f));
+  p = _mm512_fmadd_ps (p, r, _mm512_set1_ps (4.1665795894e-2f));
+  p = _mm512_fmadd_ps (p, r, _mm512_set1_ps (1.6666665459e-1f));
+  p = _mm512_fmadd_ps (p, r, _mm512_set1_ps (5.0000001201e-1f));
+  p = _mm512_add_ps (_mm512_fmadd_ps (p, _mm512_mul_ps (r, r), r), _mm512_set1_ps (1.0f));
+  return _mm512_scalef_ps (p, n);
+}
+
+/* pairs = softmax (s[0, tokens)) rounded to bf16 pairs; s is left holding
+ * the unnormalised exponentials.  One pass for the maximum, one for the
+ * exponentials and their sum, one that scales and rounds: the fp32
+ * softmax and a rounding pass after it took a third of bf16 attention. */
+static inline __attribute__ ((always_inline)) BF16_TARGET void
+softmax_to_pairs (guint32 *pairs, float *s, int tokens)
+{
+  __m512 max = _mm512_set1_ps (-INFINITY);
+  for (int i = 0; i < tokens; i += ATTENTION_LANES)
+    max = _mm512_max_ps (_mm512_mask_loadu_ps (max, first_lanes (tokens - i), s + i), max);
+  __m512 row_max = _mm512_set1_ps (_mm512_reduce_max_ps (max));
+  __m512 sum = _mm512_setzero_ps ();
+  for (int i = 0; i < tokens; i += ATTENTION_LANES) {
+    __mmask16 in_row = first_lanes (tokens - i);
+    __m512 e = _mm512_maskz_mov_ps (in_row, exp_nonpositive_lanes (
+            _mm512_sub_ps (_mm512_maskz_loadu_ps (in_row, s + i), row_max)));
+    _mm512_mask_storeu_ps (s + i, in_row, e);
+    sum = _mm512_add_ps (sum, e);
+  }
+  __m512 inv = _mm512_set1_ps (1.0f / _mm512_reduce_add_ps (sum));
+  for (int i = 0; i < tokens; i += 2 * ATTENTION_LANES) {
+    __m512 low = _mm512_mul_ps (_mm512_maskz_loadu_ps (first_lanes (tokens - i), s + i), inv);
+    __m512 high = _mm512_mul_ps (_mm512_maskz_loadu_ps (
+            first_lanes (tokens - i - ATTENTION_LANES), s + i + ATTENTION_LANES), inv);
+    _mm512_mask_storeu_epi32 (pairs + i / 2, first_lanes (pairs_of (tokens - i)),
+        (__m512i) _mm512_cvtne2ps_pbh (high, low));
+  }
+}
+
 /* Item (image, head): the head's keys and values as bf16 pairs. */
 static BF16_TARGET void
 pair_keys_and_values (void *data, int index, int thread)
@@ -364,7 +418,7 @@ score_rows_bf16 (float *s, const guint32 *q, const guint32 *kp, int key_pairs,
 {
   __m512 scales = _mm512_set1_ps (scale);
   for (int j = 0; j < padded; j += ATTENTION_KEY_STEP) {
-    __m512 acc[4][2];
+    __m512 acc[8][2];
     for (int r = 0; r < ROWS; r++)
       acc[r][0] = acc[r][1] = _mm512_setzero_ps ();
     for (int dp = 0; dp < key_pairs; dp++) {
@@ -459,16 +513,17 @@ attend_query_block_bf16 (void *data, int index, int thread)
   for (int r = 0; r < rows; r++)
     round_to_pairs (qp + (size_t) r * key_pairs, q + (size_t) r * qkv_stride, hd);
   int r = 0;
+  for (; r + 8 <= rows; r += 8)
+    score_rows_bf16 (s + (size_t) r * padded, qp + (size_t) r * key_pairs, kp,
+        key_pairs, padded, job->scale, 8);
   for (; r + 4 <= rows; r += 4)
     score_rows_bf16 (s + (size_t) r * padded, qp + (size_t) r * key_pairs, kp,
         key_pairs, padded, job->scale, 4);
   for (; r < rows; r++)
     score_rows_bf16 (s + (size_t) r * padded, qp + (size_t) r * key_pairs, kp,
         key_pairs, padded, job->scale, 1);
-  for (r = 0; r < rows; r++) {
-    vmoe_softmax_rows (s + (size_t) r * padded, 1, job->tokens);
-    round_to_pairs (pp + (size_t) r * token_pairs, s + (size_t) r * padded, job->tokens);
-  }
+  for (r = 0; r < rows; r++)
+    softmax_to_pairs (pp + (size_t) r * token_pairs, s + (size_t) r * padded, job->tokens);
   r = 0;
   for (; r + 4 <= rows; r += 4)
     mix_values_bf16 (o + (size_t) r * job->dim, job->dim, pp + (size_t) r * token_pairs,
