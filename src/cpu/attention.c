@@ -102,6 +102,7 @@ typedef struct {
   guint32 *prob_pairs;   /* [threads, QUERY_BLOCK, ceil(T/2)] */
   int tokens, dim, heads, head_dim, padded, query_blocks;
   float scale;
+  void (*softmax) (float *row, int tokens);   /* in place, fp32 kernels' */
 } AttentionJob;
 
 #pragma GCC push_options
@@ -242,7 +243,7 @@ attend_query_block (void *data, int index, int thread)
     score_rows (s + (size_t) r * padded, q + (size_t) r * qkv_stride, qkv_stride,
         kt, hd, padded, job->scale, 1);
   for (r = 0; r < rows; r++)
-    vmoe_softmax_rows (s + (size_t) r * padded, 1, job->tokens);
+    job->softmax (s + (size_t) r * padded, job->tokens);
   r = 0;
   for (; r + 4 <= rows; r += 4)
     mix_values (o + (size_t) r * job->dim, job->dim, s + (size_t) r * padded,
@@ -252,10 +253,17 @@ attend_query_block (void *data, int index, int thread)
         padded, v, qkv_stride, job->tokens, hd, 1);
 }
 
+static void
+softmax_row (float *row, int tokens)
+{
+  vmoe_softmax_rows (row, 1, tokens);
+}
+
 #ifdef VMOE_HAVE_BF16_ATTENTION
+#define AVX512_TARGET __attribute__ ((target ("avx512f")))
 #define BF16_TARGET __attribute__ ((target ("avx512f,avx512bw,avx512bf16")))
 
-static inline __attribute__ ((always_inline)) BF16_TARGET __mmask16
+static inline __attribute__ ((always_inline)) AVX512_TARGET __mmask16
 first_lanes (int n)
 {
   return n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16) ((1u << n) - 1);
@@ -316,7 +324,7 @@ transpose_16x16 (__m512i rows[16])
  * clamp, the two-step reduction, the same polynomial), with vscalefps for
  * its 2^n.  vmaxps returns its second operand where either is NaN, so a
  * NaN stays NaN through the clamp. */
-static inline __attribute__ ((always_inline)) BF16_TARGET __m512
+static inline __attribute__ ((always_inline)) AVX512_TARGET __m512
 exp_nonpositive_lanes (__m512 x)
 {
   x = _mm512_max_ps (_mm512_set1_ps (-87.0f), x);
@@ -334,12 +342,12 @@ exp_nonpositive_lanes (__m512 x)
   return _mm512_scalef_ps (p, n);
 }
 
-/* pairs = softmax (s[0, tokens)) rounded to bf16 pairs; s is left holding
- * the unnormalised exponentials.  One pass for the maximum, one for the
- * exponentials and their sum, one that scales and rounds: the fp32
- * softmax and a rounding pass after it took a third of bf16 attention. */
-static inline __attribute__ ((always_inline)) BF16_TARGET void
-softmax_to_pairs (guint32 *pairs, float *s, int tokens)
+/* s[0, tokens) = e^(s - max s), unnormalised; returns 1 / their sum.  One
+ * pass for the maximum and one for the exponentials and their sum: the
+ * softmax as separate loops (vmoe_softmax_rows) took a third of bf16
+ * attention, and a fifth of fp32. */
+static inline __attribute__ ((always_inline)) AVX512_TARGET float
+exponentials (float *s, int tokens)
 {
   __m512 max = _mm512_set1_ps (-INFINITY);
   for (int i = 0; i < tokens; i += ATTENTION_LANES)
@@ -353,7 +361,27 @@ softmax_to_pairs (guint32 *pairs, float *s, int tokens)
     _mm512_mask_storeu_ps (s + i, in_row, e);
     sum = _mm512_add_ps (sum, e);
   }
-  __m512 inv = _mm512_set1_ps (1.0f / _mm512_reduce_add_ps (sum));
+  return 1.0f / _mm512_reduce_add_ps (sum);
+}
+
+/* The fp32 kernels' softmax on AVX-512 CPUs: row[0, tokens) in place. */
+static AVX512_TARGET void
+softmax_row_avx512 (float *row, int tokens)
+{
+  __m512 inv = _mm512_set1_ps (exponentials (row, tokens));
+  for (int i = 0; i < tokens; i += ATTENTION_LANES) {
+    __mmask16 in_row = first_lanes (tokens - i);
+    _mm512_mask_storeu_ps (row + i, in_row,
+        _mm512_mul_ps (_mm512_maskz_loadu_ps (in_row, row + i), inv));
+  }
+}
+
+/* pairs = softmax (s[0, tokens)) rounded to bf16 pairs, scaled and
+ * rounded in one pass; s is left holding the unnormalised exponentials. */
+static inline __attribute__ ((always_inline)) BF16_TARGET void
+softmax_to_pairs (guint32 *pairs, float *s, int tokens)
+{
+  __m512 inv = _mm512_set1_ps (exponentials (s, tokens));
   for (int i = 0; i < tokens; i += 2 * ATTENTION_LANES) {
     __m512 low = _mm512_mul_ps (_mm512_maskz_loadu_ps (first_lanes (tokens - i), s + i), inv);
     __m512 high = _mm512_mul_ps (_mm512_maskz_loadu_ps (
@@ -549,6 +577,11 @@ vmoe_attention_forward (float *out, const float *qkv, float *scratch,
     .query_blocks = (tokens + ATTENTION_QUERY_BLOCK - 1) / ATTENTION_QUERY_BLOCK,
     .scale = 1.0f / sqrtf ((float) (dim / heads)),
   };
+  job.softmax = softmax_row;
+#ifdef VMOE_HAVE_BF16_ATTENTION
+  if (__builtin_cpu_supports ("avx512f"))
+    job.softmax = softmax_row_avx512;
+#endif
   /* As for row slices: threads only for work worth waking them for. */
   if (2.0 * n_images * tokens * tokens * dim < 2 * VMOE_CPU_MIN_SLICE_FMAS)
     workers = NULL;
