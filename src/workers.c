@@ -12,10 +12,14 @@
  * core shared with another process (a decoder) is given up soon. */
 #include "workers.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 #include <immintrin.h>
 
 /* The spin hands runs over through atomics, which helgrind does not model
@@ -79,6 +83,9 @@ struct VmoeWorkers {
   int threads;                 /* including the caller */
   gint born_after_forks;       /* forks_seen when the threads started */
   GThread **thread;            /* threads - 1 */
+  pid_t *tids;                 /* [threads]: the workers' kernel thread ids
+                                  ([0], the caller, varies) */
+  unsigned runs;               /* runs that went to the threads */
   gint64 spin_ns;
   /* pthread's rather than GLib's: GMutex is a bare futex on Linux, which
    * race detectors (helgrind, TSan) cannot see as synchronisation. */
@@ -177,6 +184,7 @@ worker_main (gpointer arg_ptr)
   g_free (arg);
   int seen = 0;
   SpinGate gate = { 0 };
+  w->tids[slot] = (pid_t) syscall (SYS_gettid);
   pthread_mutex_lock (&w->lock);
   w->started++;
   pthread_cond_signal (&w->finish);
@@ -216,6 +224,7 @@ vmoe_workers_new (int threads)
   pthread_cond_init (&w->start, NULL);
   pthread_cond_init (&w->finish, NULL);
   w->thread = g_new0 (GThread *, w->threads);
+  w->tids = g_new0 (pid_t, w->threads);
   for (int i = 1; i < w->threads; i++) {
     WorkerArg *arg = g_new (WorkerArg, 1);
     arg->pool = w;
@@ -266,6 +275,7 @@ vmoe_workers_free (VmoeWorkers *w)
    * handles cannot be joined, and the condition variables still count the
    * parent's waiters, so destroying them would wait for ever. */
   g_free (w->thread);
+  g_free (w->tids);
   g_free (w);
 }
 
@@ -283,6 +293,7 @@ vmoe_workers_run (VmoeWorkers *w, int n_items, VmoeWorkFunc func, void *data)
       func (data, i, 0);
     return;
   }
+  w->runs++;
   w->func = func;
   w->data = data;
   w->n_items = n_items;
@@ -306,4 +317,48 @@ vmoe_workers_run (VmoeWorkers *w, int n_items, VmoeWorkFunc func, void *data)
     pthread_mutex_unlock (&w->lock);
   }
   ANNOTATE_HAPPENS_AFTER (&w->busy);
+}
+
+unsigned
+vmoe_workers_runs (const VmoeWorkers *w)
+{
+  return w ? w->runs : 0;
+}
+
+/* The second field of a thread's schedstat: nanoseconds it has spent
+ * runnable but queued for a core.  Read into a buffer on the stack, as a
+ * forward pass allocates nothing. */
+static gint64
+queued_ns (const char *schedstat)
+{
+  int fd = open (schedstat, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return -1;
+  char text[128];
+  ssize_t len = read (fd, text, sizeof text - 1);
+  close (fd);
+  if (len <= 0)
+    return -1;
+  text[len] = '\0';
+  char *end, *queued;
+  g_ascii_strtoull (text, &queued, 10);       /* time on a core */
+  if (queued == text)
+    return -1;
+  guint64 ns = g_ascii_strtoull (queued, &end, 10);
+  return end == queued ? -1 : (gint64) MIN (ns, G_MAXINT64);
+}
+
+gint64
+vmoe_workers_queued_ns (const VmoeWorkers *w)
+{
+  if (!w || w->threads == 1 || w->born_after_forks != forks_seen)
+    return -1;
+  gint64 total = queued_ns ("/proc/thread-self/schedstat");
+  for (int i = 1; i < w->threads && total >= 0; i++) {
+    char path[64];
+    snprintf (path, sizeof path, "/proc/self/task/%d/schedstat", (int) w->tids[i]);
+    gint64 ns = queued_ns (path);
+    total = ns < 0 ? -1 : total + ns;
+  }
+  return total;
 }

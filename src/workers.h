@@ -19,5 +19,11 @@ int vmoe_workers_threads (const VmoeWorkers *workers);
  * caller.  One run at a time per pool (a pool belongs to one session). */
 void vmoe_workers_run (VmoeWorkers *workers, int n_items, VmoeWorkFunc func,
     void *data);
+/* Runs so far that went to the pool's threads (not run serially). */
+unsigned vmoe_workers_runs (const VmoeWorkers *workers);
+/* Nanoseconds the pool's threads, the calling thread as its caller, have
+ * spent runnable but queued for a core (the kernel's schedstat), in all;
+ * -1 without threads, or where the kernel does not say. */
+gint64 vmoe_workers_queued_ns (const VmoeWorkers *workers);
 
 #endif

@@ -8,6 +8,7 @@
 #include <glib/gstdio.h>
 #include <fcntl.h>
 #include <malloc.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -1389,6 +1390,77 @@ cpu_logits (VmoeModel *model, VmoePrecision precision, const float *input, int n
   return TRUE;
 }
 
+
+/* The run time (schedstat's first field, ns) of the process's pool
+ * workers together, found by their thread name; -1 without one. */
+static gint64
+worker_run_ns (void)
+{
+  GDir *dir = g_dir_open ("/proc/self/task", 0, NULL);
+  gint64 ns = -1;
+  const char *tid;
+  while (dir && (tid = g_dir_read_name (dir))) {
+    char *comm_path = g_strdup_printf ("/proc/self/task/%s/comm", tid);
+    char *stat_path = g_strdup_printf ("/proc/self/task/%s/schedstat", tid);
+    char *comm = NULL, *stat = NULL;
+    if (g_file_get_contents (comm_path, &comm, NULL, NULL)
+        && g_str_has_prefix (comm, "vmoe-worker")
+        && g_file_get_contents (stat_path, &stat, NULL, NULL))
+      ns = MAX (ns, 0) + g_ascii_strtoll (stat, NULL, 10);
+    g_free (comm), g_free (stat), g_free (comm_path), g_free (stat_path);
+  }
+  if (dir)
+    g_dir_close (dir);
+  return ns;
+}
+
+/* Three threads pinned to one core queue for it through all of every
+ * pass, as a pool does where another process keeps a core busy: after two
+ * split passes have seen that, batch-1 passes run on the calling thread
+ * alone (the workers get no run time), with the results of a split pass. */
+START_TEST (test_contended_pool_runs_alone)
+{
+  if (!g_file_test ("/proc/thread-self/schedstat", G_FILE_TEST_EXISTS)) {
+    printf ("SKIP test_contended_pool_runs_alone: the kernel has no schedstat\n");
+    return;
+  }
+  cpu_set_t one_core;
+  CPU_ZERO (&one_core);
+  CPU_SET (sched_getcpu (), &one_core);
+  ck_assert_int_eq (sched_setaffinity (0, sizeof one_core, &one_core), 0);
+  const int pixels = 3 * THREADED_SIDE * THREADED_SIDE, classes = 5;
+  float *input = g_new (float, pixels);
+  for (int i = 0; i < pixels; i++)
+    input[i] = sinf ((float) i * 0.31f);
+  char *path;
+  VmoeSession *session = threaded_session (threaded_moes[1], 3, &path);
+  ck_assert (session);
+  /* The first pass finds that its phases meet the pool, the next two
+   * measure how long the threads queued. */
+  float want[5];
+  ck_assert (vmoe_session_run_f32 (session, input, 1, NULL));
+  memcpy (want, vmoe_session_get_result (session, 0)->logits, sizeof want);
+  for (int i = 0; i < 2; i++)
+    ck_assert (vmoe_session_run_f32 (session, input, 1, NULL));
+  gint64 before = worker_run_ns ();
+  ck_assert (before >= 0);
+  gint64 start = g_get_monotonic_time ();
+  for (int i = 0; i < 10; i++) {
+    ck_assert (vmoe_session_run_f32 (session, input, 1, NULL));
+    assert_same_logits (vmoe_session_get_result (session, 0)->logits, want, classes,
+        "a pass alone", 0, i);
+  }
+  gint64 worker_ns = worker_run_ns () - before;
+  ck_assert_msg (worker_ns < 1000000, "the workers ran %" G_GINT64_FORMAT " us of "
+      "%" G_GINT64_FORMAT " us of passes that should run alone", worker_ns / 1000,
+      g_get_monotonic_time () - start);
+  vmoe_session_free (session);
+  g_unlink (path);
+  g_free (path);
+  g_free (input);
+}
+END_TEST
+
 /* On the oneDNN path the stored weights of a model file are released
  * once packed (docs/cpu.md, Memory), and later readers still get the
  * file's bytes: the stored data compare equal to the file's, and a bf16
@@ -1631,6 +1703,9 @@ ops_suite (void)
   TCase *batch = tcase_create ("batch");
   tcase_add_test (batch, test_batch_does_not_change_bits);
   suite_add_tcase (s, batch);
+  TCase *contention = tcase_create ("contention");
+  tcase_add_test (contention, test_contended_pool_runs_alone);
+  suite_add_tcase (s, contention);
   TCase *memory = tcase_create ("memory");
   tcase_add_test (memory, test_stored_weights_released_once_packed);
   suite_add_tcase (s, memory);

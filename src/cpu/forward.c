@@ -193,27 +193,66 @@ typedef struct {
   VmoeCpu *cpu;
   const float *input;
   VmoeRawOutput *out;
-  int images, groups;
-} ImageGroups;
+} WholeImages;
+
+/* Item: image `index` of the batch, through the running thread's pass.
+ * Images are taken one by one as threads get free, so a thread that loses
+ * its core to another process (a decoder) takes fewer of them.  One image
+ * per pass also beat a thread's share of the batch in one pass: bf16 ran
+ * 5% slower per image at batch 4 than at 1 on one thread (four images' qkv
+ * no longer fit the core's L2 cache), fp32 level, and the workspace holds
+ * one image (peak RSS at batch 8: 11 MB less in fp32). */
+static void
+whole_image (void *data, int index, int thread)
+{
+  const WholeImages *job = data;
+  const VmoeConfig *c = &job->cpu->model->config;
+  VmoeRawOutput view = raw_output_from (c, job->cpu->routing.top_k, job->out, index);
+  row_split_forward (job->cpu->image_passes[thread],
+      job->input + index * vmoe_config_input_floats (c), 1, &view);
+}
+
+/* A pass split by rows waits for its slowest thread at every phase, and
+ * where another process keeps a core busy (a decoder, a busy loop), the
+ * thread that shares its core holds up every phase: ViT-Tiny batch 1 ran
+ * 50-54 images/s split against 61 on the calling thread alone.  The kernel
+ * says how long each thread was runnable but queued for a core
+ * (schedstat).  Under a busy loop the pool's threads queued for about as
+ * long as the whole pass, on free cores for 0.7% of it on average, with
+ * now and then a pass at 20-40% (other processes waking).  So after two
+ * split passes in a row queued for more than half their time, the next
+ * ALONE_PASSES passes run on the calling thread alone; then a split pass
+ * looks again, and one that did not queue so long ends the streak. */
+#define ALONE_PASSES 15
+#define CONTENDED_QUEUED_SHARE 0.5
+#define CONTENDED_SPLITS_TO_GO_ALONE 2
 
 static void
-image_group (void *data, int index, int thread)
+split_or_alone_forward (VmoeCpu *cpu, const float *input, int n, VmoeRawOutput *out)
 {
-  const ImageGroups *job = data;
-  /* By group, not by thread: whichever thread takes it, a group always
-   * lands on the same workspace, which then grows only with the batch. */
-  VmoeCpu *pass = job->cpu->image_passes[index];
-  const VmoeConfig *c = &job->cpu->model->config;
-  int first = job->images * index / job->groups;
-  int count = job->images * (index + 1) / job->groups - first;
-  /* One image at a time: a group's images in one pass ran bf16 5% slower
-   * per image (batch 4 against 1 on one thread; four images' qkv no longer
-   * fit the core's L2 cache), fp32 level, and the workspace then holds one
-   * image (peak RSS at batch 8: 11 MB less in fp32). */
-  for (int i = first; i < first + count; i++) {
-    VmoeRawOutput view = raw_output_from (c, job->cpu->routing.top_k, job->out, i);
-    row_split_forward (pass, job->input + i * vmoe_config_input_floats (c), 1, &view);
+  VmoeWorkers *workers = cpu->workers;
+  if (cpu->alone_passes > 0) {
+    cpu->alone_passes--;
+    cpu->workers = NULL;
+    row_split_forward (cpu, input, n, out);
+    cpu->workers = workers;
+    return;
   }
+  gint64 queued = cpu->split_meets_pool ? vmoe_workers_queued_ns (workers) : -1;
+  unsigned runs = vmoe_workers_runs (workers);
+  gint64 start = g_get_monotonic_time ();
+  row_split_forward (cpu, input, n, out);
+  cpu->split_meets_pool = vmoe_workers_runs (workers) != runs;
+  if (queued < 0)
+    return;
+  double elapsed_ns = (g_get_monotonic_time () - start) * 1e3;
+  gint64 queued_after = vmoe_workers_queued_ns (workers);
+  if (queued_after >= 0 && queued_after - queued > CONTENDED_QUEUED_SHARE * elapsed_ns)
+    cpu->contended_splits++;
+  else
+    cpu->contended_splits = 0;
+  if (cpu->contended_splits >= CONTENDED_SPLITS_TO_GO_ALONE)
+    cpu->alone_passes = ALONE_PASSES;
 }
 
 /* A batch of at least one image per thread runs whole images on each
@@ -235,14 +274,14 @@ vmoe_cpu_forward (VmoeCpu *cpu, const float *input, int n, VmoeRawOutput *out)
       for (int t = 0; t < threads; t++)
         cpu->image_passes[t] = image_pass_new (cpu);
     }
-    ImageGroups job = { cpu, input, out, whole, threads };
-    vmoe_workers_run (cpu->workers, threads, image_group, &job);
+    WholeImages job = { cpu, input, out };
+    vmoe_workers_run (cpu->workers, whole, whole_image, &job);
   }
   if (n > whole) {
     const VmoeConfig *c = &cpu->model->config;
     VmoeRawOutput view = raw_output_from (c, cpu->routing.top_k, out, whole);
-    row_split_forward (cpu, input + whole * vmoe_config_input_floats (c), n - whole,
-        &view);
+    split_or_alone_forward (cpu, input + whole * vmoe_config_input_floats (c),
+        n - whole, &view);
   }
 }
 

@@ -29,6 +29,12 @@ struct VmoeCpu {
   /* One single-threaded pass per thread of `workers`, for batches split by
    * image (forward.c); made on first use, each with its own workspace. */
   VmoeCpu **image_passes;
+  /* Passes split by rows under contention (forward.c): how many more run
+   * on the calling thread alone, and whether such a pass meets the pool
+   * at all (a small model's does not). */
+  int alone_passes;
+  int contended_splits;       /* split passes in a row that queued long */
+  gboolean split_meets_pool;
   int tokens, dim, hidden_dim;
 
   float *x;                   /* [N, T, D] residual stream */
