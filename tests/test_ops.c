@@ -1162,12 +1162,13 @@ threaded_model_path (const char *moe_json)
   return path;
 }
 
+/* A CPU session of the model file at path, or NULL. */
 static VmoeSession *
-threaded_session_at (const char *moe_json, int threads, VmoePrecision precision,
-    char **path_out)
+cpu_session (const char *path, int threads, VmoePrecision precision)
 {
-  *path_out = threaded_model_path (moe_json);
-  VmoeModel *model = vmoe_model_load (*path_out, NULL);
+  VmoeModel *model = vmoe_model_load (path, NULL);
+  if (!model)
+    return NULL;
   VmoeSessionOptions options;
   vmoe_session_options_init (&options);
   options.backend = VMOE_BACKEND_CPU;
@@ -1176,6 +1177,14 @@ threaded_session_at (const char *moe_json, int threads, VmoePrecision precision,
   VmoeSession *session = vmoe_session_new (model, &options, NULL);
   vmoe_model_unref (model);
   return session;
+}
+
+static VmoeSession *
+threaded_session_at (const char *moe_json, int threads, VmoePrecision precision,
+    char **path_out)
+{
+  *path_out = threaded_model_path (moe_json);
+  return cpu_session (*path_out, threads, precision);
 }
 
 static VmoeSession *
@@ -1442,14 +1451,7 @@ START_TEST (test_contended_pool_runs_alone)
   float *input = g_new (float, pixels);
   for (int i = 0; i < pixels; i++)
     input[i] = sinf ((float) i * 0.31f);
-  VmoeModel *model = vmoe_model_load (path, NULL);
-  ck_assert (model);
-  VmoeSessionOptions options;
-  vmoe_session_options_init (&options);
-  options.backend = VMOE_BACKEND_CPU;
-  options.threads = 3;
-  VmoeSession *session = vmoe_session_new (model, &options, NULL);
-  vmoe_model_unref (model);
+  VmoeSession *session = cpu_session (path, 3, VMOE_PRECISION_FP32);
   ck_assert (session);
   /* The first pass finds that its phases meet the pool, the next two
    * measure how long the threads queued. */
