@@ -7,7 +7,8 @@
  * Row counts vary from call to call (slices, experts), and a primitive has a
  * fixed M (oneDNN 2.6 runs a run-time M on its reference kernel only), so a
  * call is cut into chunks of 256, 128, ..., 8 rows, the last padded to 8:
- * six primitives per shape and epilogue, made on first use.  Every chunk
+ * six primitives per shape and epilogue, made on first use, after as many
+ * whole images' rows as it holds (PrimitiveSet's `whole`).  Every chunk
  * shares the weights' layout, and each output row is summed in the same
  * order whatever chunk it lands in and at whichever row of it (checked
  * bit for bit by the ops test "batch"), so an image's result does not depend
@@ -34,10 +35,15 @@
 #define SMALLEST_CHUNK 8            /* rows; chunk i holds SMALLEST_CHUNK << i */
 #define LARGEST_CHUNK (SMALLEST_CHUNK << (CHUNK_SIZES - 1))
 
-/* The primitives of one shape and epilogue, one per chunk size. */
+/* The primitives of one shape and epilogue, one per chunk size, and one
+ * of the rows the layer meets whole (an image's tokens): a single call
+ * there beat 128 + 64 + a padded 8 by 4% on one thread (ViT-Tiny batch 1,
+ * 197 tokens), as the weights stream once and no rows are padding. */
 typedef struct {
   dnnl_primitive_t chunk[CHUNK_SIZES];
-  size_t scratchpad_bytes;          /* the largest of the six */
+  dnnl_primitive_t whole;           /* NULL: none, or oneDNN took none */
+  int whole_rows;
+  size_t scratchpad_bytes;          /* the largest of them */
 } PrimitiveSet;
 
 /* A layer packed at one precision; weights NULL until a session asks. */
@@ -148,32 +154,56 @@ primitive_set_free (PrimitiveSet *set)
   for (int i = 0; i < CHUNK_SIZES; i++)
     if (set->chunk[i])
       dnnl_primitive_destroy (set->chunk[i]);
+  if (set->whole)
+    dnnl_primitive_destroy (set->whole);
   g_free (set);
 }
 
+/* A matmul of m rows of lin in the packed layout, its scratchpad counted
+ * into set's; NULL on error. */
+static dnnl_primitive_t
+set_primitive_new (PrimitiveSet *set, const VmoeLinear *lin, int m,
+    VmoeEpilogue epilogue, VmoePrecision precision, GError **error)
+{
+  dnnl_primitive_desc_t pd;
+  if (!primitive_desc_new (&pd, lin, m, &lin->packed->at[precision].layout,
+          epilogue, precision, error))
+    return NULL;
+  const dnnl_memory_desc_t *pad = dnnl_primitive_desc_query_md (pd,
+      dnnl_query_scratchpad_md, 0);
+  set->scratchpad_bytes = MAX (set->scratchpad_bytes,
+      pad ? dnnl_memory_desc_get_size (pad) : 0);
+  dnnl_primitive_t primitive = NULL;
+  if (!check (dnnl_primitive_create (&primitive, pd), "creating a matmul", error))
+    primitive = NULL;
+  dnnl_primitive_desc_destroy (pd);
+  return primitive;
+}
+
+/* whole_rows: the rows the layer meets whole, 0 for none. */
 static PrimitiveSet *
 primitive_set_new (const VmoeLinear *lin, VmoeEpilogue epilogue,
-    VmoePrecision precision, GError **error)
+    VmoePrecision precision, int whole_rows, GError **error)
 {
   PrimitiveSet *set = g_new0 (PrimitiveSet, 1);
-  for (int i = 0; i < CHUNK_SIZES; i++) {
-    dnnl_primitive_desc_t pd;
-    if (!primitive_desc_new (&pd, lin, SMALLEST_CHUNK << i,
-            &lin->packed->at[precision].layout, epilogue, precision, error)) {
+  for (int i = 0; i < CHUNK_SIZES; i++)
+    if (!(set->chunk[i] = set_primitive_new (set, lin, SMALLEST_CHUNK << i,
+                epilogue, precision, error))) {
       primitive_set_free (set);
       return NULL;
     }
-    const dnnl_memory_desc_t *pad = dnnl_primitive_desc_query_md (pd,
-        dnnl_query_scratchpad_md, 0);
-    set->scratchpad_bytes = MAX (set->scratchpad_bytes,
-        pad ? dnnl_memory_desc_get_size (pad) : 0);
-    gboolean ok = check (dnnl_primitive_create (&set->chunk[i], pd),
-        "creating a matmul", error);
-    dnnl_primitive_desc_destroy (pd);
-    if (!ok) {
-      primitive_set_free (set);
-      return NULL;
-    }
+  gboolean is_chunk_size = whole_rows % SMALLEST_CHUNK == 0
+      && (whole_rows / SMALLEST_CHUNK & (whole_rows / SMALLEST_CHUNK - 1)) == 0
+      && whole_rows <= LARGEST_CHUNK;
+  if (whole_rows > SMALLEST_CHUNK && !is_chunk_size) {
+    /* Only a speed-up: where oneDNN has no kernel of that size for the
+     * packed layout, calls take the chunks. */
+    GError *none = NULL;
+    set->whole = set_primitive_new (set, lin, whole_rows, epilogue, precision, &none);
+    if (none)
+      g_debug ("vmoe: no %d-row matmul: %s", whole_rows, none->message);
+    g_clear_error (&none);
+    set->whole_rows = set->whole ? whole_rows : 0;
   }
   return set;
 }
@@ -292,14 +322,14 @@ pack_linear (VmoeLinear *lin, VmoePrecision precision, GError **error)
 /* The shared set of lin's shape with the epilogue, made if new. */
 static const PrimitiveSet *
 primitive_set_get (const VmoeLinear *lin, VmoeEpilogue epilogue,
-    VmoePrecision precision, GError **error)
+    VmoePrecision precision, int whole_rows, GError **error)
 {
   if (!sets)
     sets = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
-  char *key = g_strdup_printf ("%d %d %d %d %d", lin->in, lin->out,
-      lin->bias != NULL, (int) epilogue, (int) precision);
+  char *key = g_strdup_printf ("%d %d %d %d %d %d", lin->in, lin->out,
+      lin->bias != NULL, (int) epilogue, (int) precision, whole_rows);
   PrimitiveSet *set = g_hash_table_lookup (sets, key);
-  if (!set && (set = primitive_set_new (lin, epilogue, precision, error)))
+  if (!set && (set = primitive_set_new (lin, epilogue, precision, whole_rows, error)))
     g_hash_table_insert (sets, g_steal_pointer (&key), set);
   g_free (key);
   return set;
@@ -386,8 +416,15 @@ pack_if_needed (VmoeModel *model, VmoeLinear *lin, VmoeEpilogue epilogue,
           (size_t) lin->in * lin->out * sizeof (float));
   }
   PackedAt *packed = &((VmoePackedLinear *) lin->packed)->at[precision];
+  /* The rows a pass over one image gives the layer at once: its patches,
+   * its tokens (an expert's too, where the image's tokens all go to it);
+   * the head and the router see a row per image. */
+  const VmoeConfig *c = &model->config;
+  int whole_rows = lin == &model->patch_embed ? vmoe_config_patches (c)
+      : lin == &model->head || lin == &model->router ? 0 : vmoe_config_tokens (c);
   if (!packed->sets[epilogue])
-    packed->sets[epilogue] = primitive_set_get (lin, epilogue, precision, error);
+    packed->sets[epilogue] = primitive_set_get (lin, epilogue, precision, whole_rows,
+        error);
   return packed->sets[epilogue] != NULL;
 }
 
@@ -520,6 +557,8 @@ plain_memory_add (VmoeGemmScratch *scratch, MemoryRole role, int rows, int cols,
     dnnl_data_type_t type)
 {
   guint64 key = memory_key (role, rows, cols, type);
+  if (g_hash_table_contains (scratch->memories, &key))
+    return;
   dnnl_memory_desc_t md;
   dnnl_memory_t memory;
   plain_md (&md, rows, cols, type);
@@ -540,11 +579,10 @@ plain_memory (VmoeGemmScratch *scratch, MemoryRole role, int rows, int cols,
   guint64 key = memory_key (role, rows, cols, type);
   dnnl_memory_t memory = g_hash_table_lookup (scratch->memories, &key);
   if (!memory) {
-    if (role == ROLE_BIAS)
-      plain_memory_add (scratch, role, rows, cols, type);
-    else
+    if (role != ROLE_BIAS)
       for (int i = 0; i < CHUNK_SIZES; i++)
         plain_memory_add (scratch, role, SMALLEST_CHUNK << i, cols, type);
+    plain_memory_add (scratch, role, rows, cols, type);   /* a whole chunk's, a bias */
     memory = g_hash_table_lookup (scratch->memories, &key);
   }
   /* With the call's stream: without one, oneDNN makes a stream for its
@@ -626,6 +664,9 @@ linear_forward_at (VmoeGemmScratch *scratch, VmoePrecision precision, float *out
   }
   int threads = one_thread_begin ();
   int done = 0;
+  for (; set->whole && rows - done >= set->whole_rows; done += set->whole_rows)
+    execute_chunk (set->whole, lin, set->whole_rows, precision,
+        src + done * row_bytes, out + (size_t) done * lin->out, scratch);
   while (rows - done >= SMALLEST_CHUNK) {
     int i = CHUNK_SIZES - 1;
     while ((SMALLEST_CHUNK << i) > rows - done)
