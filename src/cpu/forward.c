@@ -156,20 +156,23 @@ copy_members (VmoeCpu *cpu, int n)
 static void row_split_forward (VmoeCpu *cpu, const float *input, int n,
     VmoeRawOutput *out);
 
-/* A pass of its own on one thread, for whole images of a batch: the
- * model's, the routing and the precision of `parent`, no pool. */
+/* A pass over model with GEMM scratch for `threads` threads, no pool and
+ * no workspace yet. */
 static VmoeCpu *
-image_pass_new (const VmoeCpu *parent)
+pass_new (VmoeModel *model, VmoeRoutingParams routing, VmoePrecision precision,
+    int threads)
 {
+  const VmoeConfig *c = &model->config;
   VmoeCpu *cpu = g_new0 (VmoeCpu, 1);
-  cpu->model = vmoe_model_ref (parent->model);
-  cpu->routing = parent->routing;
-  cpu->precision = parent->precision;
-  cpu->tokens = parent->tokens;
-  cpu->dim = parent->dim;
-  cpu->hidden_dim = parent->hidden_dim;
-  cpu->gemm = g_new0 (VmoeGemmScratch *, 1);
-  cpu->gemm[0] = vmoe_gemm_scratch_new (parent->precision);
+  cpu->model = vmoe_model_ref (model);
+  cpu->routing = routing;
+  cpu->precision = precision;
+  cpu->tokens = vmoe_config_tokens (c);
+  cpu->dim = c->embed_dim;
+  cpu->hidden_dim = MAX (c->mlp_dim, c->routing != VMOE_ROUTING_NONE ? c->expert_mlp_dim : 0);
+  cpu->gemm = g_new0 (VmoeGemmScratch *, threads);
+  for (int t = 0; t < threads; t++)
+    cpu->gemm[t] = vmoe_gemm_scratch_new (precision);
   return cpu;
 }
 
@@ -272,7 +275,9 @@ vmoe_cpu_forward (VmoeCpu *cpu, const float *input, int n, VmoeRawOutput *out)
     if (!cpu->image_passes) {
       cpu->image_passes = g_new0 (VmoeCpu *, threads);
       for (int t = 0; t < threads; t++)
-        cpu->image_passes[t] = image_pass_new (cpu);
+        /* one thread each, and no pool: a pool of one would count the
+         * thread twice against the spinning limit (workers.c) */
+        cpu->image_passes[t] = pass_new (cpu->model, cpu->routing, cpu->precision, 1);
     }
     WholeImages job = { cpu, input, out };
     vmoe_workers_run (cpu->workers, whole, whole_image, &job);
@@ -393,21 +398,12 @@ VmoeCpu *
 vmoe_cpu_new (VmoeModel *model, VmoeRoutingParams routing, int threads,
     VmoePrecision precision, GError **error)
 {
-  const VmoeConfig *c = &model->config;
   if (!vmoe_cpu_gemm_prepare (model, precision, error))
     return NULL;
-  VmoeCpu *cpu = g_new0 (VmoeCpu, 1);
-  cpu->model = vmoe_model_ref (model);
-  cpu->routing = routing;
-  cpu->precision = precision;
-  cpu->tokens = vmoe_config_tokens (c);
-  cpu->dim = c->embed_dim;
-  cpu->hidden_dim = MAX (c->mlp_dim, c->routing != VMOE_ROUTING_NONE ? c->expert_mlp_dim : 0);
-  cpu->workers = vmoe_workers_new (threads > 0 ? threads : (int) g_get_num_processors ());
-  int n_threads = vmoe_workers_threads (cpu->workers);
-  cpu->gemm = g_new0 (VmoeGemmScratch *, n_threads);
-  for (int t = 0; t < n_threads; t++)
-    cpu->gemm[t] = vmoe_gemm_scratch_new (precision);
+  VmoeWorkers *workers = vmoe_workers_new (threads > 0 ? threads
+      : (int) g_get_num_processors ());
+  VmoeCpu *cpu = pass_new (model, routing, precision, vmoe_workers_threads (workers));
+  cpu->workers = workers;
   return cpu;
 }
 

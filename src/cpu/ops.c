@@ -110,20 +110,19 @@ exp_nonpositive (float x)
   memcpy (&x_bits, &x, sizeof x_bits);
   /* A signed compare: SSE and AVX2 have no unsigned one. */
   gboolean is_nan = (gint32) (x_bits & 0x7fffffffu) > 0x7f800000;
-  x = x < -87.0f ? -87.0f : x;            /* 2^n stays a normal float */
+  x = x < VMOE_EXP_MIN_X ? VMOE_EXP_MIN_X : x;
   /* Round to nearest by adding and removing 1.5 * 2^23 (|x log2 e| < 2^22):
    * roundf would be a call without SSE4.1.  The sum's low bits hold n. */
-  float shifted = x * 1.44269504088896341f + 12582912.0f;
+  float shifted = x * VMOE_EXP_LOG2E + 12582912.0f;
   float n = shifted - 12582912.0f;
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  /* Cephes' expf polynomial: exp(r) = 1 + r + r^2 P(r) on |r| <= ln2 / 2. */
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
+  float r = x - n * VMOE_EXP_LN2_HIGH;
+  r = r - n * VMOE_EXP_LN2_LOW;
+  float p = VMOE_EXP_P0;
+  p = p * r + VMOE_EXP_P1;
+  p = p * r + VMOE_EXP_P2;
+  p = p * r + VMOE_EXP_P3;
+  p = p * r + VMOE_EXP_P4;
+  p = p * r + VMOE_EXP_P5;
   p = p * (r * r) + r + 1.0f;
   guint32 shifted_bits;
   memcpy (&shifted_bits, &shifted, sizeof shifted_bits);

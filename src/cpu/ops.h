@@ -20,6 +20,22 @@
 #define VMOE_HAVE_BF16_INTRINSICS 1
 #endif
 
+/* The constants of softmax's exp for x <= 0 (ops.c's exp_nonpositive, and
+ * the AVX-512 softmax in attention.c): the clamp that keeps 2^n a normal
+ * float, log2 e, ln 2 in two parts (Cody and Waite) and Cephes' expf
+ * polynomial P, exp(r) = 1 + r + r^2 P(r) on |r| <= ln2 / 2, highest
+ * coefficient first. */
+#define VMOE_EXP_MIN_X (-87.0f)
+#define VMOE_EXP_LOG2E 1.44269504088896341f
+#define VMOE_EXP_LN2_HIGH 0.693359375f
+#define VMOE_EXP_LN2_LOW (-2.12194440e-4f)
+#define VMOE_EXP_P0 1.9875691500e-4f
+#define VMOE_EXP_P1 1.3981999507e-3f
+#define VMOE_EXP_P2 8.3334519073e-3f
+#define VMOE_EXP_P3 4.1665795894e-2f
+#define VMOE_EXP_P4 1.6666665459e-1f
+#define VMOE_EXP_P5 5.0000001201e-1f
+
 /* out, inp are (rows, dim); weight, bias are (dim). */
 void vmoe_layernorm_forward (float *out, const float *inp, const float *weight,
     const float *bias, int rows, int dim, float eps);
