@@ -196,23 +196,32 @@ typedef struct {
   VmoeCpu *cpu;
   const float *input;
   VmoeRawOutput *out;
-} WholeImages;
+  int images, groups;
+} ImageGroups;
 
-/* Item: image `index` of the batch, through the running thread's pass.
- * Images are taken one by one as threads get free, so a thread that loses
- * its core to another process (a decoder) takes fewer of them.  One image
- * per pass also beat a thread's share of the batch in one pass: bf16 ran
- * 5% slower per image at batch 4 than at 1 on one thread (four images' qkv
- * no longer fit the core's L2 cache), fp32 level, and the workspace holds
- * one image (peak RSS at batch 8: 11 MB less in fp32). */
+/* Item: a group of a batch's whole images, one group per thread, through
+ * the group's own pass.  By group, not by thread: whichever thread takes
+ * it, a group lands on the same pass, whose workspace and GEMM scratch then
+ * grow only with the batch.  Passes taken by thread, with images handed out
+ * one by one, made a pass that a thread met for the first time allocate in
+ * the middle of a steady stream of calls (the ops test "no allocation per
+ * call" caught it, now and then).  One image at a time: a group's images in
+ * one pass ran bf16 5% slower per image (batch 4 against 1 on one thread;
+ * four images' qkv no longer fit the core's L2 cache), fp32 level, and the
+ * workspace then holds one image (peak RSS at batch 8: 11 MB less in
+ * fp32). */
 static void
-whole_image (void *data, int index, int thread)
+image_group (void *data, int index, int thread)
 {
-  const WholeImages *job = data;
+  const ImageGroups *job = data;
+  VmoeCpu *pass = job->cpu->image_passes[index];
   const VmoeConfig *c = &job->cpu->model->config;
-  VmoeRawOutput view = raw_output_from (c, job->cpu->routing.top_k, job->out, index);
-  row_split_forward (job->cpu->image_passes[thread],
-      job->input + index * vmoe_config_input_floats (c), 1, &view);
+  int first = job->images * index / job->groups;
+  int end = job->images * (index + 1) / job->groups;
+  for (int i = first; i < end; i++) {
+    VmoeRawOutput view = raw_output_from (c, job->cpu->routing.top_k, job->out, i);
+    row_split_forward (pass, job->input + i * vmoe_config_input_floats (c), 1, &view);
+  }
 }
 
 /* A pass split by rows waits for its slowest thread at every phase, and
@@ -279,8 +288,8 @@ vmoe_cpu_forward (VmoeCpu *cpu, const float *input, int n, VmoeRawOutput *out)
          * thread twice against the spinning limit (workers.c) */
         cpu->image_passes[t] = pass_new (cpu->model, cpu->routing, cpu->precision, 1);
     }
-    WholeImages job = { cpu, input, out };
-    vmoe_workers_run (cpu->workers, whole, whole_image, &job);
+    ImageGroups job = { cpu, input, out, whole, threads };
+    vmoe_workers_run (cpu->workers, threads, image_group, &job);
   }
   if (n > whole) {
     const VmoeConfig *c = &cpu->model->config;

@@ -26,8 +26,9 @@ struct VmoeCpu {
   int reserved;               /* images the workspace holds */
   VmoeWorkers *workers;
   VmoeGemmScratch **gemm;     /* one per thread of `workers` */
-  /* One single-threaded pass per thread of `workers`, for batches split by
-   * image (forward.c); made on first use, each with its own workspace. */
+  /* One single-threaded pass per group of a batch split by image, a group
+   * per thread of `workers` (forward.c); made on first use, each with its
+   * own workspace. */
   VmoeCpu **image_passes;
   /* Passes split by rows under contention (forward.c): how many more run
    * on the calling thread alone, and whether such a pass meets the pool
