@@ -108,22 +108,28 @@ typedef struct {
 #pragma GCC push_options
 #pragma GCC optimize ("finite-math-only", "no-signed-zeros", "fp-contract=fast")
 
-/* Item (image, head): keys_t (D/H, padded) = K^T, zero past the last token. */
-static void
-transpose_keys (void *data, int index, int thread)
+/* Image i, head h: its keys, [tokens, hd] rows qkv_stride apart. */
+static inline __attribute__ ((always_inline)) const float *
+head_keys (const AttentionJob *job, int i, int h)
 {
-  const AttentionJob *job = data;
-  int i = index / job->heads, h = index % job->heads;
-  /* seek to image i's keys of head h */
-  const float *k = job->qkv + (size_t) i * job->tokens * 3 * job->dim + job->dim
+  return job->qkv + (size_t) i * job->tokens * 3 * job->dim + job->dim
       + h * job->head_dim;
-  float *kt = job->keys_t + (size_t) index * job->head_dim * job->padded;
+}
+
+/* keys_t (D/H, padded) of image i, head h = K^T: the columns of tokens
+ * [j0, j1), and past the last token zero where j1 is it. */
+static void
+stage_keys_t (const AttentionJob *job, int i, int h, int j0, int j1)
+{
+  const float *k = head_keys (job, i, h);
+  float *kt = job->keys_t + (size_t) (i * job->heads + h) * job->head_dim * job->padded;
   for (int d = 0; d < job->head_dim; d++) {
     float *row = kt + (size_t) d * job->padded;
-    for (int j = 0; j < job->tokens; j++)
+    for (int j = j0; j < j1; j++)
       row[j] = k[(size_t) j * 3 * job->dim + d];
-    for (int j = job->tokens; j < job->padded; j++)
-      row[j] = 0;
+    if (j1 == job->tokens)
+      for (int j = j1; j < job->padded; j++)
+        row[j] = 0;
   }
 }
 
@@ -293,7 +299,7 @@ round_to_pairs (guint32 *pairs, const float *in, int n)
 
 /* rows[i] lane l becomes rows[l] lane i: pairs of 32-bit, of 64-bit, then
  * 128-bit lanes twice. */
-static inline __attribute__ ((always_inline)) BF16_TARGET void
+static inline __attribute__ ((always_inline)) AVX512_TARGET void
 transpose_16x16 (__m512i rows[16])
 {
   __m512i t[16], u[16];
@@ -391,48 +397,91 @@ softmax_to_pairs (guint32 *pairs, float *s, int tokens)
   }
 }
 
-/* Item (image, head): the head's keys and values as bf16 pairs. */
-static BF16_TARGET void
-pair_keys_and_values (void *data, int index, int thread)
+/* The 16 lanes from `first` that hold tokens [j0, j1). */
+static inline __attribute__ ((always_inline)) AVX512_TARGET __mmask16
+tokens_in_tile (int first, int j0, int j1)
 {
-  const AttentionJob *job = data;
-  int i = index / job->heads, h = index % job->heads;
+  return first_lanes (j1 - first) & ~first_lanes (j0 - first);
+}
+
+/* The fp32 staging with 16 x 16 tile transposes. */
+static AVX512_TARGET void
+stage_keys_t_avx512 (const AttentionJob *job, int i, int h, int j0, int j1)
+{
+  int hd = job->head_dim, stride = 3 * job->dim, padded = job->padded;
+  const float *k = head_keys (job, i, h);
+  float *kt = job->keys_t + (size_t) (i * job->heads + h) * hd * padded;
+  for (int j = j0 - j0 % ATTENTION_LANES; j < j1; j += ATTENTION_LANES) {
+    __mmask16 staged = tokens_in_tile (j, j0, j1);
+    for (int d = 0; d < hd; d += ATTENTION_LANES) {
+      __m512i tile[ATTENTION_LANES];
+      for (int l = 0; l < ATTENTION_LANES; l++)
+        tile[l] = staged >> l & 1
+            ? _mm512_maskz_loadu_epi32 (first_lanes (hd - d), k + (size_t) (j + l) * stride + d)
+            : _mm512_setzero_si512 ();
+      transpose_16x16 (tile);
+      for (int l = 0; l < MIN (ATTENTION_LANES, hd - d); l++)
+        _mm512_mask_storeu_epi32 (kt + (size_t) (d + l) * padded + j, staged, tile[l]);
+    }
+  }
+  if (j1 == job->tokens)
+    for (int d = 0; d < hd; d++)
+      for (int j = j1; j < padded; j++)
+        kt[(size_t) d * padded + j] = 0;
+}
+
+/* Image i, head h: the keys and values of tokens [j0, j1) as bf16 pairs,
+ * and past the last token zero where j1 is it.  A pair of values whose two
+ * tokens two slices stage is written by each in its own halves. */
+static BF16_TARGET void
+stage_pairs (const AttentionJob *job, int i, int h, int j0, int j1)
+{
   int hd = job->head_dim, stride = 3 * job->dim, padded = job->padded;
   int key_pairs = pairs_of (hd), token_pairs = pairs_of (job->tokens);
-  int columns = value_columns (hd);
-  /* seek to image i's keys and values of head h */
-  const float *k = job->qkv + (size_t) i * job->tokens * stride + job->dim + h * hd;
+  int columns = value_columns (hd), index = i * job->heads + h;
+  const float *k = head_keys (job, i, h);
   const float *v = k + job->dim;
   guint32 *kp = job->key_pairs + (size_t) index * key_pairs * padded;
   guint32 *vp = job->value_pairs + (size_t) index * token_pairs * columns;
   /* Keys in tiles of 16 keys by 16 pairs: each key's pairs rounded in a
    * row, the tile transposed so that key j's pair lands in lane j. */
-  for (int j = 0; j < padded; j += ATTENTION_LANES)
+  for (int j = j0 - j0 % ATTENTION_LANES; j < j1; j += ATTENTION_LANES) {
+    __mmask16 staged = tokens_in_tile (j, j0, j1);
     for (int d = 0; d < hd; d += 2 * ATTENTION_LANES) {
       __m512i tile[ATTENTION_LANES];
       for (int l = 0; l < ATTENTION_LANES; l++)
-        tile[l] = j + l < job->tokens
+        tile[l] = staged >> l & 1
             ? round_to_pair_vector (k + (size_t) (j + l) * stride + d, hd - d)
             : _mm512_setzero_si512 ();
       transpose_16x16 (tile);
       for (int l = 0; l < MIN (ATTENTION_LANES, key_pairs - d / 2); l++)
-        _mm512_storeu_si512 (kp + (size_t) (d / 2 + l) * padded + j, tile[l]);
+        _mm512_mask_storeu_epi32 (kp + (size_t) (d / 2 + l) * padded + j, staged, tile[l]);
     }
+  }
+  if (j1 == job->tokens)
+    for (int dp = 0; dp < key_pairs; dp++)
+      for (int j = j1; j < padded; j++)
+        kp[(size_t) dp * padded + j] = 0;
   /* Values: a row of even tokens and one of odd rounded together, their
-   * halves then interleaved. */
+   * halves then interleaved, the even token's in the low half. */
   static const guint16 interleave_halves[32] = { 0, 16, 1, 17, 2, 18, 3, 19, 4,
     20, 5, 21, 6, 22, 7, 23, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30,
     15, 31 };
   __m512i interleave = _mm512_loadu_si512 (interleave_halves);
-  for (int jp = 0; jp < token_pairs; jp++) {
-    const float *even = v + (size_t) 2 * jp * stride;
-    gboolean has_odd = 2 * jp + 1 < job->tokens;
-    const float *odd = has_odd ? even + stride : even;
+  for (int jp = j0 / 2; jp < pairs_of (j1); jp++) {
+    int even = 2 * jp, odd = even + 1;
+    gboolean has_odd = odd < j1;
+    /* the halves this slice writes; the even token's slice zeroes the odd
+     * half past the last token */
+    __mmask32 halves = (even >= j0 ? 0x55555555u : 0)
+        | (has_odd || odd >= job->tokens ? 0xaaaaaaaau : 0);
+    const float *even_row = v + (size_t) even * stride;
+    const float *odd_row = has_odd ? even_row + stride : even_row;
     for (int c = 0; c < columns; c += ATTENTION_LANES) {
       __mmask16 in_head = first_lanes (hd - c);
-      __m512 e = _mm512_maskz_loadu_ps (in_head, even + c);
-      __m512 o = _mm512_maskz_loadu_ps (has_odd ? in_head : 0, odd + c);
-      _mm512_storeu_si512 (vp + (size_t) jp * columns + c,
+      __m512 e = _mm512_maskz_loadu_ps (even >= j0 ? in_head : 0, even_row + c);
+      __m512 o = _mm512_maskz_loadu_ps (has_odd ? in_head : 0, odd_row + c);
+      _mm512_mask_storeu_epi16 (vp + (size_t) jp * columns + c, halves,
           _mm512_permutexvar_epi16 (interleave, (__m512i) _mm512_cvtne2ps_pbh (o, e)));
     }
   }
@@ -563,13 +612,12 @@ attend_query_block_bf16 (void *data, int index, int thread)
 #endif
 #pragma GCC pop_options
 
-/* qkv is (N, T, 3D) with q, k, v each split into heads of D/H columns;
- * out is (N, T, D); scratch holds vmoe_attention_scratch_len() floats for
- * the workers' thread count and the precision. */
-void
-vmoe_attention_forward (float *out, const float *qkv, float *scratch,
-    VmoeWorkers *workers, int n_images, int tokens, int dim, int heads,
-    VmoePrecision precision)
+/* Where attention's parts live in scratch (vmoe_attention_scratch_len):
+ * the staged keys (and values) of every image and head, then each
+ * thread's scores (and pairs). */
+static AttentionJob
+attention_job (float *out, const float *qkv, float *scratch, int n_images,
+    int tokens, int dim, int heads, int threads, VmoePrecision precision)
 {
   AttentionJob job = {
     .out = out, .qkv = qkv, .tokens = tokens, .dim = dim, .heads = heads,
@@ -577,33 +625,77 @@ vmoe_attention_forward (float *out, const float *qkv, float *scratch,
     .query_blocks = (tokens + ATTENTION_QUERY_BLOCK - 1) / ATTENTION_QUERY_BLOCK,
     .scale = 1.0f / sqrtf ((float) (dim / heads)),
   };
-  job.softmax = softmax_row;
-#ifdef VMOE_HAVE_BF16_ATTENTION
-  if (__builtin_cpu_supports ("avx512f"))
-    job.softmax = softmax_row_avx512;
-#endif
-  /* As for row slices: threads only for work worth waking them for. */
-  if (2.0 * n_images * tokens * tokens * dim < 2 * VMOE_CPU_MIN_SLICE_FMAS)
-    workers = NULL;
-  int items = n_images * heads;
-#ifdef VMOE_HAVE_BF16_ATTENTION
+  int items = n_images * heads, hd = job.head_dim;
+  threads = MAX (threads, 1);
   if (attention_in_bf16 (precision)) {
-    int hd = job.head_dim, threads = vmoe_workers_threads (workers);
     job.key_pairs = (guint32 *) scratch;
     job.value_pairs = job.key_pairs + (size_t) items * pairs_of (hd) * job.padded;
     job.scores = (float *) (job.value_pairs
         + (size_t) items * pairs_of (tokens) * value_columns (hd));
     job.query_pairs = (guint32 *) (job.scores
-        + (size_t) MAX (threads, 1) * ATTENTION_QUERY_BLOCK * job.padded);
+        + (size_t) threads * ATTENTION_QUERY_BLOCK * job.padded);
     job.prob_pairs = job.query_pairs
-        + (size_t) MAX (threads, 1) * ATTENTION_QUERY_BLOCK * pairs_of (hd);
-    vmoe_workers_run (workers, items, pair_keys_and_values, &job);
-    vmoe_workers_run (workers, items * job.query_blocks, attend_query_block_bf16, &job);
+        + (size_t) threads * ATTENTION_QUERY_BLOCK * pairs_of (hd);
+  } else {
+    job.keys_t = scratch;
+    job.scores = scratch + (size_t) items * hd * job.padded;
+  }
+  return job;
+}
+
+void
+vmoe_attention_stage_rows (float *scratch, const float *qkv, int first,
+    int count, int n_images, int tokens, int dim, int heads,
+    VmoePrecision precision)
+{
+  AttentionJob job = attention_job (NULL, qkv, scratch, n_images, tokens, dim,
+      heads, 1, precision);
+  void (*stage) (const AttentionJob *, int, int, int, int) = stage_keys_t;
+#ifdef VMOE_HAVE_BF16_ATTENTION
+  if (attention_in_bf16 (precision))
+    stage = stage_pairs;
+  else if (__builtin_cpu_supports ("avx512f"))
+    stage = stage_keys_t_avx512;
+#endif
+  /* image by image: a slice may start and end inside images */
+  for (int row = first, end = first + count; row < end;) {
+    int i = row / tokens, j0 = row % tokens, j1 = MIN (tokens, j0 + end - row);
+    for (int h = 0; h < heads; h++)
+      stage (&job, i, h, j0, j1);
+    row += j1 - j0;
+  }
+}
+
+void
+vmoe_attention_attend (float *out, const float *qkv, float *scratch,
+    VmoeWorkers *workers, int n_images, int tokens, int dim, int heads,
+    VmoePrecision precision)
+{
+  /* As for row slices: threads only for work worth waking them for. */
+  if (2.0 * n_images * tokens * tokens * dim < 2 * VMOE_CPU_MIN_SLICE_FMAS)
+    workers = NULL;
+  AttentionJob job = attention_job (out, qkv, scratch, n_images, tokens, dim,
+      heads, vmoe_workers_threads (workers), precision);
+  int items = n_images * heads * job.query_blocks;
+  job.softmax = softmax_row;
+#ifdef VMOE_HAVE_BF16_ATTENTION
+  if (attention_in_bf16 (precision)) {
+    vmoe_workers_run (workers, items, attend_query_block_bf16, &job);
     return;
   }
+  if (__builtin_cpu_supports ("avx512f"))
+    job.softmax = softmax_row_avx512;
 #endif
-  job.keys_t = scratch;
-  job.scores = scratch + (size_t) n_images * dim * job.padded;
-  vmoe_workers_run (workers, items, transpose_keys, &job);
-  vmoe_workers_run (workers, items * job.query_blocks, attend_query_block, &job);
+  vmoe_workers_run (workers, items, attend_query_block, &job);
+}
+
+void
+vmoe_attention_forward (float *out, const float *qkv, float *scratch,
+    VmoeWorkers *workers, int n_images, int tokens, int dim, int heads,
+    VmoePrecision precision)
+{
+  vmoe_attention_stage_rows (scratch, qkv, 0, n_images * tokens, n_images,
+      tokens, dim, heads, precision);
+  vmoe_attention_attend (out, qkv, scratch, workers, n_images, tokens, dim,
+      heads, precision);
 }

@@ -7,18 +7,29 @@
 
 #include <string.h>
 
-/* z = LN1(x); qkv = z Wqkv^T + b. */
+typedef struct {
+  const VmoeBlock *block;
+  int images;
+} AttentionInput;
+
+/* z = LN1(x); qkv = z Wqkv^T + b; and the rows' keys staged for attention
+ * while they are in cache, with no meeting point of their own (on 2 cores
+ * at batch 1, staging as a step of its own, by heads, took longer than on
+ * one thread: three heads for two threads, and a wait more per layer). */
 static void
 attention_input_rows (VmoeCpu *cpu, const void *arg, int first, int count,
     VmoeGemmScratch *gemm)
 {
-  const VmoeBlock *block = arg;
+  const AttentionInput *in = arg;
+  const VmoeConfig *c = &cpu->model->config;
   size_t d = cpu->dim;
   vmoe_layernorm_forward (cpu->z + first * d, cpu->x + first * d,
-      block->norm1_weight, block->norm1_bias, count, d,
-      (float) cpu->model->config.norm_eps);
+      in->block->norm1_weight, in->block->norm1_bias, count, d,
+      (float) c->norm_eps);
   vmoe_linear_forward (gemm, cpu->qkv + first * 3 * d, cpu->z + first * d,
-      &block->qkv, count, VMOE_EPILOGUE_STORE);
+      &in->block->qkv, count, VMOE_EPILOGUE_STORE);
+  vmoe_attention_stage_rows (cpu->attention_scratch, cpu->qkv, first, count,
+      in->images, cpu->tokens, cpu->dim, c->num_heads, cpu->precision);
 }
 
 /* x += attn Wproj^T + b; z = LN2(x); and for a dense block x += MLP(z). */
@@ -317,9 +328,10 @@ row_split_forward (VmoeCpu *cpu, const float *input, int n, VmoeRawOutput *out)
     const VmoeBlock *block = &m->blocks[b];
     int rows = images * cpu->tokens;
     /* x = x + Attn(LN1(x)) */
+    AttentionInput in = { block, images };
     vmoe_cpu_run_on_rows (cpu, rows, (double) d * block->qkv.out,
-        attention_input_rows, block);
-    vmoe_attention_forward (cpu->attn, cpu->qkv, cpu->attention_scratch,
+        attention_input_rows, &in);
+    vmoe_attention_attend (cpu->attn, cpu->qkv, cpu->attention_scratch,
         cpu->workers, images, cpu->tokens, d, c->num_heads, cpu->precision);
     /* x = x + FFN(LN2(x)); the image router reads x before the FFN. */
     vmoe_cpu_run_on_rows (cpu, rows, (double) d * d + (block->is_moe ? 0

@@ -38,11 +38,18 @@
 /* The primitives of one shape and epilogue, one per chunk size, and one
  * of the rows the layer meets whole (an image's tokens): a single call
  * there beat 128 + 64 + a padded 8 by 4% on one thread (ViT-Tiny batch 1,
- * 197 tokens), as the weights stream once and no rows are padding. */
+ * 197 tokens), as the weights stream once and no rows are padding.  So do
+ * the slices of those rows that a pass split over all the machine's cores
+ * gives each thread (rows.c cuts them as evenly as it can: two sizes at
+ * most); on 2 cores 98 and 99 rows of ViT-Tiny's 197, where chunks made
+ * 64 + 32 and 64 + 32 + a padded 8 of an aligned 96 and 101. */
+#define SLICE_SIZES 2
 typedef struct {
   dnnl_primitive_t chunk[CHUNK_SIZES];
   dnnl_primitive_t whole;           /* NULL: none, or oneDNN took none */
   int whole_rows;
+  dnnl_primitive_t slice[SLICE_SIZES];   /* as whole */
+  int slice_rows[SLICE_SIZES];
   size_t scratchpad_bytes;          /* the largest of them */
 } PrimitiveSet;
 
@@ -156,6 +163,9 @@ primitive_set_free (PrimitiveSet *set)
       dnnl_primitive_destroy (set->chunk[i]);
   if (set->whole)
     dnnl_primitive_destroy (set->whole);
+  for (int i = 0; i < SLICE_SIZES; i++)
+    if (set->slice[i])
+      dnnl_primitive_destroy (set->slice[i]);
   g_free (set);
 }
 
@@ -180,6 +190,32 @@ set_primitive_new (PrimitiveSet *set, const VmoeLinear *lin, int m,
   return primitive;
 }
 
+static gboolean
+is_chunk_size (int rows)
+{
+  return rows % SMALLEST_CHUNK == 0
+      && (rows / SMALLEST_CHUNK & (rows / SMALLEST_CHUNK - 1)) == 0
+      && rows <= LARGEST_CHUNK;
+}
+
+/* A primitive of `rows` rows beside the chunks, or NULL where the chunks
+ * do as well (one or none of them) or where oneDNN has no kernel of that
+ * size for the packed layout: it is only a speed-up. */
+static dnnl_primitive_t
+set_extra_primitive_new (PrimitiveSet *set, const VmoeLinear *lin, int rows,
+    VmoeEpilogue epilogue, VmoePrecision precision)
+{
+  if (rows <= SMALLEST_CHUNK || is_chunk_size (rows))
+    return NULL;
+  GError *none = NULL;
+  dnnl_primitive_t primitive = set_primitive_new (set, lin, rows, epilogue,
+      precision, &none);
+  if (none)
+    g_debug ("vmoe: no %d-row matmul: %s", rows, none->message);
+  g_clear_error (&none);
+  return primitive;
+}
+
 /* whole_rows: the rows the layer meets whole, 0 for none. */
 static PrimitiveSet *
 primitive_set_new (const VmoeLinear *lin, VmoeEpilogue epilogue,
@@ -192,19 +228,18 @@ primitive_set_new (const VmoeLinear *lin, VmoeEpilogue epilogue,
       primitive_set_free (set);
       return NULL;
     }
-  gboolean is_chunk_size = whole_rows % SMALLEST_CHUNK == 0
-      && (whole_rows / SMALLEST_CHUNK & (whole_rows / SMALLEST_CHUNK - 1)) == 0
-      && whole_rows <= LARGEST_CHUNK;
-  if (whole_rows > SMALLEST_CHUNK && !is_chunk_size) {
-    /* Only a speed-up: where oneDNN has no kernel of that size for the
-     * packed layout, calls take the chunks. */
-    GError *none = NULL;
-    set->whole = set_primitive_new (set, lin, whole_rows, epilogue, precision, &none);
-    if (none)
-      g_debug ("vmoe: no %d-row matmul: %s", whole_rows, none->message);
-    g_clear_error (&none);
-    set->whole_rows = set->whole ? whole_rows : 0;
-  }
+  set->whole = set_extra_primitive_new (set, lin, whole_rows, epilogue, precision);
+  set->whole_rows = set->whole ? whole_rows : 0;
+  int cores = g_get_num_processors ();
+  if (whole_rows > 0 && cores > 1)
+    for (int i = 0; i < SLICE_SIZES; i++) {
+      /* floor and ceiling of whole_rows / cores */
+      int rows = (whole_rows + i * (cores - 1)) / cores;
+      if (i == 0 || rows != set->slice_rows[0]) {
+        set->slice[i] = set_extra_primitive_new (set, lin, rows, epilogue, precision);
+        set->slice_rows[i] = set->slice[i] ? rows : 0;
+      }
+    }
   return set;
 }
 
@@ -667,6 +702,12 @@ linear_forward_at (VmoeGemmScratch *scratch, VmoePrecision precision, float *out
   for (; set->whole && rows - done >= set->whole_rows; done += set->whole_rows)
     execute_chunk (set->whole, lin, set->whole_rows, precision,
         src + done * row_bytes, out + (size_t) done * lin->out, scratch);
+  for (int i = 0; i < SLICE_SIZES; i++)
+    if (set->slice[i] && rows - done == set->slice_rows[i]) {
+      execute_chunk (set->slice[i], lin, rows - done, precision,
+          src + done * row_bytes, out + (size_t) done * lin->out, scratch);
+      done = rows;
+    }
   while (rows - done >= SMALLEST_CHUNK) {
     int i = CHUNK_SIZES - 1;
     while ((SMALLEST_CHUNK << i) > rows - done)
