@@ -199,17 +199,22 @@ attention_on_one_and_three_threads (int n, int t, int dim, int heads,
   VmoeWorkers *workers = vmoe_workers_new (3);
   vmoe_attention_forward (three, qkv, scratch, workers, n, t, dim, heads, precision);
   ck_assert_mem_eq (one, three, out_len * sizeof (float));
-  /* Staged in slices as row phases cut them, and in odd ones (a slice
-   * starting on an odd token splits a pair of bf16 values, one spanning
-   * images ends inside the next), onto scratch holding NaN: the same bits
-   * again, so staging writes every part attend reads (the padding too). */
+  /* Staged and attended in slices as row phases cut them, and in odd ones
+   * (a slice starting on an odd token splits a pair of bf16 values, one
+   * spanning images ends inside the next; blocks of queries start anywhere
+   * and end in tiles of 8, 4, 2 and 1 rows), onto scratch holding NaN: the
+   * same bits again, so staging writes every part attending reads (the
+   * padding too), and a row's result does not depend on its slice. */
   for (int step = 1; step <= 64; step = step * 3 + 2) {
     memset (scratch, 0xff, vmoe_attention_scratch_len (n, t, dim, heads, 3,
             precision) * sizeof (float));
+    memset (three, 0xff, out_len * sizeof (float));
     for (int first = 0; first < n * t; first += step)
       vmoe_attention_stage_rows (scratch, qkv, first, MIN (step, n * t - first),
           n, t, dim, heads, precision);
-    vmoe_attention_attend (three, qkv, scratch, workers, n, t, dim, heads, precision);
+    for (int first = 0, slice = 0; first < n * t; first += step, slice++)
+      vmoe_attention_attend_rows (three, qkv, scratch, first,
+          MIN (step, n * t - first), slice % 3, 3, n, t, dim, heads, precision);
     ck_assert_mem_eq (one, three, out_len * sizeof (float));
   }
   vmoe_workers_free (workers);

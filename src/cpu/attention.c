@@ -209,16 +209,15 @@ typedef struct {
   float *s;                    /* the running thread's scores */
 } QueryBlock;
 
+/* Query rows [first, first + rows) of image i, head h, no more than
+ * ATTENTION_QUERY_BLOCK, on `thread`'s scores. */
 static inline __attribute__ ((always_inline)) QueryBlock
-query_block (const AttentionJob *job, int index, int thread)
+query_rows (const AttentionJob *job, int i, int h, int first, int rows, int thread)
 {
-  int block = index % job->query_blocks, ih = index / job->query_blocks;
-  int i = ih / job->heads, h = ih % job->heads;
-  int first = block * ATTENTION_QUERY_BLOCK;
   size_t qkv_stride = 3 * (size_t) job->dim, hd = job->head_dim;
-  /* seek to image i, head h, the block's first query */
+  /* seek to image i, head h, the first query */
   return (QueryBlock) {
-    ih, MIN (ATTENTION_QUERY_BLOCK, job->tokens - first),
+    i * job->heads + h, rows,
     job->qkv + ((size_t) i * job->tokens + first) * qkv_stride + h * hd,
     job->qkv + (size_t) i * job->tokens * qkv_stride + 2 * job->dim + h * hd,
     job->out + ((size_t) i * job->tokens + first) * job->dim + h * hd,
@@ -226,12 +225,22 @@ query_block (const AttentionJob *job, int index, int thread)
   };
 }
 
-/* Item (image, head, query block). */
-static VMOE_VECTOR_CLONES void
-attend_query_block (void *data, int index, int thread)
+/* Item `index` of a run over every query: (image, head, block of queries). */
+static inline __attribute__ ((always_inline)) QueryBlock
+query_block (const AttentionJob *job, int index, int thread)
 {
-  const AttentionJob *job = data;
-  QueryBlock b = query_block (job, index, thread);
+  int block = index % job->query_blocks, ih = index / job->query_blocks;
+  int first = block * ATTENTION_QUERY_BLOCK;
+  return query_rows (job, ih / job->heads, ih % job->heads, first,
+      MIN (ATTENTION_QUERY_BLOCK, job->tokens - first), thread);
+}
+
+/* A block of queries in fp32.  Each row's products are summed in the same
+ * order whichever tile of rows it falls in, so a row's result does not
+ * depend on where its block starts. */
+static VMOE_VECTOR_CLONES void
+attend_block (const AttentionJob *job, QueryBlock b)
+{
   int rows = b.rows, qkv_stride = 3 * job->dim, hd = job->head_dim;
   int padded = job->padded;
   const float *q = b.q, *v = b.v;
@@ -245,6 +254,9 @@ attend_query_block (void *data, int index, int thread)
   for (; r + 4 <= rows; r += 4)
     score_rows (s + (size_t) r * padded, q + (size_t) r * qkv_stride, qkv_stride,
         kt, hd, padded, job->scale, 4);
+  for (; r + 2 <= rows; r += 2)
+    score_rows (s + (size_t) r * padded, q + (size_t) r * qkv_stride, qkv_stride,
+        kt, hd, padded, job->scale, 2);
   for (; r < rows; r++)
     score_rows (s + (size_t) r * padded, q + (size_t) r * qkv_stride, qkv_stride,
         kt, hd, padded, job->scale, 1);
@@ -254,9 +266,19 @@ attend_query_block (void *data, int index, int thread)
   for (; r + 4 <= rows; r += 4)
     mix_values (o + (size_t) r * job->dim, job->dim, s + (size_t) r * padded,
         padded, v, qkv_stride, job->tokens, hd, 4);
+  for (; r + 2 <= rows; r += 2)
+    mix_values (o + (size_t) r * job->dim, job->dim, s + (size_t) r * padded,
+        padded, v, qkv_stride, job->tokens, hd, 2);
   for (; r < rows; r++)
     mix_values (o + (size_t) r * job->dim, job->dim, s + (size_t) r * padded,
         padded, v, qkv_stride, job->tokens, hd, 1);
+}
+
+static void
+attend_item (void *data, int index, int thread)
+{
+  const AttentionJob *job = data;
+  attend_block (job, query_block (job, index, thread));
 }
 
 static void
@@ -569,14 +591,12 @@ mix_values_bf16 (float *o, int o_stride, const guint32 *p, const guint32 *vp,
   }
 }
 
-/* Item (image, head, query block), as attend_query_block with the
- * queries, keys, probabilities and values rounded to bf16 and the products
- * summed in fp32 (vdpbf16ps); the scale and the softmax in fp32. */
+/* A block of queries as attend_block, with the queries, keys,
+ * probabilities and values rounded to bf16 and the products summed in fp32
+ * (vdpbf16ps); the scale and the softmax in fp32. */
 static BF16_TARGET void
-attend_query_block_bf16 (void *data, int index, int thread)
+attend_block_bf16 (const AttentionJob *job, QueryBlock b, int thread)
 {
-  const AttentionJob *job = data;
-  QueryBlock b = query_block (job, index, thread);
   int rows = b.rows, qkv_stride = 3 * job->dim, hd = job->head_dim;
   int padded = job->padded, ih = b.head_index;
   int key_pairs = pairs_of (hd), token_pairs = pairs_of (job->tokens);
@@ -596,6 +616,9 @@ attend_query_block_bf16 (void *data, int index, int thread)
   for (; r + 4 <= rows; r += 4)
     score_rows_bf16 (s + (size_t) r * padded, qp + (size_t) r * key_pairs, kp,
         key_pairs, padded, job->scale, 4);
+  for (; r + 2 <= rows; r += 2)
+    score_rows_bf16 (s + (size_t) r * padded, qp + (size_t) r * key_pairs, kp,
+        key_pairs, padded, job->scale, 2);
   for (; r < rows; r++)
     score_rows_bf16 (s + (size_t) r * padded, qp + (size_t) r * key_pairs, kp,
         key_pairs, padded, job->scale, 1);
@@ -605,9 +628,18 @@ attend_query_block_bf16 (void *data, int index, int thread)
   for (; r + 4 <= rows; r += 4)
     mix_values_bf16 (o + (size_t) r * job->dim, job->dim, pp + (size_t) r * token_pairs,
         vp, token_pairs, hd, 4);
+  for (; r + 2 <= rows; r += 2)
+    mix_values_bf16 (o + (size_t) r * job->dim, job->dim, pp + (size_t) r * token_pairs,
+        vp, token_pairs, hd, 2);
   for (; r < rows; r++)
     mix_values_bf16 (o + (size_t) r * job->dim, job->dim, pp + (size_t) r * token_pairs,
         vp, token_pairs, hd, 1);
+}
+static BF16_TARGET void
+attend_item_bf16 (void *data, int index, int thread)
+{
+  const AttentionJob *job = data;
+  attend_block_bf16 (job, query_block (job, index, thread), thread);
 }
 #endif
 #pragma GCC pop_options
@@ -627,6 +659,11 @@ attention_job (float *out, const float *qkv, float *scratch, int n_images,
   };
   int items = n_images * heads, hd = job.head_dim;
   threads = MAX (threads, 1);
+  job.softmax = softmax_row;
+#ifdef VMOE_HAVE_BF16_ATTENTION
+  if (__builtin_cpu_supports ("avx512f"))
+    job.softmax = softmax_row_avx512;
+#endif
   if (attention_in_bf16 (precision)) {
     job.key_pairs = (guint32 *) scratch;
     job.value_pairs = job.key_pairs + (size_t) items * pairs_of (hd) * job.padded;
@@ -666,10 +703,10 @@ vmoe_attention_stage_rows (float *scratch, const float *qkv, int first,
   }
 }
 
-void
-vmoe_attention_attend (float *out, const float *qkv, float *scratch,
-    VmoeWorkers *workers, int n_images, int tokens, int dim, int heads,
-    VmoePrecision precision)
+/* Every query, as items over workers. */
+static void
+attend_all (float *out, const float *qkv, float *scratch, VmoeWorkers *workers,
+    int n_images, int tokens, int dim, int heads, VmoePrecision precision)
 {
   /* As for row slices: threads only for work worth waking them for. */
   if (2.0 * n_images * tokens * tokens * dim < 2 * VMOE_CPU_MIN_SLICE_FMAS)
@@ -677,16 +714,41 @@ vmoe_attention_attend (float *out, const float *qkv, float *scratch,
   AttentionJob job = attention_job (out, qkv, scratch, n_images, tokens, dim,
       heads, vmoe_workers_threads (workers), precision);
   int items = n_images * heads * job.query_blocks;
-  job.softmax = softmax_row;
 #ifdef VMOE_HAVE_BF16_ATTENTION
   if (attention_in_bf16 (precision)) {
-    vmoe_workers_run (workers, items, attend_query_block_bf16, &job);
+    vmoe_workers_run (workers, items, attend_item_bf16, &job);
     return;
   }
-  if (__builtin_cpu_supports ("avx512f"))
-    job.softmax = softmax_row_avx512;
 #endif
-  vmoe_workers_run (workers, items, attend_query_block, &job);
+  vmoe_workers_run (workers, items, attend_item, &job);
+}
+
+void
+vmoe_attention_attend_rows (float *out, const float *qkv, float *scratch,
+    int first, int count, int thread, int threads, int n_images, int tokens,
+    int dim, int heads, VmoePrecision precision)
+{
+  AttentionJob job = attention_job (out, qkv, scratch, n_images, tokens, dim,
+      heads, threads, precision);
+  gboolean bf16 = attention_in_bf16 (precision);
+  /* image by image, head by head (its keys and values stay in cache) */
+  for (int row = first, end = first + count; row < end;) {
+    int i = row / tokens, j0 = row % tokens, j1 = MIN (tokens, j0 + end - row);
+    for (int h = 0; h < heads; h++)
+      for (int q = j0; q < j1; q += ATTENTION_QUERY_BLOCK) {
+        QueryBlock b = query_rows (&job, i, h, q, MIN (ATTENTION_QUERY_BLOCK, j1 - q),
+            thread);
+#ifdef VMOE_HAVE_BF16_ATTENTION
+        if (bf16) {
+          attend_block_bf16 (&job, b, thread);
+          continue;
+        }
+#endif
+        attend_block (&job, b);
+      }
+    row += j1 - j0;
+  }
+  (void) bf16;
 }
 
 void
@@ -696,6 +758,5 @@ vmoe_attention_forward (float *out, const float *qkv, float *scratch,
 {
   vmoe_attention_stage_rows (scratch, qkv, 0, n_images * tokens, n_images,
       tokens, dim, heads, precision);
-  vmoe_attention_attend (out, qkv, scratch, workers, n_images, tokens, dim,
-      heads, precision);
+  attend_all (out, qkv, scratch, workers, n_images, tokens, dim, heads, precision);
 }

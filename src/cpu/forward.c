@@ -7,39 +7,49 @@
 
 #include <string.h>
 
+/* A block's phase over the rows of `images` images. */
 typedef struct {
   const VmoeBlock *block;
   int images;
-} AttentionInput;
+} BlockRows;
 
 /* z = LN1(x); qkv = z Wqkv^T + b; and the rows' keys staged for attention
- * while they are in cache, with no meeting point of their own (on 2 cores
- * at batch 1, staging as a step of its own, by heads, took longer than on
- * one thread: three heads for two threads, and a wait more per layer). */
+ * while they are in cache.  Staging as a step of its own, by heads, took
+ * longer on 2 cores than on one at batch 1 (three heads for two threads,
+ * and one more meeting point per layer). */
 static void
 attention_input_rows (VmoeCpu *cpu, const void *arg, int first, int count,
-    VmoeGemmScratch *gemm)
+    int thread)
 {
-  const AttentionInput *in = arg;
+  const BlockRows *in = arg;
   const VmoeConfig *c = &cpu->model->config;
   size_t d = cpu->dim;
   vmoe_layernorm_forward (cpu->z + first * d, cpu->x + first * d,
       in->block->norm1_weight, in->block->norm1_bias, count, d,
       (float) c->norm_eps);
-  vmoe_linear_forward (gemm, cpu->qkv + first * 3 * d, cpu->z + first * d,
-      &in->block->qkv, count, VMOE_EPILOGUE_STORE);
+  vmoe_linear_forward (cpu->gemm[thread], cpu->qkv + first * 3 * d,
+      cpu->z + first * d, &in->block->qkv, count, VMOE_EPILOGUE_STORE);
   vmoe_attention_stage_rows (cpu->attention_scratch, cpu->qkv, first, count,
       in->images, cpu->tokens, cpu->dim, c->num_heads, cpu->precision);
 }
 
-/* x += attn Wproj^T + b; z = LN2(x); and for a dense block x += MLP(z). */
+/* attn = attention of the rows' queries; x += attn Wproj^T + b;
+ * z = LN2(x); and for a dense block x += MLP(z).  The attention of a
+ * thread's own rows, with no meeting point between it and the rest: one
+ * per layer fewer than attention run over all threads by heads and blocks
+ * of queries. */
 static void
 attention_output_rows (VmoeCpu *cpu, const void *arg, int first, int count,
-    VmoeGemmScratch *gemm)
+    int thread)
 {
-  const VmoeBlock *block = arg;
+  const BlockRows *in = arg;
+  const VmoeBlock *block = in->block;
   const VmoeConfig *c = &cpu->model->config;
+  VmoeGemmScratch *gemm = cpu->gemm[thread];
   size_t d = cpu->dim;
+  vmoe_attention_attend_rows (cpu->attn, cpu->qkv, cpu->attention_scratch,
+      first, count, thread, vmoe_workers_threads (cpu->workers), in->images,
+      cpu->tokens, cpu->dim, c->num_heads, cpu->precision);
   vmoe_linear_forward (gemm, cpu->x + first * d, cpu->attn + first * d,
       &block->proj, count, VMOE_EPILOGUE_ADD);
   vmoe_layernorm_forward (cpu->z + first * d, cpu->x + first * d,
@@ -52,8 +62,9 @@ attention_output_rows (VmoeCpu *cpu, const void *arg, int first, int count,
 /* ViMoE's shared expert: x += MLP(z). */
 static void
 shared_expert_rows (VmoeCpu *cpu, const void *arg, int first, int count,
-    VmoeGemmScratch *gemm)
+    int thread)
 {
+  VmoeGemmScratch *gemm = cpu->gemm[thread];
   const VmoeBlock *block = arg;
   size_t d = cpu->dim;
   vmoe_mlp_forward (gemm, cpu->x + first * d, cpu->z + first * d, &block->shared,
@@ -64,8 +75,9 @@ shared_expert_rows (VmoeCpu *cpu, const void *arg, int first, int count,
 /* z (N*Np, D) = patches W^T + b. */
 static void
 patch_embed_rows (VmoeCpu *cpu, const void *arg, int first, int count,
-    VmoeGemmScratch *gemm)
+    int thread)
 {
+  VmoeGemmScratch *gemm = cpu->gemm[thread];
   const VmoeLinear *lin = arg;
   vmoe_linear_forward (gemm, cpu->z + (size_t) first * lin->out,
       cpu->patches + (size_t) first * lin->in, lin, count, VMOE_EPILOGUE_STORE);
@@ -328,14 +340,13 @@ row_split_forward (VmoeCpu *cpu, const float *input, int n, VmoeRawOutput *out)
     const VmoeBlock *block = &m->blocks[b];
     int rows = images * cpu->tokens;
     /* x = x + Attn(LN1(x)) */
-    AttentionInput in = { block, images };
+    BlockRows block_rows = { block, images };
     vmoe_cpu_run_on_rows (cpu, rows, (double) d * block->qkv.out,
-        attention_input_rows, &in);
-    vmoe_attention_attend (cpu->attn, cpu->qkv, cpu->attention_scratch,
-        cpu->workers, images, cpu->tokens, d, c->num_heads, cpu->precision);
-    /* x = x + FFN(LN2(x)); the image router reads x before the FFN. */
-    vmoe_cpu_run_on_rows (cpu, rows, (double) d * d + (block->is_moe ? 0
-            : vmoe_mlp_fmas_per_row (&block->mlp)), attention_output_rows, block);
+        attention_input_rows, &block_rows);
+    /* and x = x + FFN(LN2(x)); the image router reads x before the FFN. */
+    vmoe_cpu_run_on_rows (cpu, rows, 2.0 * cpu->tokens * d + (double) d * d
+        + (block->is_moe ? 0 : vmoe_mlp_fmas_per_row (&block->mlp)),
+        attention_output_rows, &block_rows);
     if (!block->is_moe)
       continue;
     if (c->routing == VMOE_ROUTING_IMAGE && layer == 0)

@@ -53,8 +53,9 @@ vmoe_assign_tokens (const int *choice, const float *choice_p, int tokens,
  * slices never write the same row. */
 static void
 expert_rows (VmoeCpu *cpu, const void *arg, int first, int count,
-    VmoeGemmScratch *gemm)
+    int thread)
 {
+  VmoeGemmScratch *gemm = cpu->gemm[thread];
   const VmoeMlp *mlp = arg;
   size_t d = cpu->dim;
   float *in = cpu->gather_in + first * d, *out = cpu->gather_out + first * d;

@@ -59,9 +59,10 @@ struct VmoeCpu {
 };
 
 /* Work on the token rows [first, first + count); arg is what the phase
- * needs besides the pass, gemm the running thread's scratch. */
+ * needs besides the pass; thread is the running thread's index into the
+ * pass's per-thread scratch (gemm, attention's scores). */
 typedef void (*VmoeRowsFunc) (VmoeCpu *cpu, const void *arg, int first, int count,
-    VmoeGemmScratch *gemm);
+    int thread);
 
 /* Runs func on one slice of [0, rows) per thread and returns when all are
  * done; fmas_per_row is what the phase costs a row. */

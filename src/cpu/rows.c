@@ -28,7 +28,7 @@ rows_slice (void *data, int index, int thread)
   int first = slice_start (job, index);
   int end = slice_start (job, index + 1);
   if (end > first)
-    job->func (job->cpu, job->arg, first, end - first, job->cpu->gemm[thread]);
+    job->func (job->cpu, job->arg, first, end - first, thread);
 }
 
 void
@@ -38,7 +38,7 @@ vmoe_cpu_run_on_rows (VmoeCpu *cpu, int rows, double fmas_per_row,
   int threads = vmoe_workers_threads (cpu->workers);
   int slices = (int) MIN (threads, rows * fmas_per_row / VMOE_CPU_MIN_SLICE_FMAS);
   if (slices <= 1) {
-    func (cpu, arg, 0, rows, cpu->gemm[0]);
+    func (cpu, arg, 0, rows, 0);
     return;
   }
   /* One slice per thread: more, smaller ones taken as threads get free
