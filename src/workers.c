@@ -103,6 +103,7 @@ struct VmoeWorkers {
   void *data;
   int n_items;
   atomic_int next_item;
+  _Atomic guint64 claimed;     /* runs of up to CLAIMED_BITS items */
 };
 
 typedef struct {
@@ -145,12 +146,31 @@ spin (const VmoeWorkers *w, SpinGate *gate, atomic_int *counter, int value,
   }
 }
 
+/* Runs of up to this many items claim them in a bit mask, each thread
+ * starting from its own share: a pass split by rows then gives each thread
+ * the same rows phase after phase, and they stay in its cache (ViT-Tiny on
+ * 2 cores, against whichever thread came first taking the first slice:
+ * batch 1 dense about 1% faster, Mobile V-MoE level, batch 8 about 2%).  A
+ * thread that comes late finds its share taken by the others. */
+#define CLAIMED_BITS 64
+
 static void
 take_items (VmoeWorkers *w, int slot)
 {
+  int n = w->n_items;
+  if (n <= CLAIMED_BITS) {
+    int first = (int) ((gint64) slot * n / w->threads);
+    for (int k = 0; k < n; k++) {
+      int index = (first + k) % n;
+      guint64 bit = (guint64) 1 << index;
+      if (!(atomic_fetch_or (&w->claimed, bit) & bit))
+        w->func (w->data, index, slot);
+    }
+    return;
+  }
   for (;;) {
     int index = atomic_fetch_add (&w->next_item, 1);
-    if (index >= w->n_items)
+    if (index >= n)
       return;
     w->func (w->data, index, slot);
   }
@@ -298,6 +318,7 @@ vmoe_workers_run (VmoeWorkers *w, int n_items, VmoeWorkFunc func, void *data)
   w->data = data;
   w->n_items = n_items;
   atomic_store (&w->next_item, 0);
+  atomic_store (&w->claimed, 0);
   atomic_store (&w->busy, w->threads - 1);
   ANNOTATE_HAPPENS_BEFORE (&w->generation);
   pthread_mutex_lock (&w->lock);
